@@ -1,0 +1,67 @@
+//! `cairn`: the operator's command line.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+mod health;
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Operate a Cairn platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask one server's grpc.health.v1 for its status; exits 0 only when SERVING.
+    Health {
+        /// Server address, e.g. 127.0.0.1:50051.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Service name to ask about; empty means the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Keep asking until SERVING or this many seconds have passed.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
+    /// Show the health of every service at its default local address.
+    Status {
+        /// `name=addr` pairs to check instead of the defaults.
+        #[arg(long = "endpoint", value_name = "NAME=ADDR")]
+        endpoints: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cairn: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Health {
+                addr,
+                service,
+                wait,
+            } => health::check(&addr, &service, Duration::from_secs(wait)).await,
+            Command::Status { endpoints } => health::status(&endpoints).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("cairn: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

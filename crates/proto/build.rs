@@ -1,0 +1,25 @@
+//! Compiles every `.proto` under `proto/` in one pass with a vendored `protoc`,
+//! so a fresh machine needs no protoc install.
+
+use std::{env, error::Error, path::PathBuf};
+
+const PROTOS: &[&str] = &["cairn/auth/v1/auth.proto", "ingestion/ingestion.proto"];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let protoc = match env::var_os("PROTOC") {
+        Some(path) => PathBuf::from(path),
+        None => protoc_bin_vendored::protoc_bin_path()?,
+    };
+    let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("cairn_descriptor.bin"))
+        .compile_with_config(config, &files, &[root])?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! Generated types and gRPC stubs for every Cairn protocol.
+//!
+//! Cairn's own APIs live under `cairn::<area>::v1`; external contracts that
+//! existing clients rely on (WIRE.md) keep their own packages at the top level.
+
+#![allow(clippy::all, missing_docs)]
+
+/// Cairn's own APIs.
+pub mod cairn {
+    /// API keys and principals.
+    pub mod auth {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("cairn.auth.v1");
+        }
+    }
+}
+
+/// Junjo-compatible ingestion and auth contract (WIRE.md §1).
+pub mod ingestion {
+    tonic::include_proto!("ingestion");
+}
+
+/// Encoded `FileDescriptorSet` of every proto above, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cairn_descriptor");
