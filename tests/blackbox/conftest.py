@@ -1,0 +1,87 @@
+"""Shared fixtures: start real Cairn binaries on free loopback ports."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN_DIR = Path(os.environ.get("CAIRN_BIN_DIR", Path(__file__).resolve().parents[2] / "target" / "debug"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A running service binary; stopped with SIGTERM, killed if it lingers."""
+
+    def __init__(self, binary: str, tmp: Path, *args: str, env: dict | None = None):
+        self.binary = binary
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.log_path = tmp / f"{binary}-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [str(BIN_DIR / binary), "--listen", self.addr, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.addr)
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.binary} exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with self.channel() as ch:
+                    stub = health_pb2_grpc.HealthStub(ch)
+                    last = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                    if last == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError as e:
+                last = e.code()
+            time.sleep(0.1)
+        raise AssertionError(f"{self.binary} not SERVING after {timeout}s (last: {last}): {self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start(tmp_path):
+    started = []
+
+    def _start(binary: str, *args: str, env: dict | None = None) -> Service:
+        svc = Service(binary, tmp_path, *args, env=env)
+        started.append(svc)
+        return svc
+
+    yield _start
+    for svc in started:
+        svc.stop()
