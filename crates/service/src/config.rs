@@ -325,10 +325,9 @@ impl TelemetryConfig {
                 "must be between 0 and 1",
             ));
         }
-        if !self.otlp_endpoint.is_empty()
-            && !(self.otlp_endpoint.starts_with("http://")
-                || self.otlp_endpoint.starts_with("https://"))
-        {
+        let scheme_ok =
+            self.otlp_endpoint.starts_with("http://") || self.otlp_endpoint.starts_with("https://");
+        if !self.otlp_endpoint.is_empty() && !scheme_ok {
             return Err(ConfigError::invalid(
                 "telemetry.otlp_endpoint",
                 "must start with http:// or https://",

@@ -103,14 +103,18 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let mut reflection_v1 = tonic_reflection::server::Builder::configure();
-        let mut reflection_v1alpha = tonic_reflection::server::Builder::configure();
-        for set in self
-            .descriptor_sets
-            .iter()
-            .copied()
-            .chain([tonic_health::pb::FILE_DESCRIPTOR_SET])
-        {
+        // Each reflection version describes both versions, so a client of either
+        // can resolve every name it lists.
+        let mut reflection_v1 =
+            tonic_reflection::server::Builder::configure().include_reflection_service(false);
+        let mut reflection_v1alpha =
+            tonic_reflection::server::Builder::configure().include_reflection_service(false);
+        let standard = [
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        for set in self.descriptor_sets.iter().copied().chain(standard) {
             reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
             reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
         }
