@@ -6,9 +6,11 @@
 //! flips [`server::Readiness`] once its dependencies answer, and serves.
 
 pub mod app;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod scope;
 pub mod server;
 pub mod shutdown;
 pub mod status;

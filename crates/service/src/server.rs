@@ -27,7 +27,7 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{Layer, Service};
 
-use crate::{config::ServerConfig, context, status, telemetry};
+use crate::{auth::Auth, config::ServerConfig, context, status, telemetry};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
@@ -42,6 +42,7 @@ pub struct Server {
     names: Vec<&'static str>,
     readiness: Readiness,
     descriptor_sets: Vec<&'static [u8]>,
+    auth: Option<Auth>,
 }
 
 impl Server {
@@ -59,9 +60,11 @@ impl Server {
                     reporter,
                     names: std::sync::Mutex::new(Vec::new()),
                     serving: Mutex::new(false),
+                    draining: std::sync::atomic::AtomicBool::new(false),
                 }),
             },
             descriptor_sets: vec![cairn_proto::FILE_DESCRIPTOR_SET],
+            auth: None,
         }
     }
 
@@ -88,6 +91,12 @@ impl Server {
     /// (e.g. OTLP) so reflection can describe them.
     pub fn with_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
         self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// Authenticates every RPC except health and reflection per `auth`'s policy.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
         self
     }
 
@@ -147,6 +156,7 @@ impl Server {
         let middleware = MiddlewareLayer {
             shared: Arc::new(Shared {
                 permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+                auth: self.auth.take(),
             }),
         };
         let router = tonic::transport::Server::builder()
@@ -164,7 +174,7 @@ impl Server {
             let draining = draining.clone();
             async move {
                 shutdown.await;
-                readiness.set_not_serving().await;
+                readiness.drain().await;
                 tracing::info!("draining in-flight requests");
                 draining.notify_one();
             }
@@ -193,6 +203,8 @@ struct ReadinessInner {
     names: std::sync::Mutex<Vec<&'static str>>,
     // Held while statuses are written so concurrent flips land in order.
     serving: Mutex<bool>,
+    // Set once shutdown begins; from then on nothing reports SERVING again.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Readiness {
@@ -211,7 +223,43 @@ impl Readiness {
         *self.inner.serving.lock().await
     }
 
+    /// Checks `ready` every `interval` and reports the answer, until aborted
+    /// or shutdown begins: health that follows a dependency going away and back.
+    pub fn watch<F, Fut>(&self, interval: Duration, ready: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = ready().await;
+                if ok != readiness.is_serving().await {
+                    if ok {
+                        tracing::info!("dependencies ready");
+                    } else {
+                        tracing::warn!("a dependency is not ready; reporting NOT_SERVING");
+                    }
+                }
+                readiness.set(ok).await;
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
+    async fn drain(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set(false).await;
+    }
+
     async fn set(&self, serving: bool) {
+        let serving = serving
+            && !self
+                .inner
+                .draining
+                .load(std::sync::atomic::Ordering::SeqCst);
         let mut state = self.inner.serving.lock().await;
         *state = serving;
         self.write(serving).await;
@@ -240,9 +288,10 @@ impl Readiness {
 
 struct Shared {
     permits: Arc<Semaphore>,
+    auth: Option<Auth>,
 }
 
-/// Wraps every request: trace context, deadline, and load shedding.
+/// Wraps every request: load shedding, trace context, deadline, authentication.
 #[derive(Clone)]
 struct MiddlewareLayer {
     shared: Arc<Shared>,
@@ -286,7 +335,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         // The clone is not ready; keep the one that is (tower's documented pattern).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -313,8 +362,18 @@ where
         let span =
             tracing::info_span!("grpc", otel.name = %path, otel.kind = "server", rpc = %path);
         telemetry::set_parent(&span, request.headers());
+        let auth = if is_infrastructure(&path) {
+            None
+        } else {
+            self.shared.auth.clone()
+        };
         Box::pin(tracing::Instrument::instrument(
             async move {
+                if let Some(auth) = auth {
+                    if let Err(refusal) = auth.check(&mut request).await {
+                        return Ok(refusal.into_http());
+                    }
+                }
                 let response = context::with_deadline(deadline, inner.call(request)).await;
                 drop(permit);
                 response

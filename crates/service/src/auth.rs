@@ -1,0 +1,575 @@
+//! The auth layer every service uses.
+//!
+//! Callers send an API key as `authorization: Bearer <key>` or `x-api-key`.
+//! The layer resolves it to a [`Principal`] through an [`Authenticator`]
+//! (normally [`RemoteAuthenticator`], which asks `cairn-auth` over gRPC and
+//! caches answers for at most [`MAX_CACHE_TTL`]), checks the scope the RPC
+//! declares in the service's [`Policy`], and hands the principal to the handler
+//! in the request extensions. Health and reflection are always open.
+//!
+//! Failures: no or bad key → `UNAUTHENTICATED`; missing scope →
+//! `PERMISSION_DENIED`; auth backend down or slow → `UNAVAILABLE` with retry
+//! info (never `INTERNAL`, never let through); too many failed attempts from
+//! one client → `RESOURCE_EXHAUSTED` with retry info, before any lookup.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use cairn_proto::cairn::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::{sync::OnceCell, time::Instant};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::{
+    client,
+    config::{ClientConfig, ConfigError},
+    scope::Scope,
+    status,
+};
+
+/// The revocation bound: no cached answer lives longer than this.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(5);
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Who is calling: the identity behind a valid API key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// Public key id; safe to log.
+    pub key_id: String,
+    /// Human-readable key name.
+    pub name: String,
+    /// What the key may do.
+    pub scopes: Vec<Scope>,
+    /// When the key stops being valid, if ever.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Principal {
+    /// Whether any granted scope covers `required`.
+    pub fn allows(&self, required: &Scope) -> bool {
+        self.scopes.iter().any(|s| s.allows(required))
+    }
+
+    /// `PERMISSION_DENIED` naming the missing scope unless the key has it.
+    pub fn require(&self, required: &Scope) -> Result<(), Status> {
+        if self.allows(required) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "API key {} lacks scope {required}",
+                self.key_id
+            )))
+        }
+    }
+}
+
+impl TryFrom<pb::Principal> for Principal {
+    type Error = Status;
+
+    fn try_from(p: pb::Principal) -> Result<Self, Status> {
+        let scopes = p
+            .scopes
+            .iter()
+            .map(|s| Scope::parse(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Status::internal(format!("auth service sent {e}")))?;
+        Ok(Principal {
+            key_id: p.key_id,
+            name: p.name,
+            scopes,
+            expires_at: p.expires_at.and_then(timestamp_to_system_time),
+        })
+    }
+}
+
+/// Converts a protobuf timestamp; `None` if it is out of range.
+pub fn timestamp_to_system_time(t: cairn_proto::Timestamp) -> Option<SystemTime> {
+    let secs = u64::try_from(t.seconds).ok()?;
+    let nanos = u32::try_from(t.nanos).ok()?;
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+/// Why a key was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthError {
+    /// Malformed, unknown, revoked or expired: the caller must not learn which.
+    #[error("invalid API key")]
+    Invalid,
+    /// The key could not be checked; try again later.
+    #[error("auth backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Resolves API keys to principals.
+#[tonic::async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// The principal behind `api_key`.
+    async fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError>;
+}
+
+/// What an RPC requires of its caller.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// No key needed.
+    Open,
+    /// Any valid key; the handler checks finer scopes itself (e.g. per topic).
+    Authenticated,
+    /// A valid key holding this scope.
+    Scope(Scope),
+}
+
+/// The access each RPC of a server declares, by full method path
+/// (`/package.Service/Method`). RPCs not listed need a valid key.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: HashMap<String, Access>,
+}
+
+impl Policy {
+    /// An empty policy: every RPC needs a valid key.
+    pub fn new() -> Self {
+        Policy::default()
+    }
+
+    /// Declares what `path` needs.
+    pub fn rpc(mut self, path: &str, access: Access) -> Self {
+        self.rules.insert(path.to_owned(), access);
+        self
+    }
+
+    fn access(&self, path: &str) -> &Access {
+        self.rules.get(path).unwrap_or(&Access::Authenticated)
+    }
+}
+
+/// Settings for the auth layer of a service that checks keys through `cairn-auth`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthClientConfig {
+    /// Address of `cairn-auth`.
+    pub address: String,
+    /// How long a valid key's principal is cached (at most 5000).
+    pub cache_ttl_ms: u64,
+    /// How long a rejected key stays rejected without asking again (at most 5000).
+    pub negative_cache_ttl_ms: u64,
+    /// Most cached keys; beyond it, expired entries and then everything is dropped.
+    pub cache_capacity: usize,
+    /// Failed validations one client IP may burst before being refused.
+    pub failure_burst: u32,
+    /// Failed validations per second one client IP may sustain.
+    pub failures_per_sec: u32,
+    /// The channel to `cairn-auth`.
+    pub client: ClientConfig,
+}
+
+impl Default for AuthClientConfig {
+    fn default() -> Self {
+        AuthClientConfig {
+            address: "127.0.0.1:50051".into(),
+            cache_ttl_ms: 2_000,
+            negative_cache_ttl_ms: 2_000,
+            cache_capacity: 100_000,
+            failure_burst: 50,
+            failures_per_sec: 20,
+            client: ClientConfig {
+                request_timeout_ms: 2_000,
+                ..ClientConfig::default()
+            },
+        }
+    }
+}
+
+impl AuthClientConfig {
+    /// Checks the values, naming fields under `section`.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let bound = MAX_CACHE_TTL.as_millis() as u64;
+        if self.cache_ttl_ms > bound {
+            return Err(ConfigError::invalid(
+                format!("{section}.cache_ttl_ms"),
+                "at most 5000 (the revocation bound)",
+            ));
+        }
+        if self.negative_cache_ttl_ms > bound {
+            return Err(ConfigError::invalid(
+                format!("{section}.negative_cache_ttl_ms"),
+                "at most 5000 (the revocation bound)",
+            ));
+        }
+        if self.address.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{section}.address"),
+                "must not be empty",
+            ));
+        }
+        if self.failure_burst == 0 || self.failures_per_sec == 0 {
+            return Err(ConfigError::invalid(
+                format!("{section}.failure_burst"),
+                "limits must be greater than 0",
+            ));
+        }
+        self.client.validate(&format!("{section}.client"))
+    }
+}
+
+/// The auth layer of one server: who checks keys, what each RPC needs, and the
+/// per-client limit on failed attempts.
+#[derive(Clone)]
+pub struct Auth {
+    authenticator: Arc<dyn Authenticator>,
+    policy: Arc<Policy>,
+    failures: Arc<FailureLimiter>,
+}
+
+impl Auth {
+    /// An auth layer with the default failure limits (50 burst, 20/s per client).
+    pub fn new(authenticator: Arc<dyn Authenticator>, policy: Policy) -> Self {
+        Auth::with_limits(authenticator, policy, 50, 20)
+    }
+
+    /// An auth layer with explicit failure limits per client IP.
+    pub fn with_limits(
+        authenticator: Arc<dyn Authenticator>,
+        policy: Policy,
+        burst: u32,
+        per_sec: u32,
+    ) -> Self {
+        Auth {
+            authenticator,
+            policy: Arc::new(policy),
+            failures: Arc::new(FailureLimiter::new(burst, per_sec)),
+        }
+    }
+
+    /// Authenticates `request` per the policy; on success the principal (if
+    /// any) is in its extensions.
+    pub(crate) async fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
+        let required = match self.policy.access(request.uri().path()) {
+            Access::Open => return Ok(()),
+            Access::Authenticated => None,
+            Access::Scope(scope) => Some(scope.clone()),
+        };
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+            .map(|addr| addr.ip());
+        if let Some(wait) = self.failures.refused(peer) {
+            return Err(status::resource_exhausted(
+                "too many failed authentications from this client",
+                wait,
+            ));
+        }
+        let Some(key) = api_key(request.headers()) else {
+            self.failures.record(peer);
+            return Err(Status::unauthenticated(
+                "missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
+            ));
+        };
+        match self.authenticator.authenticate(key).await {
+            Ok(principal) => {
+                if let Some(scope) = required {
+                    principal.require(&scope)?;
+                }
+                request.extensions_mut().insert(principal);
+                Ok(())
+            }
+            Err(AuthError::Invalid) => {
+                self.failures.record(peer);
+                Err(Status::unauthenticated("invalid API key"))
+            }
+            Err(AuthError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "cannot check API key");
+                Err(status::unavailable(
+                    "auth service unavailable, retry later",
+                    UNAVAILABLE_RETRY_AFTER,
+                ))
+            }
+        }
+    }
+}
+
+/// The key a request carries, from `authorization: Bearer …` or `x-api-key`.
+pub fn api_key(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = value.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+            return Some(token.trim());
+        }
+        return None;
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// The principal the auth layer attached to a request.
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::unauthenticated("missing API key"))
+}
+
+/// Adds `api_key` to an outgoing request as a bearer token.
+pub fn attach_key<T>(request: &mut tonic::Request<T>, api_key: &str) -> Result<(), Status> {
+    let value = format!("Bearer {api_key}").parse().map_err(|_| {
+        Status::invalid_argument("API key contains characters not allowed in metadata")
+    })?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
+}
+
+/// A token bucket per client IP, spent only by failed validations.
+struct FailureLimiter {
+    burst: f64,
+    per_sec: f64,
+    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+}
+
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+impl FailureLimiter {
+    fn new(burst: u32, per_sec: u32) -> Self {
+        FailureLimiter {
+            burst: f64::from(burst.max(1)),
+            per_sec: f64::from(per_sec.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn level(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
+        (tokens + now.duration_since(since).as_secs_f64() * self.per_sec).min(self.burst)
+    }
+
+    /// How long to wait if this client has no failures left.
+    fn refused(&self, peer: Option<IpAddr>) -> Option<Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let &(tokens, since) = buckets.get(&peer)?;
+        let level = self.level(tokens, since, Instant::now());
+        (level < 1.0).then(|| Duration::from_secs_f64((1.0 - level) / self.per_sec))
+    }
+
+    fn record(&self, peer: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&peer) {
+            let (burst, per_sec) = (self.burst, self.per_sec);
+            buckets
+                .retain(|_, (t, s)| (*t + now.duration_since(*s).as_secs_f64() * per_sec) < burst);
+        }
+        let (tokens, since) = buckets.get(&peer).copied().unwrap_or((self.burst, now));
+        let level = self.level(tokens, since, now);
+        buckets.insert(peer, ((level - 1.0).max(0.0), now));
+    }
+}
+
+/// Counters of a [`RemoteAuthenticator`].
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    /// Answers served from the cache.
+    pub cache_hits: AtomicU64,
+    /// `Authenticate` calls made to `cairn-auth`.
+    pub lookups: AtomicU64,
+}
+
+struct Cached {
+    result: Result<Principal, AuthError>,
+    until: Instant,
+}
+
+type Flight = Arc<OnceCell<Result<Principal, AuthError>>>;
+
+/// Checks keys with `cairn-auth` over one shared channel, caching answers for a
+/// few seconds (never past the revocation bound, never past a key's expiry)
+/// and making one lookup per key at a time however many callers wait for it.
+pub struct RemoteAuthenticator {
+    client: AuthServiceClient<Channel>,
+    config: AuthClientConfig,
+    // Keyed by SHA-256 of the API key so no secret sits in the map.
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    flights: Mutex<HashMap<[u8; 32], Flight>>,
+    stats: AuthStats,
+}
+
+impl RemoteAuthenticator {
+    /// An authenticator for the `cairn-auth` at `config.address` (connects lazily).
+    pub fn new(config: AuthClientConfig) -> Result<Self, tonic::transport::Error> {
+        let channel = client::connect_lazy(&config.address, &config.client)?;
+        let client = AuthServiceClient::new(channel)
+            .max_decoding_message_size(config.client.max_message_bytes)
+            .max_encoding_message_size(config.client.max_message_bytes);
+        Ok(RemoteAuthenticator {
+            client,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            stats: AuthStats::default(),
+        })
+    }
+
+    /// Cache and lookup counters.
+    pub fn stats(&self) -> &AuthStats {
+        &self.stats
+    }
+
+    async fn lookup(&self, api_key: &str) -> Result<Principal, AuthError> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let request = client::request(
+            pb::AuthenticateRequest {
+                api_key: api_key.to_owned(),
+            },
+            self.config.client.request_timeout(),
+        );
+        match self.client.clone().authenticate(request).await {
+            Ok(response) => response
+                .into_inner()
+                .principal
+                .ok_or_else(|| AuthError::Unavailable("auth service sent no principal".into()))
+                .and_then(|p| {
+                    Principal::try_from(p)
+                        .map_err(|s| AuthError::Unavailable(s.message().to_owned()))
+                }),
+            Err(status) if status.code() == Code::Unauthenticated => Err(AuthError::Invalid),
+            Err(status) => Err(AuthError::Unavailable(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+        }
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Result<Principal, AuthError>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = cache.get(digest)?;
+        (entry.until > Instant::now()).then(|| entry.result.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], result: &Result<Principal, AuthError>) {
+        let now = Instant::now();
+        let until = match result {
+            Ok(principal) => {
+                let mut ttl = Duration::from_millis(self.config.cache_ttl_ms);
+                if let Some(expires) = principal.expires_at {
+                    ttl = ttl.min(
+                        expires
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default(),
+                    );
+                }
+                now + ttl
+            }
+            Err(AuthError::Invalid) => {
+                now + Duration::from_millis(self.config.negative_cache_ttl_ms)
+            }
+            // An outage is never cached: the next caller asks again.
+            Err(AuthError::Unavailable(_)) => return,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.config.cache_capacity {
+            cache.retain(|_, e| e.until > now);
+            if cache.len() >= self.config.cache_capacity {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            digest,
+            Cached {
+                result: result.clone(),
+                until,
+            },
+        );
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for RemoteAuthenticator {
+    async fn authenticate(&self, api_key: &str) -> Result<Principal, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
+        if let Some(result) = self.cached(&digest) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return result;
+        }
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest)
+            .or_default()
+            .clone();
+        let result = flight.get_or_init(|| self.lookup(api_key)).await.clone();
+        self.remember(digest, &result);
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(&digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &flight))
+        {
+            flights.remove(&digest);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn api_key_from_either_header() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(api_key(&h), None);
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(api_key(&h), Some("k1"));
+        h.insert("authorization", "Bearer k2".parse().unwrap());
+        assert_eq!(api_key(&h), Some("k2"), "authorization wins");
+        h.insert("authorization", "bearer   k3 ".parse().unwrap());
+        assert_eq!(api_key(&h), Some("k3"));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(api_key(&h), None, "a non-bearer authorization is not a key");
+        h.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(api_key(&h), None);
+    }
+
+    #[test]
+    fn failure_limiter_refuses_after_the_burst_and_recovers() {
+        let limiter = FailureLimiter::new(3, 1000);
+        let a = Some(IpAddr::from([10, 0, 0, 1]));
+        let b = Some(IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..3 {
+            assert!(limiter.refused(a).is_none());
+            limiter.record(a);
+        }
+        assert!(limiter.refused(a).is_some(), "burst spent");
+        assert!(limiter.refused(b).is_none(), "other clients unaffected");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(limiter.refused(a).is_none(), "refills over time");
+    }
+
+    #[test]
+    fn cache_ttls_are_bounded_by_the_revocation_bound() {
+        let config = AuthClientConfig {
+            cache_ttl_ms: 5001,
+            ..AuthClientConfig::default()
+        };
+        assert!(config.validate("auth").is_err());
+        let config = AuthClientConfig {
+            negative_cache_ttl_ms: 60_000,
+            ..AuthClientConfig::default()
+        };
+        assert!(config.validate("auth").is_err());
+        assert!(AuthClientConfig::default().validate("auth").is_ok());
+    }
+}
