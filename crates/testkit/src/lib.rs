@@ -1,0 +1,239 @@
+//! Test support shared by Cairn's crates.
+//!
+//! - [`postgres_url`]: a fresh, empty database on the throwaway Postgres server
+//!   `scripts/test` starts (`CAIRN_TEST_PG_URL`).
+//! - [`sqlite_url`]: a SQLite file in a directory the test owns.
+//! - [`Process`]: a service binary started as a child process on a free port,
+//!   waited on until SERVING, stopped with SIGTERM, SIGKILL or SIGSTOP.
+//!
+//! When `CAIRN_TEST_REQUIRE_PEERS` is set (as `scripts/test` does), a missing
+//! peer fails the test instead of skipping it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use rand::RngExt;
+use sqlx::{Connection, Executor};
+
+/// Whether tests must fail rather than skip when a peer is missing.
+fn peers_required() -> bool {
+    std::env::var_os("CAIRN_TEST_REQUIRE_PEERS").is_some()
+}
+
+/// A URL for a new, empty Postgres database, or `None` (test skipped) when no
+/// server is configured and peers are not required.
+pub async fn postgres_url() -> Option<String> {
+    let Ok(base) = std::env::var("CAIRN_TEST_PG_URL") else {
+        assert!(
+            !peers_required(),
+            "CAIRN_TEST_PG_URL is not set; run through scripts/test"
+        );
+        eprintln!("skipping: CAIRN_TEST_PG_URL is not set (scripts/test starts a Postgres server)");
+        return None;
+    };
+    let name = format!("cairn_test_{}", rand::rng().random_range(0..u64::MAX));
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (server, _db) = base.rsplit_once('/').unwrap();
+    Some(format!("{server}/{name}"))
+}
+
+/// A SQLite URL for a new database file under `dir`.
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", dir.join("test.db").display())
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory under the system temp dir.
+    pub fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "cairn-{label}-{}-{}",
+            std::process::id(),
+            rand::rng().random_range(0..u64::MAX)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The path of a workspace binary built next to the running test.
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A service binary running as a child process.
+pub struct Process {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    /// Its combined stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `binary --listen 127.0.0.1:PORT ARGS…` with extra environment, in `dir`.
+    pub fn start(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = dir.join(format!("{binary_name}-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new(binary(binary_name))
+            .arg("--listen")
+            .arg(&addr)
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Process {
+            child: Some(child),
+            addr,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until health reports SERVING; panics with the log after `timeout`.
+    pub async fn wait_serving(&mut self, timeout: Duration) {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let give_up = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {status}:\n{}", self.addr, self.log_text());
+            }
+            let config = cairn_service::ClientConfig {
+                connect_timeout_ms: 500,
+                ..Default::default()
+            };
+            if let Ok(endpoint) = cairn_service::client::endpoint(&self.addr, &config) {
+                if let Ok(channel) = endpoint.connect().await {
+                    let reply = HealthClient::new(channel)
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await;
+                    if reply.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < give_up,
+                "{} not SERVING after {timeout:?}:\n{}",
+                self.addr,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`Process::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// SIGTERM, then waits for the exit code (SIGKILL after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let give_up = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > give_up {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
