@@ -70,6 +70,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let keys = open(&config).await?;
     keys.store().ping().await?;
+    serve(config, keys, listener, shutdown).await
+}
+
+/// Serves `keys` until `shutdown` resolves, then flushes `last_used_at` and
+/// closes the store.
+pub async fn serve(
+    config: Config,
+    keys: Keys,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let max = config.grpc.max_message_bytes;
     let auth_api = api::AuthApi::new(keys.clone());
     let server = Server::new(config.grpc.clone())

@@ -21,8 +21,8 @@ pub mod ingestion {
     tonic::include_proto!("ingestion");
 }
 
-/// Protobuf well-known timestamp, as the generated code uses it.
-pub use prost_types::Timestamp;
+/// Protobuf well-known types, as the generated code uses them.
+pub use prost_types::{Duration, Timestamp};
 
 /// Encoded `FileDescriptorSet` of every proto above, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cairn_descriptor");
