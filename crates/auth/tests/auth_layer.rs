@@ -219,9 +219,17 @@ async fn concurrent_callers_with_one_key_cause_one_lookup() {
     let lookups = c.authenticator.stats().lookups.load(Ordering::Relaxed) - before;
     assert_eq!(
         lookups, 1,
-        "single flight plus cache: one Authenticate for 64 callers"
+        "single flight: one Authenticate for 64 concurrent callers"
     );
-    assert!(c.authenticator.stats().cache_hits.load(Ordering::Relaxed) > 0);
+    let hits = c.authenticator.stats().cache_hits.load(Ordering::Relaxed);
+    assert!(c.call(Some(&key)).await.unwrap());
+    let stats = c.authenticator.stats();
+    assert_eq!(
+        stats.cache_hits.load(Ordering::Relaxed),
+        hits + 1,
+        "a later call hits the cache"
+    );
+    assert_eq!(stats.lookups.load(Ordering::Relaxed) - before, 1);
 }
 
 #[tokio::test]
