@@ -35,6 +35,7 @@ class Service:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
+            cwd=tmp,
         )
 
     def channel(self) -> grpc.Channel:

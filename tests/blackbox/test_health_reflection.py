@@ -13,7 +13,11 @@ STANDARD = {
 
 # binary -> the services of its own it must list (beyond health and reflection).
 SERVICES = {
-    "cairn-auth": set(),
+    "cairn-auth": {
+        "cairn.auth.v1.AuthService",
+        "cairn.auth.v1.KeyAdminService",
+        "ingestion.InternalAuthService",
+    },
     "cairn-agent": set(),
     "cairn-ingest": set(),
     "cairn-orchestrator": set(),

@@ -168,7 +168,6 @@ impl Keys {
         let new = key::generate();
         let record = Self::record(spec, &new, now, None);
         self.store.create(&record).await?;
-        tracing::info!(key_id = %record.key_id, name = %record.name, "created API key");
         Ok((record, new.text))
     }
 
@@ -223,7 +222,6 @@ impl Keys {
     /// Revokes a key at once.
     pub async fn revoke(&self, key_id: &str) -> Result<KeyRecord> {
         let record = self.store.revoke(key_id, store::now_ms()).await?;
-        tracing::info!(key_id = %key_id, "revoked API key");
         Ok(record)
     }
 
@@ -256,7 +254,6 @@ impl Keys {
             .store
             .rotate(key_id, &record, now.saturating_add(grace_ms))
             .await?;
-        tracing::info!(old_key_id = %key_id, key_id = %record.key_id, grace_secs = grace.as_secs(), "rotated API key");
         Ok((record, new.text, previous))
     }
 

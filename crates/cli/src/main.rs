@@ -5,6 +5,8 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 mod health;
+mod keys;
+mod time;
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Operate a Cairn platform")]
@@ -27,6 +29,8 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
     },
+    /// Administer API keys (needs a key with keys:admin).
+    Keys(keys::KeysArgs),
     /// Show the health of every service at its default local address.
     Status {
         /// `name=addr` pairs to check instead of the defaults.
@@ -55,12 +59,16 @@ fn main() -> ExitCode {
                 wait,
             } => health::check(&addr, &service, Duration::from_secs(wait)).await,
             Command::Status { endpoints } => health::status(&endpoints).await,
+            Command::Keys(args) => keys::run(args).await,
         }
     });
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("cairn: {error:#}");
+            match error.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("cairn: {:?}: {}", status.code(), status.message()),
+                None => eprintln!("cairn: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }
