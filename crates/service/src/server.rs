@@ -369,10 +369,10 @@ where
         };
         Box::pin(tracing::Instrument::instrument(
             async move {
-                if let Some(auth) = auth {
-                    if let Err(refusal) = auth.check(&mut request).await {
-                        return Ok(refusal.into_http());
-                    }
+                if let Some(auth) = auth
+                    && let Err(refusal) = auth.check(&mut request).await
+                {
+                    return Ok(refusal.into_http());
                 }
                 let response = context::with_deadline(deadline, inner.call(request)).await;
                 drop(permit);

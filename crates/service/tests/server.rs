@@ -168,9 +168,35 @@ async fn health_is_not_serving_until_the_service_is_ready() {
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
+/// The sorted service names a reflection client of version `$v` is told.
+macro_rules! list_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            stream.next().await.unwrap().unwrap().message_response
+        else {
+            panic!("not a list response");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    }};
+}
+
 #[tokio::test]
 async fn reflection_lists_exactly_the_hosted_services_in_both_versions() {
-    use tonic_reflection::pb::{v1, v1alpha};
     let server = Running::start(config()).await;
     let channel = server.channel().await;
     let expected = vec![
@@ -180,45 +206,8 @@ async fn reflection_lists_exactly_the_hosted_services_in_both_versions() {
         "grpc.reflection.v1alpha.ServerReflection",
     ];
 
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        stream.next().await.unwrap().unwrap().message_response
-    else {
-        panic!("not a list response");
-    };
-    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
-    assert_eq!(names, expected);
-
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let mut stream = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        stream.next().await.unwrap().unwrap().message_response
-    else {
-        panic!("not a list response");
-    };
-    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
-    assert_eq!(names, expected);
+    assert_eq!(list_services!(v1, channel.clone()), expected);
+    assert_eq!(list_services!(v1alpha, channel), expected);
 }
 
 #[tokio::test]

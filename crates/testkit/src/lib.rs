@@ -161,16 +161,15 @@ impl Process {
                 connect_timeout_ms: 500,
                 ..Default::default()
             };
-            if let Ok(endpoint) = cairn_service::client::endpoint(&self.addr, &config) {
-                if let Ok(channel) = endpoint.connect().await {
-                    let reply = HealthClient::new(channel)
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await;
-                    if reply.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
-                        return;
-                    }
+            if let Ok(endpoint) = cairn_service::client::endpoint(&self.addr, &config)
+                && let Ok(channel) = endpoint.connect().await
+            {
+                let request = HealthCheckRequest {
+                    service: String::new(),
+                };
+                let reply = HealthClient::new(channel).check(request).await;
+                if reply.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                    return;
                 }
             }
             assert!(
