@@ -3,7 +3,11 @@
 
 use std::{env, error::Error, path::PathBuf};
 
-const PROTOS: &[&str] = &["cairn/auth/v1/auth.proto", "ingestion/ingestion.proto"];
+const PROTOS: &[&str] = &[
+    "cairn/agent/v1/agent.proto",
+    "cairn/auth/v1/auth.proto",
+    "ingestion/ingestion.proto",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

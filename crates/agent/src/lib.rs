@@ -1,7 +1,8 @@
-//! Lease-holding partition writer: durable WAL, fenced leases, segments on object storage.
-//!
-//! Only the standard server (health and reflection) exists so far; this
-//! service's RPCs arrive with its own issue and do not exist until then.
+//! `cairn-agent`: the lease-holding partition writer.
+
+pub mod batch;
+pub mod error;
+pub mod wal;
 
 use std::future::Future;
 

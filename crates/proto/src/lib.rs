@@ -7,6 +7,13 @@
 
 /// Cairn's own APIs.
 pub mod cairn {
+    /// Produce, fetch, metadata and topics: the agent's APIs.
+    pub mod agent {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("cairn.agent.v1");
+        }
+    }
     /// API keys and principals.
     pub mod auth {
         /// Version 1.
