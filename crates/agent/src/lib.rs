@@ -1,21 +1,102 @@
-//! `cairn-agent`: the lease-holding partition writer.
+//! `cairn-agent`: the lease-holding partition writer. Agents own partitions
+//! through leases in the shared metadata database, append produced records to
+//! a per-partition WAL with group commit, acknowledge them once durable, and
+//! serve reads of their partitions.
+//!
+//! Module map: `batch` (the frame format), `wal` (append, fsync, recovery),
+//! `producers` (idempotence), `partition` (the writer thread, high watermark,
+//! reads), `meta` (the metadata database), `node` (identity and the lease
+//! loop), `api` (the gRPC edge), `config`, `error`.
+//!
+//! Not built yet: segments in object storage (so `ACK_MODE_COMMITTED` answers
+//! UNIMPLEMENTED and the WAL is the whole log), retention, and graceful
+//! rebalancing of dirty partitions.
 
+pub mod api;
 pub mod batch;
+pub mod config;
 pub mod error;
+pub mod meta;
+pub mod node;
+pub mod partition;
+pub mod producers;
 pub mod wal;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc, time::Duration};
 
+use cairn_proto::cairn::agent::v1::{
+    agent_service_server::AgentServiceServer, topic_service_server::TopicServiceServer,
+};
+use cairn_service::{
+    Server,
+    auth::{Access, Auth, Policy, RemoteAuthenticator},
+    scope::Scope,
+};
 use tokio::net::TcpListener;
 
-/// Configuration of `cairn-agent`.
-pub type Config = cairn_service::BasicConfig<50052>;
+pub use config::Config;
 
-/// Serves until `shutdown` resolves.
+/// What each RPC requires; per-topic scopes are checked in the handlers.
+pub fn policy() -> Policy {
+    let admin = Access::Scope(
+        Scope::required("topics", "admin", None).unwrap_or_else(|e| unreachable!("{e}")),
+    );
+    Policy::new()
+        .rpc("/cairn.agent.v1.TopicService/CreateTopic", admin.clone())
+        .rpc("/cairn.agent.v1.TopicService/DeleteTopic", admin)
+}
+
+/// Serves until `shutdown` resolves, then stops writing and releases clean leases.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    cairn_service::server::serve_standalone(config.grpc, listener, shutdown).await
+    let address = if config.agent.advertised_address.is_empty() {
+        listener.local_addr()?.to_string()
+    } else {
+        config.agent.advertised_address.clone()
+    };
+    let node = Node::start(config.clone(), address).await?;
+    let api = api::Api::new(node.clone(), config.limits.clone(), config.auth.enabled);
+    let max = config.grpc.max_message_bytes;
+    let mut server = Server::new(config.grpc.clone())
+        .add_service(
+            AgentServiceServer::new(api.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            TopicServiceServer::new(api)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+    if config.auth.enabled {
+        let authenticator = Arc::new(RemoteAuthenticator::new(config.auth.clone())?);
+        server = server.with_auth(Auth::with_limits(
+            authenticator,
+            policy(),
+            config.auth.failure_burst,
+            config.auth.failures_per_sec,
+        ));
+    } else {
+        tracing::warn!("auth is disabled: every caller may do everything");
+    }
+    let (stop_leases, leases_stopped) = tokio::sync::oneshot::channel::<()>();
+    let leases = tokio::spawn(node.clone().run_leases(async move {
+        let _ = leases_stopped.await;
+    }));
+    let meta = node.meta.clone();
+    let watchdog = server.readiness().watch(Duration::from_secs(5), move || {
+        let meta = meta.clone();
+        async move { meta.ping().await.is_ok() }
+    });
+    let served = server.serve(listener, shutdown).await;
+    watchdog.abort();
+    let _ = stop_leases.send(());
+    let _ = leases.await;
+    node.shutdown().await;
+    served
 }
+
+use node::Node;

@@ -1,0 +1,512 @@
+//! The gRPC edge: `cairn.agent.v1.AgentService` and `TopicService`. Requests
+//! are checked against the limits and converted here, before anything is written.
+
+use std::{sync::Arc, time::Duration};
+
+use cairn_proto::{
+    Timestamp,
+    cairn::agent::v1::{
+        self as pb, agent_service_server::AgentService, topic_service_server::TopicService,
+    },
+};
+use cairn_service::{auth, context, scope::Scope};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    batch::{ProducerInfo, Record},
+    config::Limits,
+    error::Error,
+    meta::TopicRow,
+    node::{Held, Node},
+    partition::{Ack, now_ms},
+};
+
+/// Default segment size and age. Large enough to avoid the small-file problem
+/// on object storage (per-request cost and listing overhead dominate below a
+/// few MiB), small enough that a segment uploads in seconds.
+pub const DEFAULT_SEGMENT_BYTES: i64 = 64 * 1024 * 1024;
+/// See [`DEFAULT_SEGMENT_BYTES`]: bounds how long records wait before upload.
+pub const DEFAULT_SEGMENT_MS: i64 = 10 * 60 * 1000;
+
+/// Kafka's topic name rule: `[a-zA-Z0-9._-]`, 1–249 characters, not `.` or `..`.
+pub fn check_topic_name(field: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be 1-249 characters of [a-zA-Z0-9._-], and not \".\" or \"..\"",
+        ))
+    }
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// Both services share the node and the limits.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+    limits: Limits,
+    auth_enabled: bool,
+}
+
+impl Api {
+    /// The API over `node`.
+    pub fn new(node: Arc<Node>, limits: Limits, auth_enabled: bool) -> Self {
+        Api {
+            node,
+            limits,
+            auth_enabled,
+        }
+    }
+
+    /// Checks the caller may `action` on `topic` (after the topic name was validated).
+    fn authorize<T>(&self, request: &Request<T>, action: &str, topic: &str) -> Result<(), Status> {
+        if !self.auth_enabled {
+            return Ok(());
+        }
+        let scope = Scope::required("topics", action, Some(topic))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        auth::principal(request)?.require(&scope)
+    }
+
+    /// The held partition, or the precise reason this agent can't serve it.
+    async fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Held>, Error> {
+        if let Some(held) = self.node.held(topic, partition) {
+            return Ok(held);
+        }
+        let Some(row) = self.node.meta.topic(topic).await? else {
+            return Err(Error::UnknownTopic(topic.to_owned()));
+        };
+        if partition >= row.partitions {
+            return Err(Error::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            });
+        }
+        let leader = self.node.leader_of(topic, partition).await?;
+        Err(Error::NotLeader {
+            topic: topic.to_owned(),
+            partition,
+            leader,
+        })
+    }
+
+    fn records(&self, records: Vec<pb::Record>, now: i64) -> Result<Vec<Record>, Error> {
+        if records.is_empty() {
+            return Err(Error::invalid("records", "at least one record is required"));
+        }
+        if records.len() > self.limits.max_records_per_request {
+            return Err(Error::invalid(
+                "records",
+                format!(
+                    "at most {} records per request",
+                    self.limits.max_records_per_request
+                ),
+            ));
+        }
+        let mut total = 0usize;
+        let mut out = Vec::with_capacity(records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            let record = Record {
+                key: r.key,
+                value: r.value,
+                timestamp_ms: if r.timestamp_ms == 0 {
+                    now
+                } else {
+                    r.timestamp_ms
+                },
+                headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+            };
+            let size = record.encoded_len();
+            if size > self.limits.max_record_bytes {
+                return Err(Error::invalid(
+                    format!("records[{i}]"),
+                    format!(
+                        "{size} bytes is larger than the {} byte limit",
+                        self.limits.max_record_bytes
+                    ),
+                ));
+            }
+            total += size;
+            out.push(record);
+        }
+        if total > self.limits.max_request_bytes {
+            return Err(Error::invalid(
+                "records",
+                format!(
+                    "{total} bytes in one request is more than the {} byte limit",
+                    self.limits.max_request_bytes
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn partition_metadata(
+        &self,
+        topic: &TopicRow,
+        leases_now: &LeaseView,
+    ) -> Vec<pb::PartitionMetadata> {
+        (0..topic.partitions)
+            .map(|p| {
+                let local = self.node.held(&topic.name, p);
+                let (leader_id, leader_address, epoch) = leases_now.leader(&topic.name, p);
+                pb::PartitionMetadata {
+                    partition: p,
+                    leader_id,
+                    leader_address,
+                    lease_epoch: epoch,
+                    log_start_offset: local.as_ref().map_or(0, |h| h.partition.log_start()),
+                    high_watermark: local.as_ref().map_or(0, |h| h.partition.high_watermark()),
+                }
+            })
+            .collect()
+    }
+
+    async fn lease_view(&self) -> Result<LeaseView, Error> {
+        let now = self.node.meta.now().await?;
+        let leases = self.node.meta.leases().await?;
+        let agents = self
+            .node
+            .meta
+            .live_agents(Duration::from_secs(3600))
+            .await?;
+        Ok(LeaseView {
+            now,
+            leases,
+            agents,
+        })
+    }
+}
+
+/// Leases and agents at one moment, for metadata answers.
+struct LeaseView {
+    now: i64,
+    leases: Vec<crate::meta::LeaseRow>,
+    agents: Vec<crate::meta::AgentRow>,
+}
+
+impl LeaseView {
+    fn leader(&self, topic: &str, partition: u32) -> (String, String, u64) {
+        let Some(lease) = self
+            .leases
+            .iter()
+            .find(|l| l.topic == topic && l.partition == partition)
+        else {
+            return (String::new(), String::new(), 0);
+        };
+        let live_holder = lease.holder.clone().filter(|_| lease.expires_at > self.now);
+        let Some(holder) = live_holder else {
+            return (String::new(), String::new(), lease.epoch);
+        };
+        let address = self
+            .agents
+            .iter()
+            .find(|a| a.agent_id == holder)
+            .map(|a| a.address.clone())
+            .unwrap_or_default();
+        (holder, address, lease.epoch)
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Api {
+    async fn get_metadata(
+        &self,
+        request: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        let wanted = request.into_inner().topics;
+        for (i, t) in wanted.iter().enumerate() {
+            check_topic_name(&format!("topics[{i}]"), t)?;
+        }
+        let view = self.lease_view().await?;
+        let mut topics = Vec::new();
+        for topic in self.node.meta.topics().await? {
+            if wanted.is_empty() || wanted.contains(&topic.name) {
+                let partitions = self.partition_metadata(&topic, &view).await;
+                topics.push(pb::TopicMetadata {
+                    topic: topic.name,
+                    partitions,
+                });
+            }
+        }
+        for name in &wanted {
+            if !topics.iter().any(|t| &t.topic == name) {
+                return Err(Error::UnknownTopic(name.clone()).into());
+            }
+        }
+        let agents = view
+            .agents
+            .iter()
+            .filter(|a| a.heartbeat_at > view.now - 60_000)
+            .map(|a| pb::AgentInfo {
+                agent_id: a.agent_id.clone(),
+                address: a.address.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetMetadataResponse { topics, agents }))
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<pb::InitProducerRequest>,
+    ) -> Result<Response<pb::InitProducerResponse>, Status> {
+        let name = request.into_inner().name;
+        if name.len() > 255 {
+            return Err(Error::invalid("name", "at most 255 bytes").into());
+        }
+        let name = (!name.is_empty()).then_some(name.as_str());
+        let (producer_id, producer_epoch) = self.node.meta.init_producer(name, now_ms()).await?;
+        Ok(Response::new(pb::InitProducerResponse {
+            producer_id,
+            producer_epoch,
+        }))
+    }
+
+    async fn produce(
+        &self,
+        request: Request<pb::ProduceRequest>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
+        check_topic_name("topic", &request.get_ref().topic)?;
+        self.authorize(&request, "produce", &request.get_ref().topic)?;
+        let req = request.into_inner();
+        let ack = match pb::AckMode::try_from(req.ack_mode) {
+            Ok(pb::AckMode::Unspecified | pb::AckMode::Durable) => Some(Ack::Durable),
+            Ok(pb::AckMode::Leader) => Some(Ack::Leader),
+            Ok(pb::AckMode::None) => None,
+            Ok(pb::AckMode::Committed) => {
+                return Err(Error::Unimplemented(
+                    "ACK_MODE_COMMITTED needs segments in object storage, which are not built yet"
+                        .into(),
+                )
+                .into());
+            }
+            Err(_) => return Err(Error::invalid("ack_mode", "unknown ack mode").into()),
+        };
+        let now = now_ms();
+        let count = req.records.len() as u32;
+        let records = self.records(req.records, now)?;
+        let producer = ProducerInfo {
+            producer_id: req.producer_id,
+            epoch: req.producer_epoch,
+            base_sequence: req.base_sequence,
+        };
+        if producer.producer_id != 0
+            && producer
+                .base_sequence
+                .checked_add(u64::from(count))
+                .is_none()
+        {
+            return Err(Error::invalid("base_sequence", "sequence overflows").into());
+        }
+        let held = self.partition(&req.topic, req.partition).await?;
+        self.node.ensure_dirty(&held).await?;
+        let appended = held.partition.append(records, producer, ack).await?;
+        let response = match appended {
+            Some(a) => pb::ProduceResponse {
+                base_offset: a.base_offset,
+                count: a.count,
+                log_append_time: Some(timestamp(a.append_time_ms)),
+                duplicate: a.duplicate,
+            },
+            None => pb::ProduceResponse {
+                base_offset: 0,
+                count,
+                log_append_time: None,
+                duplicate: false,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        check_topic_name("topic", &request.get_ref().topic)?;
+        self.authorize(&request, "consume", &request.get_ref().topic)?;
+        let req = request.into_inner();
+        let max_bytes = match req.max_bytes {
+            0 => 1024 * 1024,
+            n => (n as usize).min(self.limits.max_fetch_bytes),
+        };
+        let mut wait =
+            Duration::from_millis(u64::from(req.max_wait_ms).min(self.limits.max_fetch_wait_ms));
+        if let Some(left) = context::remaining() {
+            // Answer before the caller gives up, with whatever there is.
+            wait = wait.min(left.saturating_sub(Duration::from_millis(50)));
+        }
+        let held = self.partition(&req.topic, req.partition).await?;
+        let (records, high_watermark) = held.partition.fetch(req.offset, max_bytes, wait).await?;
+        let records = records
+            .into_iter()
+            .map(|(offset, r)| pb::StoredRecord {
+                offset,
+                key: r.key,
+                value: r.value,
+                timestamp_ms: r.timestamp_ms,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(key, value)| pb::Header { key, value })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::FetchResponse {
+            records,
+            high_watermark,
+            log_start_offset: held.partition.log_start(),
+        }))
+    }
+}
+
+fn topic_pb(row: &TopicRow) -> pb::Topic {
+    pb::Topic {
+        name: row.name.clone(),
+        config: Some(pb::TopicConfig {
+            partitions: row.partitions,
+            retention_ms: row.retention_ms,
+            retention_bytes: row.retention_bytes,
+            segment_bytes: row.segment_bytes,
+            segment_ms: row.segment_ms,
+        }),
+        created_at: Some(timestamp(row.created_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl TopicService for Api {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let req = request.into_inner();
+        check_topic_name("name", &req.name)?;
+        let config = req.config.unwrap_or_default();
+        let max = self.limits.max_partitions_per_topic;
+        if config.partitions == 0 || config.partitions > max {
+            return Err(Error::invalid(
+                "config.partitions",
+                format!("must be between 1 and {max}"),
+            )
+            .into());
+        }
+        for (field, value) in [
+            ("config.retention_ms", config.retention_ms),
+            ("config.retention_bytes", config.retention_bytes),
+            ("config.segment_bytes", config.segment_bytes),
+            ("config.segment_ms", config.segment_ms),
+        ] {
+            if value < 0 {
+                return Err(Error::invalid(field, "must not be negative").into());
+            }
+        }
+        if config.segment_bytes != 0 && config.segment_bytes < 1024 * 1024 {
+            return Err(Error::invalid(
+                "config.segment_bytes",
+                "must be at least 1 MiB (or 0 for the default)",
+            )
+            .into());
+        }
+        let row = TopicRow {
+            name: req.name,
+            partitions: config.partitions,
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+            segment_bytes: if config.segment_bytes == 0 {
+                DEFAULT_SEGMENT_BYTES
+            } else {
+                config.segment_bytes
+            },
+            segment_ms: if config.segment_ms == 0 {
+                DEFAULT_SEGMENT_MS
+            } else {
+                config.segment_ms
+            },
+            created_at: now_ms(),
+        };
+        self.node.meta.create_topic(&row).await?;
+        self.node.wake();
+        tracing::info!(topic = %row.name, partitions = row.partitions, "topic created");
+        Ok(Response::new(pb::CreateTopicResponse {
+            topic: Some(topic_pb(&row)),
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        _: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let topics = self
+            .node
+            .meta
+            .topics()
+            .await?
+            .iter()
+            .map(topic_pb)
+            .collect();
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        check_topic_name("name", &name)?;
+        let row = self
+            .node
+            .meta
+            .topic(&name)
+            .await?
+            .ok_or(Error::UnknownTopic(name))?;
+        let view = self.lease_view().await?;
+        let partitions = self.partition_metadata(&row, &view).await;
+        Ok(Response::new(pb::DescribeTopicResponse {
+            topic: Some(topic_pb(&row)),
+            partitions,
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        check_topic_name("name", &name)?;
+        if !self.node.meta.delete_topic(&name).await? {
+            return Err(Error::UnknownTopic(name).into());
+        }
+        self.node.wake();
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafkas_rule() {
+        for ok in ["a", "clicks", "a.b-c_d", &"x".repeat(249)] {
+            assert!(check_topic_name("t", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(250)] {
+            assert!(check_topic_name("t", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Configuration of `cairn-agent`.
+
+use std::path::PathBuf;
+
+use cairn_service::{
+    ConfigError, ServerConfig, ServiceConfig, TelemetryConfig, auth::AuthClientConfig,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything `cairn-agent` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub grpc: ServerConfig,
+    pub telemetry: TelemetryConfig,
+    /// How callers' API keys are checked.
+    pub auth: AuthClientConfig,
+    pub agent: AgentConfig,
+    pub metadata: MetadataConfig,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc: ServerConfig::on_port(50052),
+            telemetry: TelemetryConfig::default(),
+            auth: AuthClientConfig::default(),
+            agent: AgentConfig::default(),
+            metadata: MetadataConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// This agent's identity, storage and leases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Stable id; empty means the one kept in `data_dir/agent-id` (created on first start).
+    pub id: String,
+    /// Where the WAL lives.
+    pub data_dir: PathBuf,
+    /// Address other agents and clients reach this agent at; empty means `grpc.listen`.
+    pub advertised_address: String,
+    /// Lease length (by the metadata database's clock).
+    pub lease_ms: u64,
+    /// Renew leases and heartbeat this often.
+    pub renew_interval_ms: u64,
+    /// Stop writing this long before the lease could expire, by the local monotonic clock.
+    pub lease_safety_margin_ms: u64,
+    /// Take over partitions whose holder has acknowledged records not yet in
+    /// object storage. Off by default: turning it on can lose acknowledged
+    /// records (the old holder's WAL is not read).
+    pub unclean_takeover: bool,
+    /// Appends that may wait for a partition's writer before produce is refused.
+    pub write_queue_depth: usize,
+    /// Bytes a writer gathers into one write + fsync round.
+    pub max_round_bytes: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            id: String::new(),
+            data_dir: PathBuf::from("cairn-agent-data"),
+            advertised_address: String::new(),
+            lease_ms: 10_000,
+            renew_interval_ms: 2_000,
+            lease_safety_margin_ms: 3_000,
+            unclean_takeover: false,
+            write_queue_depth: 4096,
+            max_round_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// The shared metadata database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// `sqlite://PATH?mode=rwc` or `postgres://…`; every agent of a cluster uses the same one.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            url: "sqlite://cairn-metadata.db?mode=rwc".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// Limits enforced before anything is written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest record (key + value + headers), bytes.
+    pub max_record_bytes: usize,
+    /// Largest produce request (sum of records), bytes.
+    pub max_request_bytes: usize,
+    /// Most records in one produce request.
+    pub max_records_per_request: usize,
+    /// Most partitions a topic may have.
+    pub max_partitions_per_topic: u32,
+    /// Most bytes one fetch returns (a single larger record is still returned).
+    pub max_fetch_bytes: usize,
+    /// Longest a fetch may wait for records.
+    pub max_fetch_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_record_bytes: 1024 * 1024,
+            max_request_bytes: 8 * 1024 * 1024,
+            max_records_per_request: 10_000,
+            max_partitions_per_topic: 1024,
+            max_fetch_bytes: 8 * 1024 * 1024,
+            max_fetch_wait_ms: 30_000,
+        }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.enabled {
+            self.auth.validate("auth")?;
+        }
+        let a = &self.agent;
+        if a.lease_ms < 1000 {
+            return Err(ConfigError::invalid(
+                "agent.lease_ms",
+                "must be at least 1000",
+            ));
+        }
+        if a.renew_interval_ms == 0 || a.renew_interval_ms * 2 > a.lease_ms {
+            return Err(ConfigError::invalid(
+                "agent.renew_interval_ms",
+                "must be positive and at most half of agent.lease_ms",
+            ));
+        }
+        if a.lease_safety_margin_ms + a.renew_interval_ms >= a.lease_ms {
+            return Err(ConfigError::invalid(
+                "agent.lease_safety_margin_ms",
+                "plus agent.renew_interval_ms must be less than agent.lease_ms",
+            ));
+        }
+        if a.write_queue_depth == 0 {
+            return Err(ConfigError::invalid(
+                "agent.write_queue_depth",
+                "must be greater than 0",
+            ));
+        }
+        let url = &self.metadata.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "metadata.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        let l = &self.limits;
+        if l.max_record_bytes == 0 || l.max_record_bytes > l.max_request_bytes {
+            return Err(ConfigError::invalid(
+                "limits.max_record_bytes",
+                "must be positive and at most limits.max_request_bytes",
+            ));
+        }
+        // A request at the limit must fit the gRPC message limit (with framing room).
+        if l.max_request_bytes + 1024 * 1024 > self.grpc.max_message_bytes {
+            return Err(ConfigError::invalid(
+                "limits.max_request_bytes",
+                "must be at least 1 MiB below grpc.max_message_bytes",
+            ));
+        }
+        if l.max_records_per_request == 0 || l.max_partitions_per_topic == 0 {
+            return Err(ConfigError::invalid(
+                "limits",
+                "counts must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    fn server(&self) -> &ServerConfig {
+        &self.grpc
+    }
+
+    fn server_mut(&mut self) -> &mut ServerConfig {
+        &mut self.grpc
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}

@@ -1,0 +1,385 @@
+//! The metadata database all agents share: topics, one lease row per
+//! partition, agent membership, producer ids. One schema and query set for
+//! SQLite and Postgres (sqlx `Any`); lease times come from the database's own
+//! clock so agents with skewed clocks agree on expiry.
+
+use std::time::Duration;
+
+use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+
+use crate::error::{Error, Result};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A topic and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRow {
+    pub name: String,
+    pub partitions: u32,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub segment_bytes: i64,
+    pub segment_ms: i64,
+    pub created_at: i64,
+}
+
+/// A partition's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub topic: String,
+    pub partition: u32,
+    pub holder: Option<String>,
+    pub epoch: u64,
+    pub expires_at: i64,
+    pub dirty: bool,
+}
+
+/// A registered agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    pub agent_id: String,
+    pub address: String,
+    pub heartbeat_at: i64,
+}
+
+/// The metadata store.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    pool: AnyPool,
+    // SQL for "now in unix ms" by the database's clock.
+    now_sql: &'static str,
+}
+
+impl Meta {
+    /// Connects to `url` and applies migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Meta> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(3));
+        if sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        let now_sql = if sqlite {
+            "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)"
+        } else {
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        };
+        Ok(Meta { pool, now_sql })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The database's clock, unix ms.
+    pub async fn now(&self) -> Result<i64> {
+        let sql = format!("SELECT {} AS now", self.now_sql);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("now")?)
+    }
+
+    /// Creates a topic and its lease rows in one transaction.
+    pub async fn create_topic(&self, topic: &TopicRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO topics (name, partitions, retention_ms, retention_bytes, segment_bytes, segment_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&topic.name)
+        .bind(i64::from(topic.partitions))
+        .bind(topic.retention_ms)
+        .bind(topic.retention_bytes)
+        .bind(topic.segment_bytes)
+        .bind(topic.segment_ms)
+        .bind(topic.created_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(Error::TopicExists(topic.name.clone()));
+            }
+            other => {
+                other?;
+            }
+        }
+        for partition in 0..topic.partitions {
+            sqlx::query(
+                "INSERT INTO leases (topic, partition, holder, epoch, expires_at, dirty) VALUES ($1, $2, NULL, 0, 0, 0)",
+            )
+            .bind(&topic.name)
+            .bind(i64::from(partition))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn topic_row(row: &sqlx::any::AnyRow) -> Result<TopicRow> {
+        Ok(TopicRow {
+            name: row.try_get("name")?,
+            partitions: u32::try_from(row.try_get::<i64, _>("partitions")?).unwrap_or(0),
+            retention_ms: row.try_get("retention_ms")?,
+            retention_bytes: row.try_get("retention_bytes")?,
+            segment_bytes: row.try_get("segment_bytes")?,
+            segment_ms: row.try_get("segment_ms")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    /// Every topic, by name.
+    pub async fn topics(&self) -> Result<Vec<TopicRow>> {
+        let rows = sqlx::query(
+            "SELECT name, partitions, retention_ms, retention_bytes, segment_bytes, segment_ms, created_at \
+             FROM topics ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::topic_row).collect()
+    }
+
+    /// One topic.
+    pub async fn topic(&self, name: &str) -> Result<Option<TopicRow>> {
+        let row = sqlx::query(
+            "SELECT name, partitions, retention_ms, retention_bytes, segment_bytes, segment_ms, created_at \
+             FROM topics WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::topic_row).transpose()
+    }
+
+    /// Deletes a topic and its lease rows; false if there was none.
+    pub async fn delete_topic(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM topics WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM leases WHERE topic = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// Every lease row.
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
+        let rows = sqlx::query(
+            "SELECT topic, partition, holder, epoch, expires_at, dirty FROM leases ORDER BY topic, partition",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LeaseRow {
+                    topic: row.try_get("topic")?,
+                    partition: u32::try_from(row.try_get::<i64, _>("partition")?).unwrap_or(0),
+                    holder: row.try_get("holder")?,
+                    epoch: u64::try_from(row.try_get::<i64, _>("epoch")?).unwrap_or(0),
+                    expires_at: row.try_get("expires_at")?,
+                    dirty: row.try_get::<i64, _>("dirty")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes the lease if it is free or expired (and, unless `unclean`, not
+    /// dirty under another holder). The epoch grows only when the holder
+    /// changes. Returns the epoch held, or `None` if someone else has it.
+    pub async fn acquire(
+        &self,
+        topic: &str,
+        partition: u32,
+        me: &str,
+        lease: Duration,
+        unclean: bool,
+    ) -> Result<Option<u64>> {
+        let sql = format!(
+            "UPDATE leases SET \
+               epoch = CASE WHEN holder = $3 THEN epoch ELSE epoch + 1 END, \
+               holder = $3, expires_at = {now} + $4 \
+             WHERE topic = $1 AND partition = $2 \
+               AND (holder IS NULL OR holder = $3 OR expires_at < {now}) \
+               AND (holder IS NULL OR holder = $3 OR dirty = 0 OR $5 = 1)",
+            now = self.now_sql
+        );
+        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(me)
+            .bind(lease.as_millis() as i64)
+            .bind(i64::from(unclean))
+            .execute(&self.pool)
+            .await?;
+        if updated.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let row =
+            sqlx::query("SELECT epoch, holder FROM leases WHERE topic = $1 AND partition = $2")
+                .bind(topic)
+                .bind(i64::from(partition))
+                .fetch_one(&self.pool)
+                .await?;
+        let holder: Option<String> = row.try_get("holder")?;
+        Ok((holder.as_deref() == Some(me))
+            .then(|| u64::try_from(row.try_get::<i64, _>("epoch").unwrap_or(0)).unwrap_or(0)))
+    }
+
+    /// Extends a lease this agent holds at `epoch`; false if it was lost.
+    pub async fn renew(
+        &self,
+        topic: &str,
+        partition: u32,
+        me: &str,
+        epoch: u64,
+        lease: Duration,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE leases SET expires_at = {now} + $5 \
+             WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4",
+            now = self.now_sql
+        );
+        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(me)
+            .bind(epoch as i64)
+            .bind(lease.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Marks that the holder at `epoch` has acknowledged records not yet in
+    /// object storage. Fenced by the epoch: false if the lease moved.
+    pub async fn mark_dirty(
+        &self,
+        topic: &str,
+        partition: u32,
+        me: &str,
+        epoch: u64,
+    ) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE leases SET dirty = 1 WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(me)
+        .bind(epoch as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Gives up a clean lease so another agent can take it at once.
+    pub async fn release(&self, topic: &str, partition: u32, me: &str, epoch: u64) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET expires_at = 0 WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4 AND dirty = 0",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(me)
+        .bind(epoch as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Registers or refreshes this agent.
+    pub async fn heartbeat(&self, agent_id: &str, address: &str) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO agents (agent_id, address, heartbeat_at, started_at) VALUES ($1, $2, {now}, {now}) \
+             ON CONFLICT (agent_id) DO UPDATE SET address = $2, heartbeat_at = {now}",
+            now = self.now_sql
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(agent_id)
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Agents whose heartbeat is younger than `within`.
+    pub async fn live_agents(&self, within: Duration) -> Result<Vec<AgentRow>> {
+        let sql = format!(
+            "SELECT agent_id, address, heartbeat_at FROM agents WHERE heartbeat_at > {now} - $1 ORDER BY agent_id",
+            now = self.now_sql
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(within.as_millis() as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AgentRow {
+                    agent_id: row.try_get("agent_id")?,
+                    address: row.try_get("address")?,
+                    heartbeat_at: row.try_get("heartbeat_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A producer id and epoch. A named producer gets its existing id with
+    /// the epoch bumped (fencing the older instance); an unnamed one a new id.
+    pub async fn init_producer(&self, name: Option<&str>, now: i64) -> Result<(u64, u32)> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(name) = name {
+            let updated = sqlx::query("UPDATE producers SET epoch = epoch + 1 WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            if updated.rows_affected() == 1 {
+                let row = sqlx::query("SELECT producer_id, epoch FROM producers WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return Ok((
+                    row.try_get::<i64, _>("producer_id")? as u64,
+                    row.try_get::<i64, _>("epoch")? as u32,
+                ));
+            }
+        }
+        // A random positive 63-bit id: no coordination needed. A collision (or
+        // a concurrent init of the same name) fails the insert; the caller retries.
+        let id = rand::random_range(1..i64::MAX);
+        let inserted = sqlx::query(
+            "INSERT INTO producers (producer_id, name, epoch, created_at) VALUES ($1, $2, 0, $3)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {
+                tx.commit().await?;
+                Ok((id as u64, 0))
+            }
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(Error::Retryable("concurrent InitProducer; retry".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! This agent in the cluster: its identity, the partitions it leads, and the
+//! lease loop that heartbeats, renews, reclaims and acquires partitions.
+//!
+//! Each round: heartbeat; renew every held lease (a lease that fails to renew
+//! is given up at once, and writes stop anyway a safety margin before it could
+//! expire); then take free or expired partitions up to this agent's fair share
+//! of the live agents. A partition another holder left dirty (acknowledged
+//! records not in object storage) is never taken unless unclean takeover is on.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    meta::{LeaseRow, Meta},
+    partition::{Partition, WriterConfig, now_ms},
+};
+
+/// A partition this agent holds the lease of.
+pub struct Held {
+    pub partition: Arc<Partition>,
+    pub epoch: u64,
+    /// Whether the lease row says this holder has uncommitted acknowledged records.
+    pub dirty: AtomicBool,
+}
+
+type Key = (String, u32);
+
+/// This agent.
+pub struct Node {
+    pub id: String,
+    pub address: String,
+    pub meta: Meta,
+    config: Config,
+    held: RwLock<HashMap<Key, Arc<Held>>>,
+    wake: tokio::sync::Notify,
+}
+
+fn resolve_id(config: &Config) -> Result<String> {
+    if !config.agent.id.is_empty() {
+        return Ok(config.agent.id.clone());
+    }
+    std::fs::create_dir_all(&config.agent.data_dir)?;
+    let path = config.agent.data_dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = format!("agent-{:016x}", rand::random::<u64>());
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+impl Node {
+    /// Connects to metadata, registers, and reclaims and recovers this agent's
+    /// partitions before returning (so it serves only recovered partitions).
+    pub async fn start(config: Config, address: String) -> Result<Arc<Node>> {
+        let id = resolve_id(&config)?;
+        let meta = Meta::connect(&config.metadata.url, config.metadata.max_connections).await?;
+        let node = Arc::new(Node {
+            id,
+            address,
+            meta,
+            config,
+            held: RwLock::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+        });
+        node.round().await?;
+        tracing::info!(agent_id = %node.id, address = %node.address, partitions = node.held_count(), "agent started");
+        Ok(node)
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.agent.lease_ms)
+    }
+
+    fn held_count(&self) -> usize {
+        self.held.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The partition if this agent leads it.
+    pub fn held(&self, topic: &str, partition: u32) -> Option<Arc<Held>> {
+        self.held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic.to_owned(), partition))
+            .cloned()
+    }
+
+    /// Every held partition.
+    pub fn all_held(&self) -> Vec<Arc<Held>> {
+        self.held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Asks the lease loop to run a round now (e.g. after a topic was created).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn wal_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.config
+            .agent
+            .data_dir
+            .join("wal")
+            .join(topic)
+            .join(partition.to_string())
+    }
+
+    /// Marks the partition dirty in metadata before its first acknowledgement
+    /// under this lease. Fenced by the epoch.
+    pub async fn ensure_dirty(&self, held: &Held) -> Result<()> {
+        if held.dirty.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let p = &held.partition;
+        if !self
+            .meta
+            .mark_dirty(&p.topic, p.partition, &self.id, held.epoch)
+            .await?
+        {
+            p.close();
+            return Err(Error::NotLeader {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                leader: None,
+            });
+        }
+        held.dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Runs lease rounds until `stop` resolves.
+    pub async fn run_leases(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let interval = Duration::from_millis(self.config.agent.renew_interval_ms);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+                () = self.wake.notified() => {}
+            }
+            if let Err(error) = self.round().await {
+                tracing::warn!(%error, "lease round failed; writes stop when leases run out");
+            }
+        }
+    }
+
+    async fn round(&self) -> Result<()> {
+        self.meta.heartbeat(&self.id, &self.address).await?;
+        self.renew().await?;
+        self.acquire().await
+    }
+
+    fn fence_until(&self, started_ms: i64) -> u64 {
+        let a = &self.config.agent;
+        (started_ms + a.lease_ms as i64 - a.lease_safety_margin_ms as i64).max(0) as u64
+    }
+
+    async fn renew(&self) -> Result<()> {
+        for held in self.all_held() {
+            let p = &held.partition;
+            let started = now_ms();
+            if self
+                .meta
+                .renew(&p.topic, p.partition, &self.id, held.epoch, self.lease())
+                .await?
+            {
+                p.fence.extend(self.fence_until(started));
+            } else {
+                tracing::warn!(topic = %p.topic, partition = p.partition, epoch = held.epoch, "lease lost");
+                self.drop_partition(&p.topic, p.partition);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_partition(&self, topic: &str, partition: u32) {
+        if let Some(held) = self
+            .held
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(topic.to_owned(), partition))
+        {
+            held.partition.close();
+        }
+    }
+
+    async fn acquire(&self) -> Result<()> {
+        let leases = self.meta.leases().await?;
+        let db_now = self.meta.now().await?;
+        // Partitions of deleted topics: stop leading them and drop their WAL.
+        let existing: std::collections::HashSet<Key> = leases
+            .iter()
+            .map(|l| (l.topic.clone(), l.partition))
+            .collect();
+        for held in self.all_held() {
+            let p = &held.partition;
+            if !existing.contains(&(p.topic.clone(), p.partition)) {
+                self.drop_partition(&p.topic, p.partition);
+                let _ = std::fs::remove_dir_all(self.wal_dir(&p.topic, p.partition));
+                tracing::info!(topic = %p.topic, partition = p.partition, "topic deleted; partition dropped");
+            }
+        }
+        let live = self.meta.live_agents(self.lease()).await?.len().max(1);
+        let share = leases.len().div_ceil(live);
+        // Ours first (a restart reclaims), then free ones in an order that
+        // differs per agent so agents starting together spread out.
+        let mut candidates: Vec<&LeaseRow> = leases
+            .iter()
+            .filter(|l| self.held(&l.topic, l.partition).is_none())
+            .filter(|l| {
+                let mine = l.holder.as_deref() == Some(self.id.as_str());
+                let free = l.holder.is_none() || l.expires_at < db_now;
+                mine || (free
+                    && (!l.dirty || self.config.agent.unclean_takeover || l.holder.is_none()))
+            })
+            .collect();
+        candidates.sort_by_key(|l| {
+            let mine = l.holder.as_deref() == Some(self.id.as_str());
+            (!mine, spread(&self.id, &l.topic, l.partition))
+        });
+        for lease in candidates {
+            let mine = lease.holder.as_deref() == Some(self.id.as_str());
+            if !mine && self.held_count() >= share {
+                break;
+            }
+            self.take(lease).await?;
+        }
+        Ok(())
+    }
+
+    async fn take(&self, lease: &LeaseRow) -> Result<()> {
+        let started = now_ms();
+        let unclean = self.config.agent.unclean_takeover;
+        let Some(epoch) = self
+            .meta
+            .acquire(
+                &lease.topic,
+                lease.partition,
+                &self.id,
+                self.lease(),
+                unclean,
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let dir = self.wal_dir(&lease.topic, lease.partition);
+        let writer = WriterConfig {
+            max_round_bytes: self.config.agent.max_round_bytes,
+            queue_depth: self.config.agent.write_queue_depth,
+        };
+        let (topic, partition) = (lease.topic.clone(), lease.partition);
+        let opened =
+            tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, writer))
+                .await
+                .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?;
+        let partition = match opened {
+            Ok(p) => p,
+            Err(error) => {
+                // Hold the lease (nobody else may write over a log we cannot
+                // read) but serve nothing; an operator must look.
+                tracing::error!(topic = %lease.topic, partition = lease.partition, %error, "partition recovery failed");
+                return Ok(());
+            }
+        };
+        partition.fence.extend(self.fence_until(started));
+        let was_mine = lease.holder.as_deref() == Some(self.id.as_str());
+        let held = Arc::new(Held {
+            partition,
+            epoch,
+            dirty: AtomicBool::new(lease.dirty && was_mine),
+        });
+        tracing::info!(topic = %lease.topic, partition = lease.partition, epoch, "lease acquired");
+        self.held
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((lease.topic.clone(), lease.partition), held);
+        Ok(())
+    }
+
+    /// Stops writing everywhere and gives back clean leases.
+    pub async fn shutdown(&self) {
+        let held: Vec<Arc<Held>> = self
+            .held
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in held {
+            let p = &h.partition;
+            p.close();
+            if !h.dirty.load(Ordering::SeqCst) {
+                if let Err(error) = self
+                    .meta
+                    .release(&p.topic, p.partition, &self.id, h.epoch)
+                    .await
+                {
+                    tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
+                }
+            }
+        }
+    }
+
+    /// Current leader of a partition per metadata, if a live lease holder exists.
+    pub async fn leader_of(&self, topic: &str, partition: u32) -> Result<Option<(String, String)>> {
+        let now = self.meta.now().await?;
+        let holder = self
+            .meta
+            .leases()
+            .await?
+            .into_iter()
+            .find(|l| l.topic == topic && l.partition == partition && l.expires_at > now)
+            .and_then(|l| l.holder);
+        let Some(holder) = holder else {
+            return Ok(None);
+        };
+        let agents = self.meta.live_agents(self.lease()).await?;
+        Ok(agents
+            .into_iter()
+            .find(|a| a.agent_id == holder)
+            .map(|a| (a.agent_id, a.address)))
+    }
+}
+
+fn spread(agent: &str, topic: &str, partition: u32) -> u32 {
+    crc32fast::hash(format!("{agent}/{topic}/{partition}").as_bytes())
+}

@@ -1,0 +1,398 @@
+//! One partition this agent leads: a writer thread doing group commit over
+//! the WAL, the durable high watermark readers see, and reads.
+//!
+//! Group commit: the writer takes every append waiting in its queue, assigns
+//! dense offsets, writes all their frames with one `write`, acknowledges
+//! leader-acked requests, runs one `fdatasync`, then moves the high watermark
+//! and acknowledges durable requests. Many concurrent produces share one fsync.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    batch::{self, BatchHeader, ProducerInfo, Record},
+    error::{Error, Result},
+    producers::{Producers, Verdict},
+    wal::{Wal, WalReader},
+};
+
+/// How far an append must get before its caller hears back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Written, not yet fsynced.
+    Leader,
+    /// fsynced.
+    Durable,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub count: u32,
+    pub append_time_ms: i64,
+    pub duplicate: bool,
+}
+
+struct Request {
+    records: Vec<Record>,
+    producer: ProducerInfo,
+    ack: Ack,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// Counters for the benchmark and for operators.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub fsyncs: AtomicU64,
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+}
+
+/// Lease validity the writer checks before every write: unix ms after which
+/// this agent must not write (0 = not leading).
+#[derive(Debug, Default)]
+pub struct Fence {
+    valid_until_ms: AtomicU64,
+}
+
+impl Fence {
+    /// Allows writes until `until_ms` (unix ms, already minus the safety margin).
+    pub fn extend(&self, until_ms: u64) {
+        self.valid_until_ms.store(until_ms, Ordering::SeqCst);
+    }
+
+    /// Stops writes at once.
+    pub fn revoke(&self) {
+        self.valid_until_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether writes are allowed now.
+    pub fn is_valid(&self) -> bool {
+        now_ms() < self.valid_until_ms.load(Ordering::SeqCst) as i64
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A partition this agent leads.
+pub struct Partition {
+    pub topic: String,
+    pub partition: u32,
+    queue: mpsc::Sender<Request>,
+    reader: Arc<WalReader>,
+    high_watermark: watch::Receiver<u64>,
+    log_start: u64,
+    pub fence: Arc<Fence>,
+    failed: Arc<AtomicBool>,
+    pub stats: Arc<WriterStats>,
+}
+
+/// Writer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Stop adding requests to a round past this many bytes.
+    pub max_round_bytes: usize,
+    /// Queued appends beyond which produce is refused as overloaded.
+    pub queue_depth: usize,
+}
+
+impl Partition {
+    /// Recovers the WAL in `dir` and starts the writer thread.
+    pub fn open(
+        topic: &str,
+        partition: u32,
+        dir: &Path,
+        config: WriterConfig,
+    ) -> Result<Arc<Partition>> {
+        let recovered = Wal::open(dir)?;
+        let producers = Producers::from_batches(&recovered.batches);
+        let log_start = recovered.batches.first().map_or(0, |b| b.base_offset);
+        let wal = recovered.wal;
+        let reader = wal.reader();
+        let (hw_tx, hw_rx) = watch::channel(wal.next_offset());
+        let (queue, rx) = mpsc::channel(config.queue_depth);
+        let fence = Arc::new(Fence::default());
+        let failed = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer {
+            wal,
+            producers,
+            rx,
+            hw: hw_tx,
+            fence: fence.clone(),
+            failed: failed.clone(),
+            stats: stats.clone(),
+            config,
+            name: format!("{topic}/{partition}"),
+        };
+        std::thread::Builder::new()
+            .name(format!("wal-{topic}-{partition}"))
+            .spawn(move || writer.run())?;
+        tracing::info!(%topic, partition, next_offset = *hw_rx.borrow(), truncated = recovered.truncated, "partition recovered");
+        Ok(Arc::new(Partition {
+            topic: topic.to_owned(),
+            partition,
+            queue,
+            reader,
+            high_watermark: hw_rx,
+            log_start,
+            fence,
+            failed,
+            stats,
+        }))
+    }
+
+    /// Offset after the last durable record.
+    pub fn high_watermark(&self) -> u64 {
+        *self.high_watermark.borrow()
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start(&self) -> u64 {
+        self.log_start
+    }
+
+    /// Queues an append. `Ok(None)` means queued without waiting (fire and forget).
+    pub async fn append(
+        &self,
+        records: Vec<Record>,
+        producer: ProducerInfo,
+        ack: Option<Ack>,
+    ) -> Result<Option<Appended>> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Retryable(format!(
+                "{}/{} storage failed; not accepting writes",
+                self.topic, self.partition
+            )));
+        }
+        if !self.fence.is_valid() {
+            return Err(Error::NotLeader {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                leader: None,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            records,
+            producer,
+            ack: ack.unwrap_or(Ack::Durable),
+            reply,
+        };
+        // A full queue is overload: refuse now, retryably, instead of queueing without bound.
+        self.queue.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                Error::Retryable("partition write queue full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => Error::Retryable("partition is closing".into()),
+        })?;
+        if ack.is_none() {
+            return Ok(None);
+        }
+        answer
+            .await
+            .map_err(|_| Error::Retryable("partition writer stopped".into()))?
+            .map(Some)
+    }
+
+    /// Durable records from `offset`, waiting up to `wait` for some when at the end.
+    pub async fn fetch(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<(Vec<(u64, Record)>, u64)> {
+        let mut hw_rx = self.high_watermark.clone();
+        let mut hw = *hw_rx.borrow_and_update();
+        if offset < self.log_start || offset > hw {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start: self.log_start,
+                end: hw,
+            });
+        }
+        if offset == hw && !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, hw_rx.wait_for(|&h| h > offset)).await;
+            hw = *hw_rx.borrow();
+        }
+        let reader = self.reader.clone();
+        let records = tokio::task::spawn_blocking(move || reader.read(offset, hw, max_bytes))
+            .await
+            .map_err(|e| Error::Retryable(format!("read task failed: {e}")))??;
+        Ok((records, hw))
+    }
+
+    /// Stops accepting writes (lease lost or given up). Queued appends fail.
+    pub fn close(&self) {
+        self.fence.revoke();
+    }
+}
+
+struct Writer {
+    wal: Wal,
+    producers: Producers,
+    rx: mpsc::Receiver<Request>,
+    hw: watch::Sender<u64>,
+    fence: Arc<Fence>,
+    failed: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
+    config: WriterConfig,
+    name: String,
+}
+
+struct Pending {
+    reply: oneshot::Sender<Result<Appended>>,
+    appended: Appended,
+    ack: Ack,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut round = vec![first];
+            let mut bytes = 0usize;
+            while bytes < self.config.max_round_bytes {
+                match self.rx.try_recv() {
+                    Ok(request) => {
+                        bytes += request
+                            .records
+                            .iter()
+                            .map(Record::encoded_len)
+                            .sum::<usize>();
+                        round.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = self.commit(round) {
+                tracing::error!(partition = %self.name, %error, "WAL write failed; partition stops accepting writes");
+                self.failed.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+        // Whatever is still queued fails rather than waiting forever.
+        self.rx.close();
+        while let Ok(request) = self.rx.try_recv() {
+            let _ = request
+                .reply
+                .send(Err(Error::Retryable("partition writer stopped".into())));
+        }
+    }
+
+    fn commit(&mut self, round: Vec<Request>) -> Result<()> {
+        let now = crate::partition::now_ms();
+        if !self.fence.is_valid() {
+            for request in round {
+                let _ = request
+                    .reply
+                    .send(Err(Error::Retryable("lease lost; refresh metadata".into())));
+            }
+            return Ok(());
+        }
+        // Sequences are checked against a working copy that includes this
+        // round's earlier batches; the real state changes only after the write.
+        let mut tentative = self.producers.clone();
+        let mut frames = Vec::new();
+        let mut headers = Vec::new();
+        let mut pending = Vec::new();
+        let mut next = self.wal.next_offset();
+        for request in round {
+            let count = request.records.len() as u32;
+            match tentative.check(request.producer, count) {
+                Err(error) => {
+                    let _ = request.reply.send(Err(error));
+                }
+                Ok(Verdict::Duplicate(original)) => pending.push(Pending {
+                    reply: request.reply,
+                    appended: Appended {
+                        base_offset: original.base_offset,
+                        count,
+                        append_time_ms: original.append_time_ms,
+                        duplicate: true,
+                    },
+                    ack: Ack::Durable,
+                }),
+                Ok(Verdict::Append) => {
+                    let header = BatchHeader {
+                        base_offset: next,
+                        count,
+                        producer: request.producer,
+                        append_time_ms: now,
+                    };
+                    let before = frames.len();
+                    batch::encode(&header, &request.records, &mut frames);
+                    headers.push((header, (frames.len() - before) as u32));
+                    tentative.record(request.producer, count, next, now);
+                    pending.push(Pending {
+                        reply: request.reply,
+                        appended: Appended {
+                            base_offset: next,
+                            count,
+                            append_time_ms: now,
+                            duplicate: false,
+                        },
+                        ack: request.ack,
+                    });
+                    next += u64::from(count);
+                }
+            }
+        }
+        if !headers.is_empty() {
+            if let Err(error) = self.wal.append(&frames, &headers) {
+                for p in pending {
+                    let _ = p
+                        .reply
+                        .send(Err(Error::Retryable("WAL write failed".into())));
+                }
+                return Err(error);
+            }
+        }
+        let mut durable = Vec::with_capacity(pending.len());
+        for p in pending {
+            if p.ack == Ack::Leader {
+                let _ = p.reply.send(Ok(p.appended));
+            } else {
+                durable.push(p);
+            }
+        }
+        if !headers.is_empty() {
+            if let Err(error) = self.wal.sync() {
+                for p in durable {
+                    let _ = p
+                        .reply
+                        .send(Err(Error::Retryable("WAL fsync failed".into())));
+                }
+                return Err(error);
+            }
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .batches
+                .fetch_add(headers.len() as u64, Ordering::Relaxed);
+            self.stats.records.fetch_add(
+                headers.iter().map(|(h, _)| u64::from(h.count)).sum(),
+                Ordering::Relaxed,
+            );
+        }
+        self.producers = tentative;
+        self.hw.send_replace(self.wal.next_offset());
+        for p in durable {
+            let _ = p.reply.send(Ok(p.appended));
+        }
+        Ok(())
+    }
+}

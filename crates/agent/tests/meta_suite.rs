@@ -1,0 +1,196 @@
+//! Lease and metadata invariants, run against SQLite and a real Postgres.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cairn_agent::meta::{Meta, TopicRow};
+
+fn topic(name: &str, partitions: u32) -> TopicRow {
+    TopicRow {
+        name: name.into(),
+        partitions,
+        retention_ms: 0,
+        retention_bytes: 0,
+        segment_bytes: 1 << 26,
+        segment_ms: 600_000,
+        created_at: 1,
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+const SHORT: Duration = Duration::from_millis(200);
+
+async fn topics_and_lease_rows(meta: Meta) {
+    meta.create_topic(&topic("clicks", 3)).await.unwrap();
+    assert!(matches!(
+        meta.create_topic(&topic("clicks", 1)).await,
+        Err(cairn_agent::error::Error::TopicExists(_))
+    ));
+    assert_eq!(meta.topics().await.unwrap().len(), 1);
+    let leases = meta.leases().await.unwrap();
+    assert_eq!(leases.len(), 3, "one lease row per partition");
+    assert!(leases.iter().all(|l| l.holder.is_none() && l.epoch == 0));
+    assert!(meta.delete_topic("clicks").await.unwrap());
+    assert!(meta.leases().await.unwrap().is_empty());
+    assert!(!meta.delete_topic("clicks").await.unwrap());
+}
+
+async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
+    meta.create_topic(&topic("t", 1)).await.unwrap();
+    assert_eq!(
+        meta.acquire("t", 0, "a", SHORT, false).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        None,
+        "held and not expired"
+    );
+    assert!(meta.renew("t", 0, "a", 1, SHORT).await.unwrap());
+    assert_eq!(
+        meta.leases().await.unwrap()[0].epoch,
+        1,
+        "renewal keeps the epoch"
+    );
+    assert_eq!(
+        meta.acquire("t", 0, "a", SHORT, false).await.unwrap(),
+        Some(1),
+        "re-acquire by the holder keeps it"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        Some(2),
+        "new holder, new epoch"
+    );
+    assert!(
+        !meta.renew("t", 0, "a", 1, LONG).await.unwrap(),
+        "the old holder can't renew"
+    );
+    assert!(
+        !meta.mark_dirty("t", 0, "a", 1).await.unwrap(),
+        "nor change anything under its old epoch"
+    );
+    assert_eq!(meta.leases().await.unwrap()[0].holder.as_deref(), Some("b"));
+}
+
+async fn a_dirty_partition_is_not_taken_over(meta: Meta) {
+    meta.create_topic(&topic("t", 1)).await.unwrap();
+    assert_eq!(
+        meta.acquire("t", 0, "a", SHORT, false).await.unwrap(),
+        Some(1)
+    );
+    assert!(meta.mark_dirty("t", 0, "a", 1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        None,
+        "expired but dirty"
+    );
+    assert_eq!(
+        meta.acquire("t", 0, "a", LONG, false).await.unwrap(),
+        Some(1),
+        "its holder reclaims it"
+    );
+    meta.release("t", 0, "a", 1).await.unwrap();
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        None,
+        "a dirty lease is not released"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, true).await.unwrap(),
+        None,
+        "not expired: even unclean waits"
+    );
+}
+
+async fn unclean_takeover_when_enabled(meta: Meta) {
+    meta.create_topic(&topic("t", 1)).await.unwrap();
+    meta.acquire("t", 0, "a", SHORT, false).await.unwrap();
+    meta.mark_dirty("t", 0, "a", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, true).await.unwrap(),
+        Some(2)
+    );
+}
+
+async fn a_clean_release_hands_over_at_once(meta: Meta) {
+    meta.create_topic(&topic("t", 1)).await.unwrap();
+    meta.acquire("t", 0, "a", LONG, false).await.unwrap();
+    meta.release("t", 0, "a", 1).await.unwrap();
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        Some(2)
+    );
+}
+
+async fn membership_and_producers(meta: Meta) {
+    meta.heartbeat("a", "127.0.0.1:1").await.unwrap();
+    meta.heartbeat("b", "127.0.0.1:2").await.unwrap();
+    meta.heartbeat("a", "127.0.0.1:3").await.unwrap();
+    let live = meta.live_agents(LONG).await.unwrap();
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[0].address, "127.0.0.1:3");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        meta.live_agents(Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let (id, epoch) = meta.init_producer(Some("svc-1"), 1).await.unwrap();
+    assert_eq!(epoch, 0);
+    assert_eq!(
+        meta.init_producer(Some("svc-1"), 2).await.unwrap(),
+        (id, 1),
+        "same name: same id, next epoch"
+    );
+    let (other, _) = meta.init_producer(None, 3).await.unwrap();
+    assert_ne!(other, id);
+    assert!(id > 0 && other > 0);
+}
+
+async fn the_database_clock_is_used(meta: Meta) {
+    let db = meta.now().await.unwrap();
+    let local = cairn_agent::partition::now_ms();
+    assert!((db - local).abs() < 5_000, "db {db} local {local}");
+}
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let dir = cairn_testkit::TempDir::new("meta");
+                    let meta = super::Meta::connect(&cairn_testkit::sqlite_url(dir.path()), 4).await.unwrap();
+                    super::$test(meta).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let Some(url) = cairn_testkit::postgres_url().await else { return };
+                    super::$test(super::Meta::connect(&url, 4).await.unwrap()).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    topics_and_lease_rows,
+    epoch_grows_only_when_the_holder_changes,
+    a_dirty_partition_is_not_taken_over,
+    unclean_takeover_when_enabled,
+    a_clean_release_hands_over_at_once,
+    membership_and_producers,
+    the_database_clock_is_used,
+);
