@@ -1,0 +1,139 @@
+//! Starting real `cairn-agent` processes against a shared metadata database.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::{path::PathBuf, time::Duration};
+
+use cairn_proto::cairn::agent::v1::{
+    self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
+};
+use cairn_service::ClientConfig;
+use cairn_testkit::{Process, TempDir};
+use tonic::transport::Channel;
+
+/// A metadata database and a place for agents' data.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub meta_url: String,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let dir = TempDir::new("agents");
+        let meta_url = cairn_testkit::sqlite_url(dir.path());
+        Cluster { dir, meta_url }
+    }
+
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts agent `name` (its data dir is kept across restarts) and waits for SERVING.
+    pub async fn start(&self, name: &str, extra: &[&str]) -> Process {
+        let data = self.data_dir(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut args: Vec<String> = vec![
+            "--set".into(),
+            "auth.enabled=false".into(),
+            "--set".into(),
+            format!("metadata.url={}", self.meta_url),
+            "--set".into(),
+            format!("agent.data_dir={}", data.display()),
+            "--set".into(),
+            "agent.lease_ms=3000".into(),
+            "--set".into(),
+            "agent.renew_interval_ms=500".into(),
+            "--set".into(),
+            "agent.lease_safety_margin_ms=1000".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = Process::start("cairn-agent", &args, &[], &data);
+        agent.wait_serving(Duration::from_secs(60)).await;
+        agent
+    }
+}
+
+pub async fn channel(addr: &str) -> Channel {
+    cairn_service::client::endpoint(addr, &ClientConfig::default())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub async fn agent(addr: &str) -> AgentServiceClient<Channel> {
+    AgentServiceClient::new(channel(addr).await)
+}
+
+pub async fn topics(addr: &str) -> TopicServiceClient<Channel> {
+    TopicServiceClient::new(channel(addr).await)
+}
+
+pub async fn create_topic(addr: &str, name: &str, partitions: u32) {
+    topics(addr)
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: name.into(),
+            config: Some(pb::TopicConfig {
+                partitions,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+pub fn records(values: &[String]) -> Vec<pb::Record> {
+    values
+        .iter()
+        .map(|v| pb::Record {
+            value: v.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Waits until this agent leads `partition` (it acquires leases in the background).
+pub async fn wait_leader(addr: &str, topic: &str, partition: u32) {
+    for _ in 0..200 {
+        let meta = agent(addr)
+            .await
+            .get_metadata(pb::GetMetadataRequest {
+                topics: vec![topic.into()],
+            })
+            .await;
+        if let Ok(meta) = meta {
+            let p = &meta.into_inner().topics[0].partitions[partition as usize];
+            if p.leader_address == addr {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} never became leader of {topic}/{partition}");
+}
+
+/// Every record of a partition, from offset 0 to the high watermark.
+pub async fn read_all(addr: &str, topic: &str, partition: u32) -> Vec<pb::StoredRecord> {
+    let mut client = agent(addr).await;
+    let mut out = Vec::new();
+    loop {
+        let page = client
+            .fetch(pb::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset: out.len() as u64,
+                max_bytes: 0,
+                max_wait_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.records.is_empty() {
+            assert_eq!(page.high_watermark, out.len() as u64);
+            return out;
+        }
+        out.extend(page.records);
+    }
+}
