@@ -1,0 +1,232 @@
+//! Fault tests with real agent processes: kill -9 during produce, a holder
+//! frozen past its lease, two agents sharing partitions.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use cairn_proto::cairn::agent::v1 as pb;
+use common::*;
+use tonic::Code;
+
+/// How many kill -9 rounds CI runs; `CAIRN_SOAK_ROUNDS` runs more (the soak).
+fn rounds() -> u32 {
+    std::env::var("CAIRN_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+#[tokio::test]
+async fn kill_9_during_produce_loses_nothing_acknowledged() {
+    let cluster = Cluster::new();
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    let mut sent = 0u64;
+    let rounds = rounds();
+    for round in 0..rounds {
+        let mut a = cluster.start("a", &[]).await;
+        if round == 0 {
+            create_topic(&a.addr, "t", 1).await;
+        }
+        wait_leader(&a.addr, "t", 0).await;
+        // Everything acknowledged so far is there, once, at its offset.
+        let log = read_all(&a.addr, "t", 0).await;
+        for (offset, value) in &acked {
+            let record = log
+                .get(*offset as usize)
+                .unwrap_or_else(|| panic!("round {round}: offset {offset} lost"));
+            assert_eq!(
+                &String::from_utf8(record.value.clone()).unwrap(),
+                value,
+                "round {round}: offset {offset} changed"
+            );
+        }
+        assert!(
+            log.iter().enumerate().all(|(i, r)| r.offset == i as u64),
+            "offsets dense"
+        );
+
+        // Four concurrent producers until a kill -9 at a random moment.
+        let round_acks = Arc::new(Mutex::new(Vec::new()));
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let addr = a.addr.clone();
+            let round_acks = round_acks.clone();
+            let base = sent + w * 1_000_000;
+            writers.push(tokio::spawn(async move {
+                let mut client = agent(&addr).await;
+                for i in 0.. {
+                    let values: Vec<String> =
+                        (0..5).map(|j| format!("{}", base + i * 5 + j)).collect();
+                    let request = pb::ProduceRequest {
+                        topic: "t".into(),
+                        partition: 0,
+                        records: records(&values),
+                        ..Default::default()
+                    };
+                    match client.produce(request).await {
+                        Ok(ack) => {
+                            let ack = ack.into_inner();
+                            let mut acks = round_acks.lock().unwrap();
+                            for (j, v) in values.into_iter().enumerate() {
+                                acks.push((ack.base_offset + j as u64, v));
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        let delay = 50 + rand_below(400);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        a.kill();
+        for w in writers {
+            let _ = w.await;
+        }
+        sent += 10_000_000;
+        for (offset, value) in round_acks.lock().unwrap().drain(..) {
+            assert!(
+                acked.insert(offset, value).is_none(),
+                "offset {offset} assigned twice"
+            );
+        }
+    }
+    let a = cluster.start("a", &[]).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let log = read_all(&a.addr, "t", 0).await;
+    for (offset, value) in &acked {
+        assert_eq!(
+            String::from_utf8(log[*offset as usize].value.clone()).unwrap(),
+            *value
+        );
+    }
+    eprintln!(
+        "{rounds} kill -9 rounds: {} acknowledged records, {} in the log, none lost",
+        acked.len(),
+        log.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "the test produced too little to mean anything"
+    );
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    (nanos ^ (nanos >> 7).wrapping_mul(0x9e37_79b9)) % n
+}
+
+#[tokio::test]
+async fn a_holder_frozen_past_its_lease_writes_nothing_after_it_wakes() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &[]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    // Nothing acknowledged yet, so the partition is clean and may move.
+    a.pause();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let b = cluster.start("b", &[]).await;
+    wait_leader(&b.addr, "t", 0).await;
+    let mut to_b = agent(&b.addr).await;
+    let ack = to_b
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            records: records(&["from-b".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.base_offset, 0);
+
+    // A produce sent to the frozen holder is handled only after it wakes,
+    // by which time its own clock says its lease is gone.
+    let addr = a.addr.clone();
+    let late = tokio::spawn(async move {
+        agent(&addr)
+            .await
+            .produce(pb::ProduceRequest {
+                topic: "t".into(),
+                partition: 0,
+                records: records(&["from-a".into()]),
+                ..Default::default()
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.resume();
+    let refused = late.await.unwrap().unwrap_err();
+    assert!(
+        matches!(refused.code(), Code::FailedPrecondition | Code::Unavailable),
+        "the woken holder must refuse: {refused:?}"
+    );
+    let log = read_all(&b.addr, "t", 0).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].value, b"from-b");
+    drop(a);
+}
+
+#[tokio::test]
+async fn two_agents_split_partitions_and_point_at_each_other() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &[]).await;
+    let b = cluster.start("b", &[]).await;
+    create_topic(&a.addr, "t", 4).await;
+    // Both agents take their share within a few lease rounds.
+    let mut leaders = Vec::new();
+    for _ in 0..100 {
+        let meta = agent(&a.addr)
+            .await
+            .get_metadata(pb::GetMetadataRequest {
+                topics: vec!["t".into()],
+            })
+            .await
+            .unwrap();
+        leaders = meta.into_inner().topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.leader_address.clone())
+            .collect();
+        let on_a = leaders.iter().filter(|l| **l == a.addr).count();
+        let on_b = leaders.iter().filter(|l| **l == b.addr).count();
+        if on_a == 2 && on_b == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        leaders.iter().filter(|l| **l == a.addr).count(),
+        2,
+        "{leaders:?}"
+    );
+    let on_b = leaders.iter().position(|l| *l == b.addr).unwrap() as u32;
+    let wrong = agent(&a.addr)
+        .await
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            partition: on_b,
+            records: records(&["x".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::FailedPrecondition);
+    let details = tonic_types::StatusExt::get_details_error_info(&wrong).unwrap();
+    assert_eq!(details.reason, "NOT_LEADER");
+    assert_eq!(
+        details.metadata.get("leader_address"),
+        Some(&b.addr),
+        "tells the client where to go"
+    );
+}
