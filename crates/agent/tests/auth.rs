@@ -1,0 +1,156 @@
+//! The agent checks per-topic scopes through a real cairn-auth process.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use cairn_proto::cairn::{
+    agent::v1 as pb,
+    auth::v1::{CreateKeyRequest, key_admin_service_client::KeyAdminServiceClient},
+};
+use cairn_service::auth::attach_key;
+use cairn_testkit::Process;
+use common::*;
+use tonic::{Code, Request};
+
+async fn key(auth: &str, admin: &str, scopes: &[&str]) -> String {
+    let mut request = Request::new(CreateKeyRequest {
+        name: "agent-test".into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_at: None,
+    });
+    attach_key(&mut request, admin).unwrap();
+    KeyAdminServiceClient::new(channel(auth).await)
+        .create_key(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key
+}
+
+fn with<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    attach_key(&mut request, key).unwrap();
+    request
+}
+
+#[tokio::test]
+async fn produce_fetch_and_topic_admin_need_their_scopes() {
+    let cluster = Cluster::new();
+    let auth_db = format!(
+        "store.url=sqlite://{}/auth.db?mode=rwc",
+        cluster.dir.path().display()
+    );
+    let out = Command::new(cairn_testkit::binary("cairn-auth"))
+        .args(["--set", &auth_db, "bootstrap-admin"])
+        .output()
+        .unwrap();
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut auth = Process::start("cairn-auth", &["--set", &auth_db], &[], cluster.dir.path());
+    auth.wait_serving(Duration::from_secs(30)).await;
+
+    let a = cluster
+        .start(
+            "a",
+            &[
+                "--set",
+                "auth.enabled=true",
+                "--set",
+                &format!("auth.address={}", auth.addr),
+            ],
+        )
+        .await;
+    let ops = key(&auth.addr, &admin, &["topics:admin"]).await;
+    let writer = key(&auth.addr, &admin, &["topics:produce:clicks"]).await;
+    let reader = key(&auth.addr, &admin, &["topics:consume:clicks*"]).await;
+
+    let create = pb::CreateTopicRequest {
+        name: "clicks".into(),
+        config: Some(pb::TopicConfig {
+            partitions: 1,
+            ..Default::default()
+        }),
+    };
+    let denied = topics(&a.addr)
+        .await
+        .create_topic(with(create.clone(), &writer))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let none = topics(&a.addr)
+        .await
+        .create_topic(create.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated);
+    topics(&a.addr)
+        .await
+        .create_topic(with(create, &ops))
+        .await
+        .unwrap();
+    wait_leader_with(&a.addr, &ops).await;
+
+    let produce = |t: &str| pb::ProduceRequest {
+        topic: t.into(),
+        partition: 0,
+        records: records(&["v".into()]),
+        ..Default::default()
+    };
+    agent(&a.addr)
+        .await
+        .produce(with(produce("clicks"), &writer))
+        .await
+        .unwrap();
+    let wrong = agent(&a.addr)
+        .await
+        .produce(with(produce("clicks"), &reader))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied);
+    assert!(wrong.message().contains("topics:produce:clicks"));
+
+    let fetch = pb::FetchRequest {
+        topic: "clicks".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 0,
+        max_wait_ms: 0,
+    };
+    let page = agent(&a.addr)
+        .await
+        .fetch(with(fetch.clone(), &reader))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(
+        agent(&a.addr)
+            .await
+            .fetch(with(fetch, &writer))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+}
+
+async fn wait_leader_with(addr: &str, key: &str) {
+    for _ in 0..200 {
+        let meta = agent(addr)
+            .await
+            .get_metadata(with(
+                pb::GetMetadataRequest {
+                    topics: vec!["clicks".into()],
+                },
+                key,
+            ))
+            .await;
+        if meta.is_ok_and(|m| m.into_inner().topics[0].partitions[0].leader_address == addr) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader");
+}
