@@ -162,15 +162,20 @@ impl Api {
     ) -> Vec<pb::PartitionMetadata> {
         (0..topic.partitions)
             .map(|p| {
-                let local = self.node.held(&topic.name, p);
-                let (leader_id, leader_address, epoch) = leases_now.leader(&topic.name, p);
+                let (leader_id, leader_address, epoch, published) =
+                    leases_now.leader(&topic.name, p);
+                // This agent's own partitions are exact; others' as last published.
+                let (log_start_offset, high_watermark) = match self.node.held(&topic.name, p) {
+                    Some(h) => (h.partition.log_start(), h.partition.high_watermark()),
+                    None => published,
+                };
                 pb::PartitionMetadata {
                     partition: p,
                     leader_id,
                     leader_address,
                     lease_epoch: epoch,
-                    log_start_offset: local.as_ref().map_or(0, |h| h.partition.log_start()),
-                    high_watermark: local.as_ref().map_or(0, |h| h.partition.high_watermark()),
+                    log_start_offset,
+                    high_watermark,
                 }
             })
             .collect()
@@ -200,25 +205,23 @@ struct LeaseView {
 }
 
 impl LeaseView {
-    fn leader(&self, topic: &str, partition: u32) -> (String, String, u64) {
+    /// Leader id, address, lease epoch, and the published (log start, high watermark).
+    fn leader(&self, topic: &str, partition: u32) -> (String, String, u64, (u64, u64)) {
         let Some(lease) = self
             .leases
             .iter()
             .find(|l| l.topic == topic && l.partition == partition)
         else {
-            return (String::new(), String::new(), 0);
+            return (String::new(), String::new(), 0, (0, 0));
         };
+        let offsets = (lease.log_start_offset, lease.high_watermark);
         let live_holder = lease.holder.clone().filter(|_| lease.expires_at > self.now);
         let Some(holder) = live_holder else {
-            return (String::new(), String::new(), lease.epoch);
+            return (String::new(), String::new(), lease.epoch, offsets);
         };
-        let address = self
-            .agents
-            .iter()
-            .find(|a| a.agent_id == holder)
-            .map(|a| a.address.clone())
-            .unwrap_or_default();
-        (holder, address, lease.epoch)
+        let agent = self.agents.iter().find(|a| a.agent_id == holder);
+        let address = agent.map(|a| a.address.clone()).unwrap_or_default();
+        (holder, address, lease.epoch, offsets)
     }
 }
 

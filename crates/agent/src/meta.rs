@@ -32,6 +32,9 @@ pub struct LeaseRow {
     pub epoch: u64,
     pub expires_at: i64,
     pub dirty: bool,
+    /// As last published by the holder.
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
 }
 
 /// A registered agent.
@@ -183,7 +186,8 @@ impl Meta {
     /// Every lease row.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
         let rows = sqlx::query(
-            "SELECT topic, partition, holder, epoch, expires_at, dirty FROM leases ORDER BY topic, partition",
+            "SELECT topic, partition, holder, epoch, expires_at, dirty, high_watermark, log_start_offset \
+             FROM leases ORDER BY topic, partition",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -196,6 +200,10 @@ impl Meta {
                     epoch: u64::try_from(row.try_get::<i64, _>("epoch")?).unwrap_or(0),
                     expires_at: row.try_get("expires_at")?,
                     dirty: row.try_get::<i64, _>("dirty")? != 0,
+                    high_watermark: u64::try_from(row.try_get::<i64, _>("high_watermark")?)
+                        .unwrap_or(0),
+                    log_start_offset: u64::try_from(row.try_get::<i64, _>("log_start_offset")?)
+                        .unwrap_or(0),
                 })
             })
             .collect()
@@ -243,7 +251,8 @@ impl Meta {
             .then(|| u64::try_from(row.try_get::<i64, _>("epoch").unwrap_or(0)).unwrap_or(0)))
     }
 
-    /// Extends a lease this agent holds at `epoch`; false if it was lost.
+    /// Extends a lease this agent holds at `epoch` and publishes the
+    /// partition's `(log start, high watermark)`; false if the lease was lost.
     pub async fn renew(
         &self,
         topic: &str,
@@ -251,9 +260,10 @@ impl Meta {
         me: &str,
         epoch: u64,
         lease: Duration,
+        offsets: (u64, u64),
     ) -> Result<bool> {
         let sql = format!(
-            "UPDATE leases SET expires_at = {now} + $5 \
+            "UPDATE leases SET expires_at = {now} + $5, log_start_offset = $6, high_watermark = $7 \
              WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4",
             now = self.now_sql
         );
@@ -263,6 +273,8 @@ impl Meta {
             .bind(me)
             .bind(epoch as i64)
             .bind(lease.as_millis() as i64)
+            .bind(offsets.0 as i64)
+            .bind(offsets.1 as i64)
             .execute(&self.pool)
             .await?;
         Ok(updated.rows_affected() == 1)

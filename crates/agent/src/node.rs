@@ -174,9 +174,11 @@ impl Node {
         for held in self.all_held() {
             let p = &held.partition;
             let started = now_ms();
+            let offsets = (p.log_start(), p.high_watermark());
+            let lease = self.lease();
             if self
                 .meta
-                .renew(&p.topic, p.partition, &self.id, held.epoch, self.lease())
+                .renew(&p.topic, p.partition, &self.id, held.epoch, lease, offsets)
                 .await?
             {
                 p.fence.extend(self.fence_until(started));

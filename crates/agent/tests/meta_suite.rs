@@ -47,7 +47,7 @@ async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
         None,
         "held and not expired"
     );
-    assert!(meta.renew("t", 0, "a", 1, SHORT).await.unwrap());
+    assert!(meta.renew("t", 0, "a", 1, SHORT, (0, 7)).await.unwrap());
     assert_eq!(
         meta.leases().await.unwrap()[0].epoch,
         1,
@@ -65,7 +65,7 @@ async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
         "new holder, new epoch"
     );
     assert!(
-        !meta.renew("t", 0, "a", 1, LONG).await.unwrap(),
+        !meta.renew("t", 0, "a", 1, LONG, (0, 99)).await.unwrap(),
         "the old holder can't renew"
     );
     assert!(
@@ -73,6 +73,11 @@ async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
         "nor change anything under its old epoch"
     );
     assert_eq!(meta.leases().await.unwrap()[0].holder.as_deref(), Some("b"));
+    assert_eq!(
+        meta.leases().await.unwrap()[0].high_watermark,
+        7,
+        "a fenced renewal publishes nothing"
+    );
 }
 
 async fn a_dirty_partition_is_not_taken_over(meta: Meta) {

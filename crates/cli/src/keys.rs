@@ -1,13 +1,12 @@
 //! `cairn keys`: administer API keys on `cairn-auth` (needs a `keys:admin` key).
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cairn_proto::{
     Timestamp,
     cairn::auth::v1::{self as pb, key_admin_service_client::KeyAdminServiceClient},
 };
-use cairn_service::{ClientConfig, auth::attach_key, client};
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
@@ -62,17 +61,11 @@ enum KeysCommand {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<KeyAdminServiceClient<Channel>> {
-    let channel = client::endpoint(addr, &ClientConfig::default())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to cairn-auth at {addr}"))?;
-    Ok(KeyAdminServiceClient::new(channel))
+    Ok(KeyAdminServiceClient::new(crate::rpc::connect(addr).await?))
 }
 
 fn request<T>(message: T, key: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = client::request(message, Duration::from_secs(10));
-    attach_key(&mut request, key)?;
-    Ok(request)
+    crate::rpc::request(message, Some(key))
 }
 
 fn status(key: &pb::KeyInfo) -> &'static str {

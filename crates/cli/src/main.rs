@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 
 mod health;
 mod keys;
+mod rpc;
 mod time;
+mod topics;
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Operate a Cairn platform")]
@@ -31,6 +33,12 @@ enum Command {
     },
     /// Administer API keys (needs a key with keys:admin).
     Keys(keys::KeysArgs),
+    /// Create, list, describe and delete topics on an agent.
+    Topics(topics::TopicsArgs),
+    /// Write stdin lines to a topic, one record per line.
+    Produce(topics::ProduceArgs),
+    /// Read a partition's records and print their values.
+    Consume(topics::ConsumeArgs),
     /// Show the health of every service at its default local address.
     Status {
         /// `name=addr` pairs to check instead of the defaults.
@@ -60,6 +68,9 @@ fn main() -> ExitCode {
             } => health::check(&addr, &service, Duration::from_secs(wait)).await,
             Command::Status { endpoints } => health::status(&endpoints).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Topics(args) => topics::topics(args).await,
+            Command::Produce(args) => topics::produce(args).await,
+            Command::Consume(args) => topics::consume(args).await,
         }
     });
     match result {

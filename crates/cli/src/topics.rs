@@ -1,0 +1,320 @@
+//! `cairn topics`, `cairn produce` and `cairn consume`: talk to agents.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, Write},
+    process::ExitCode,
+};
+
+use anyhow::{Context, bail};
+use cairn_proto::cairn::agent::v1::{
+    self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
+};
+use clap::{Args, Subcommand};
+use tonic::transport::Channel;
+
+use crate::{
+    rpc::{Target, connect, request},
+    time::format_timestamp,
+};
+
+const DEFAULT_AGENT: &str = "127.0.0.1:50052";
+
+/// `cairn topics …`
+#[derive(Args)]
+pub struct TopicsArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: TopicsCommand,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create a topic (needs topics:admin).
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Delete segments older than this many ms (0 = keep).
+        #[arg(long, default_value_t = 0)]
+        retention_ms: i64,
+        /// Keep at most this many bytes per partition (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        retention_bytes: i64,
+    },
+    /// List topics.
+    List,
+    /// Show a topic and its partitions' leaders and offsets.
+    Describe { name: String },
+    /// Delete a topic (needs topics:admin).
+    Delete { name: String },
+}
+
+/// `cairn produce`
+#[derive(Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    topic: String,
+    /// Partition to write to; without it, batches go round-robin over all partitions.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Lines per produce request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+}
+
+/// `cairn consume`
+#[derive(Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    topic: String,
+    #[arg(long, default_value_t = 0)]
+    partition: u32,
+    /// `earliest`, `latest`, or an offset.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    max: Option<u64>,
+    /// Keep waiting for new records instead of stopping at the end.
+    #[arg(long)]
+    follow: bool,
+    /// Print `offset<TAB>value` instead of just the value.
+    #[arg(long)]
+    offsets: bool,
+}
+
+fn addr(target: &Target) -> &str {
+    target.addr.as_deref().unwrap_or(DEFAULT_AGENT)
+}
+
+async fn metadata(target: &Target, topic: &str) -> anyhow::Result<pb::TopicMetadata> {
+    let mut client = AgentServiceClient::new(connect(addr(target)).await?);
+    let reply = client
+        .get_metadata(request(
+            pb::GetMetadataRequest {
+                topics: vec![topic.to_owned()],
+            },
+            target.api_key.as_deref(),
+        )?)
+        .await?;
+    reply
+        .into_inner()
+        .topics
+        .into_iter()
+        .next()
+        .context("topic missing from metadata")
+}
+
+/// A client for each partition's leader (by address), opened once.
+struct Leaders {
+    channels: HashMap<String, Channel>,
+}
+
+impl Leaders {
+    async fn for_partition(
+        &mut self,
+        meta: &pb::TopicMetadata,
+        partition: u32,
+    ) -> anyhow::Result<AgentServiceClient<Channel>> {
+        let p = meta
+            .partitions
+            .get(partition as usize)
+            .with_context(|| format!("no partition {partition}"))?;
+        if p.leader_address.is_empty() {
+            bail!("partition {partition} has no leader right now; try again shortly");
+        }
+        if !self.channels.contains_key(&p.leader_address) {
+            let channel = connect(&p.leader_address).await?;
+            self.channels.insert(p.leader_address.clone(), channel);
+        }
+        Ok(AgentServiceClient::new(
+            self.channels[&p.leader_address].clone(),
+        ))
+    }
+}
+
+/// Runs `cairn topics …`.
+pub async fn topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
+    let key = args.target.api_key.as_deref();
+    let mut client = TopicServiceClient::new(connect(addr(&args.target)).await?);
+    match args.command {
+        TopicsCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+        } => {
+            let config = pb::TopicConfig {
+                partitions,
+                retention_ms,
+                retention_bytes,
+                ..Default::default()
+            };
+            client
+                .create_topic(request(
+                    pb::CreateTopicRequest {
+                        name: name.clone(),
+                        config: Some(config),
+                    },
+                    key,
+                )?)
+                .await?;
+            println!("created topic {name} with {partitions} partitions");
+        }
+        TopicsCommand::List => {
+            let topics = client
+                .list_topics(request(pb::ListTopicsRequest {}, key)?)
+                .await?
+                .into_inner()
+                .topics;
+            println!("{:<30}  {:>10}  CREATED", "TOPIC", "PARTITIONS");
+            for t in topics {
+                let c = t.config.unwrap_or_default();
+                let created = t
+                    .created_at
+                    .as_ref()
+                    .map(format_timestamp)
+                    .unwrap_or_default();
+                println!("{:<30}  {:>10}  {created}", t.name, c.partitions);
+            }
+        }
+        TopicsCommand::Describe { name } => {
+            let d = client
+                .describe_topic(request(pb::DescribeTopicRequest { name }, key)?)
+                .await?
+                .into_inner();
+            let t = d.topic.context("no topic in response")?;
+            let c = t.config.unwrap_or_default();
+            println!(
+                "topic {}: {} partitions, retention {} ms / {} bytes, segments {} bytes / {} ms",
+                t.name,
+                c.partitions,
+                c.retention_ms,
+                c.retention_bytes,
+                c.segment_bytes,
+                c.segment_ms
+            );
+            println!(
+                "{:>9}  {:<24}  {:>6}  {:>12}  {:>14}",
+                "PARTITION", "LEADER", "EPOCH", "LOG START", "HIGH WATERMARK"
+            );
+            for p in d.partitions {
+                let leader = if p.leader_address.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.leader_address
+                };
+                println!(
+                    "{:>9}  {:<24}  {:>6}  {:>12}  {:>14}",
+                    p.partition, leader, p.lease_epoch, p.log_start_offset, p.high_watermark
+                );
+            }
+        }
+        TopicsCommand::Delete { name } => {
+            client
+                .delete_topic(request(pb::DeleteTopicRequest { name: name.clone() }, key)?)
+                .await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `cairn produce`: one record per stdin line, durable acks.
+pub async fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
+    let key = args.target.api_key.as_deref();
+    let meta = metadata(&args.target, &args.topic).await?;
+    let partitions = meta.partitions.len() as u32;
+    let mut leaders = Leaders {
+        channels: HashMap::new(),
+    };
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let (mut delivered, mut turn) = (0u64, 0u32);
+    loop {
+        let mut batch = Vec::with_capacity(args.batch);
+        for line in lines.by_ref().take(args.batch.max(1)) {
+            batch.push(pb::Record {
+                value: line?.into_bytes(),
+                ..Default::default()
+            });
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let partition = args.partition.unwrap_or(turn % partitions.max(1));
+        turn += 1;
+        let n = batch.len() as u64;
+        let mut client = leaders.for_partition(&meta, partition).await?;
+        let produce = pb::ProduceRequest {
+            topic: args.topic.clone(),
+            partition,
+            records: batch,
+            ..Default::default()
+        };
+        client.produce(request(produce, key)?).await?;
+        delivered += n;
+    }
+    eprintln!("delivered {delivered} records to {}", args.topic);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `cairn consume`: values, one per line.
+pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    let key = args.target.api_key.as_deref();
+    let meta = metadata(&args.target, &args.topic).await?;
+    let p = meta
+        .partitions
+        .get(args.partition as usize)
+        .context("no such partition")?;
+    let mut offset = match args.from.as_str() {
+        "earliest" => p.log_start_offset,
+        "latest" => p.high_watermark,
+        n => n
+            .parse()
+            .with_context(|| format!("--from {n}: not earliest, latest or an offset"))?,
+    };
+    let mut client = Leaders {
+        channels: HashMap::new(),
+    }
+    .for_partition(&meta, args.partition)
+    .await?;
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let fetch = pb::FetchRequest {
+            topic: args.topic.clone(),
+            partition: args.partition,
+            offset,
+            max_bytes: 0,
+            max_wait_ms: if args.follow { 5_000 } else { 0 },
+        };
+        let page = client.fetch(request(fetch, key)?).await?.into_inner();
+        if page.records.is_empty() && !args.follow {
+            break;
+        }
+        for r in page.records {
+            if args.offsets {
+                write!(out, "{}\t", r.offset)?;
+            }
+            out.write_all(&r.value)?;
+            out.write_all(b"\n")?;
+            offset = r.offset + 1;
+            printed += 1;
+            if args.max.is_some_and(|m| printed >= m) {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    eprintln!(
+        "read {printed} records from {}/{}",
+        args.topic, args.partition
+    );
+    Ok(ExitCode::SUCCESS)
+}
