@@ -5,9 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use cairn_proto::{
     Timestamp,
-    cairn::agent::v1::{
-        self as pb, agent_service_server::AgentService, topic_service_server::TopicService,
-    },
+    cairn::agent::v1::{self as pb, agent_service_server::AgentService, topic_service_server::TopicService},
 };
 use cairn_service::{auth, context, scope::Scope};
 use tonic::{Request, Response, Status};
@@ -77,8 +75,8 @@ impl Api {
         if !self.auth_enabled {
             return Ok(());
         }
-        let scope = Scope::required("topics", action, Some(topic))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let scope =
+            Scope::required("topics", action, Some(topic)).map_err(|e| Status::invalid_argument(e.to_string()))?;
         auth::principal(request)?.require(&scope)
     }
 
@@ -111,10 +109,7 @@ impl Api {
         if records.len() > self.limits.max_records_per_request {
             return Err(Error::invalid(
                 "records",
-                format!(
-                    "at most {} records per request",
-                    self.limits.max_records_per_request
-                ),
+                format!("at most {} records per request", self.limits.max_records_per_request),
             ));
         }
         let mut total = 0usize;
@@ -123,11 +118,7 @@ impl Api {
             let record = Record {
                 key: r.key,
                 value: r.value,
-                timestamp_ms: if r.timestamp_ms == 0 {
-                    now
-                } else {
-                    r.timestamp_ms
-                },
+                timestamp_ms: if r.timestamp_ms == 0 { now } else { r.timestamp_ms },
                 headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
             };
             let size = record.encoded_len();
@@ -155,15 +146,10 @@ impl Api {
         Ok(out)
     }
 
-    async fn partition_metadata(
-        &self,
-        topic: &TopicRow,
-        leases_now: &LeaseView,
-    ) -> Vec<pb::PartitionMetadata> {
+    async fn partition_metadata(&self, topic: &TopicRow, leases_now: &LeaseView) -> Vec<pb::PartitionMetadata> {
         (0..topic.partitions)
             .map(|p| {
-                let (leader_id, leader_address, epoch, published) =
-                    leases_now.leader(&topic.name, p);
+                let (leader_id, leader_address, epoch, published) = leases_now.leader(&topic.name, p);
                 // This agent's own partitions are exact; others' as last published.
                 let (log_start_offset, high_watermark) = match self.node.held(&topic.name, p) {
                     Some(h) => (h.partition.log_start(), h.partition.high_watermark()),
@@ -184,16 +170,8 @@ impl Api {
     async fn lease_view(&self) -> Result<LeaseView, Error> {
         let now = self.node.meta.now().await?;
         let leases = self.node.meta.leases().await?;
-        let agents = self
-            .node
-            .meta
-            .live_agents(Duration::from_secs(3600))
-            .await?;
-        Ok(LeaseView {
-            now,
-            leases,
-            agents,
-        })
+        let agents = self.node.meta.live_agents(Duration::from_secs(3600)).await?;
+        Ok(LeaseView { now, leases, agents })
     }
 }
 
@@ -279,10 +257,7 @@ impl AgentService for Api {
         }))
     }
 
-    async fn produce(
-        &self,
-        request: Request<pb::ProduceRequest>,
-    ) -> Result<Response<pb::ProduceResponse>, Status> {
+    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         check_topic_name("topic", &request.get_ref().topic)?;
         self.authorize(&request, "produce", &request.get_ref().topic)?;
         let req = request.into_inner();
@@ -292,8 +267,7 @@ impl AgentService for Api {
             Ok(pb::AckMode::None) => None,
             Ok(pb::AckMode::Committed) => {
                 return Err(Error::Unimplemented(
-                    "ACK_MODE_COMMITTED needs segments in object storage, which are not built yet"
-                        .into(),
+                    "ACK_MODE_COMMITTED needs segments in object storage, which are not built yet".into(),
                 )
                 .into());
             }
@@ -307,12 +281,7 @@ impl AgentService for Api {
             epoch: req.producer_epoch,
             base_sequence: req.base_sequence,
         };
-        if producer.producer_id != 0
-            && producer
-                .base_sequence
-                .checked_add(u64::from(count))
-                .is_none()
-        {
+        if producer.producer_id != 0 && producer.base_sequence.checked_add(u64::from(count)).is_none() {
             return Err(Error::invalid("base_sequence", "sequence overflows").into());
         }
         let held = self.partition(&req.topic, req.partition).await?;
@@ -335,10 +304,7 @@ impl AgentService for Api {
         Ok(Response::new(response))
     }
 
-    async fn fetch(
-        &self,
-        request: Request<pb::FetchRequest>,
-    ) -> Result<Response<pb::FetchResponse>, Status> {
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         check_topic_name("topic", &request.get_ref().topic)?;
         self.authorize(&request, "consume", &request.get_ref().topic)?;
         let req = request.into_inner();
@@ -346,8 +312,7 @@ impl AgentService for Api {
             0 => 1024 * 1024,
             n => (n as usize).min(self.limits.max_fetch_bytes),
         };
-        let mut wait =
-            Duration::from_millis(u64::from(req.max_wait_ms).min(self.limits.max_fetch_wait_ms));
+        let mut wait = Duration::from_millis(u64::from(req.max_wait_ms).min(self.limits.max_fetch_wait_ms));
         if let Some(left) = context::remaining() {
             // Answer before the caller gives up, with whatever there is.
             wait = wait.min(left.saturating_sub(Duration::from_millis(50)));
@@ -401,11 +366,7 @@ impl TopicService for Api {
         let config = req.config.unwrap_or_default();
         let max = self.limits.max_partitions_per_topic;
         if config.partitions == 0 || config.partitions > max {
-            return Err(Error::invalid(
-                "config.partitions",
-                format!("must be between 1 and {max}"),
-            )
-            .into());
+            return Err(Error::invalid("config.partitions", format!("must be between 1 and {max}")).into());
         }
         for (field, value) in [
             ("config.retention_ms", config.retention_ms),
@@ -418,11 +379,7 @@ impl TopicService for Api {
             }
         }
         if config.segment_bytes != 0 && config.segment_bytes < 1024 * 1024 {
-            return Err(Error::invalid(
-                "config.segment_bytes",
-                "must be at least 1 MiB (or 0 for the default)",
-            )
-            .into());
+            return Err(Error::invalid("config.segment_bytes", "must be at least 1 MiB (or 0 for the default)").into());
         }
         let row = TopicRow {
             name: req.name,
@@ -449,18 +406,8 @@ impl TopicService for Api {
         }))
     }
 
-    async fn list_topics(
-        &self,
-        _: Request<pb::ListTopicsRequest>,
-    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        let topics = self
-            .node
-            .meta
-            .topics()
-            .await?
-            .iter()
-            .map(topic_pb)
-            .collect();
+    async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let topics = self.node.meta.topics().await?.iter().map(topic_pb).collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
@@ -470,12 +417,7 @@ impl TopicService for Api {
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let name = request.into_inner().name;
         check_topic_name("name", &name)?;
-        let row = self
-            .node
-            .meta
-            .topic(&name)
-            .await?
-            .ok_or(Error::UnknownTopic(name))?;
+        let row = self.node.meta.topic(&name).await?.ok_or(Error::UnknownTopic(name))?;
         let view = self.lease_view().await?;
         let partitions = self.partition_metadata(&row, &view).await;
         Ok(Response::new(pb::DescribeTopicResponse {

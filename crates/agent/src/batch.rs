@@ -45,11 +45,7 @@ impl Record {
             + self.value.len()
             + 8
             + 4
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| 8 + k.len() + v.len())
-                .sum::<usize>()
+            + self.headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
     }
 }
 
@@ -206,9 +202,7 @@ pub fn decode_header(body: &[u8]) -> Result<BatchHeader, FrameError> {
 /// Decodes a checked body into its header and records.
 pub fn decode(body: &[u8]) -> Result<(BatchHeader, Vec<Record>), FrameError> {
     let header = decode_header(body)?;
-    let mut r = Reader {
-        bytes: &body[HEADER..],
-    };
+    let mut r = Reader { bytes: &body[HEADER..] };
     // Each record takes at least 20 bytes, which bounds the allocation.
     let mut records = Vec::with_capacity((header.count as usize).min(body.len() / 20));
     for _ in 0..header.count {
@@ -225,8 +219,7 @@ pub fn decode(body: &[u8]) -> Result<(BatchHeader, Vec<Record>), FrameError> {
         let mut headers = Vec::with_capacity(header_count.min(r.bytes.len() / 8));
         for _ in 0..header_count {
             let kl = r.u32()? as usize;
-            let k = std::str::from_utf8(r.take(kl)?)
-                .map_err(|_| FrameError::Damaged("header key not UTF-8"))?;
+            let k = std::str::from_utf8(r.take(kl)?).map_err(|_| FrameError::Damaged("header key not UTF-8"))?;
             let vl = r.u32()? as usize;
             headers.push((k.to_owned(), r.take(vl)?.to_vec()));
         }

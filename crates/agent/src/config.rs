@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use cairn_service::{
-    ConfigError, ServerConfig, ServiceConfig, TelemetryConfig, auth::AuthClientConfig,
-};
+use cairn_service::{ConfigError, ServerConfig, ServiceConfig, TelemetryConfig, auth::AuthClientConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything `cairn-agent` can be told.
@@ -131,10 +129,7 @@ impl ServiceConfig for Config {
         }
         let a = &self.agent;
         if a.lease_ms < 1000 {
-            return Err(ConfigError::invalid(
-                "agent.lease_ms",
-                "must be at least 1000",
-            ));
+            return Err(ConfigError::invalid("agent.lease_ms", "must be at least 1000"));
         }
         if a.renew_interval_ms == 0 || a.renew_interval_ms * 2 > a.lease_ms {
             return Err(ConfigError::invalid(
@@ -155,10 +150,7 @@ impl ServiceConfig for Config {
             ));
         }
         let url = &self.metadata.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::invalid(
                 "metadata.url",
                 "must start with sqlite: or postgres://",
@@ -179,10 +171,7 @@ impl ServiceConfig for Config {
             ));
         }
         if l.max_records_per_request == 0 || l.max_partitions_per_topic == 0 {
-            return Err(ConfigError::invalid(
-                "limits",
-                "counts must be greater than 0",
-            ));
+            return Err(ConfigError::invalid("limits", "counts must be greater than 0"));
         }
         Ok(())
     }

@@ -30,18 +30,10 @@ pub enum Error {
     },
     /// A newer epoch of this producer exists.
     #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current}")]
-    ProducerFenced {
-        producer_id: u64,
-        epoch: u32,
-        current: u32,
-    },
+    ProducerFenced { producer_id: u64, epoch: u32, current: u32 },
     /// The batch does not continue the producer's sequence.
     #[error("producer {producer_id}: expected sequence {expected}, got {got}")]
-    OutOfOrderSequence {
-        producer_id: u64,
-        expected: u64,
-        got: u64,
-    },
+    OutOfOrderSequence { producer_id: u64, expected: u64, got: u64 },
     /// A producer id this agent never issued.
     #[error("unknown producer id {0}")]
     UnknownProducer(u64),
@@ -80,18 +72,11 @@ impl Error {
 
 const DOMAIN: &str = "cairn.dev";
 
-fn with_reason(
-    code: Code,
-    message: String,
-    reason: &str,
-    metadata: Vec<(String, String)>,
-) -> Status {
+fn with_reason(code: Code, message: String, reason: &str, metadata: Vec<(String, String)>) -> Status {
     let details = ErrorDetails::with_error_info(
         reason,
         DOMAIN,
-        metadata
-            .into_iter()
-            .collect::<std::collections::HashMap<_, _>>(),
+        metadata.into_iter().collect::<std::collections::HashMap<_, _>>(),
     );
     Status::with_error_details(code, message, details)
 }
@@ -105,46 +90,25 @@ impl From<Error> for Status {
             Error::TopicExists(_) => Status::already_exists(message),
             Error::NotLeader { leader, .. } => {
                 let metadata = leader
-                    .map(|(id, address)| {
-                        vec![
-                            ("leader_id".to_owned(), id),
-                            ("leader_address".to_owned(), address),
-                        ]
-                    })
+                    .map(|(id, address)| vec![("leader_id".to_owned(), id), ("leader_address".to_owned(), address)])
                     .unwrap_or_default();
                 with_reason(Code::FailedPrecondition, message, "NOT_LEADER", metadata)
             }
-            Error::ProducerFenced { .. } => {
-                with_reason(Code::FailedPrecondition, message, "PRODUCER_FENCED", vec![])
+            Error::ProducerFenced { .. } => with_reason(Code::FailedPrecondition, message, "PRODUCER_FENCED", vec![]),
+            Error::OutOfOrderSequence { .. } => {
+                with_reason(Code::FailedPrecondition, message, "OUT_OF_ORDER_SEQUENCE", vec![])
             }
-            Error::OutOfOrderSequence { .. } => with_reason(
-                Code::FailedPrecondition,
-                message,
-                "OUT_OF_ORDER_SEQUENCE",
-                vec![],
-            ),
-            Error::UnknownProducer(_) => with_reason(
-                Code::FailedPrecondition,
-                message,
-                "UNKNOWN_PRODUCER",
-                vec![],
-            ),
+            Error::UnknownProducer(_) => with_reason(Code::FailedPrecondition, message, "UNKNOWN_PRODUCER", vec![]),
             Error::OffsetOutOfRange { .. } => Status::out_of_range(message),
             Error::Retryable(_) => status::unavailable(message, Duration::from_millis(200)),
             Error::Unimplemented(_) => Status::unimplemented(message),
             Error::Corrupt(_) | Error::Io(_) => {
                 tracing::error!(error = %message, "partition storage failed");
-                status::unavailable(
-                    "partition storage unavailable, retry later",
-                    Duration::from_secs(1),
-                )
+                status::unavailable("partition storage unavailable, retry later", Duration::from_secs(1))
             }
             Error::Database(_) | Error::Migrate(_) => {
                 tracing::error!(error = %message, "metadata database failed");
-                status::unavailable(
-                    "metadata database unavailable, retry later",
-                    Duration::from_secs(1),
-                )
+                status::unavailable("metadata database unavailable, retry later", Duration::from_secs(1))
             }
         }
     }

@@ -38,9 +38,7 @@ pub use config::Config;
 
 /// What each RPC requires; per-topic scopes are checked in the handlers.
 pub fn policy() -> Policy {
-    let admin = Access::Scope(
-        Scope::required("topics", "admin", None).unwrap_or_else(|e| unreachable!("{e}")),
-    );
+    let admin = Access::Scope(Scope::required("topics", "admin", None).unwrap_or_else(|e| unreachable!("{e}")));
     Policy::new()
         .rpc("/cairn.agent.v1.TopicService/CreateTopic", admin.clone())
         .rpc("/cairn.agent.v1.TopicService/DeleteTopic", admin)

@@ -90,9 +90,7 @@ impl Meta {
     /// The database's clock, unix ms.
     pub async fn now(&self) -> Result<i64> {
         let sql = format!("SELECT {} AS now", self.now_sql);
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_one(&self.pool).await?;
         Ok(row.try_get("now")?)
     }
 
@@ -200,10 +198,8 @@ impl Meta {
                     epoch: u64::try_from(row.try_get::<i64, _>("epoch")?).unwrap_or(0),
                     expires_at: row.try_get("expires_at")?,
                     dirty: row.try_get::<i64, _>("dirty")? != 0,
-                    high_watermark: u64::try_from(row.try_get::<i64, _>("high_watermark")?)
-                        .unwrap_or(0),
-                    log_start_offset: u64::try_from(row.try_get::<i64, _>("log_start_offset")?)
-                        .unwrap_or(0),
+                    high_watermark: u64::try_from(row.try_get::<i64, _>("high_watermark")?).unwrap_or(0),
+                    log_start_offset: u64::try_from(row.try_get::<i64, _>("log_start_offset")?).unwrap_or(0),
                 })
             })
             .collect()
@@ -240,12 +236,11 @@ impl Meta {
         if updated.rows_affected() != 1 {
             return Ok(None);
         }
-        let row =
-            sqlx::query("SELECT epoch, holder FROM leases WHERE topic = $1 AND partition = $2")
-                .bind(topic)
-                .bind(i64::from(partition))
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT epoch, holder FROM leases WHERE topic = $1 AND partition = $2")
+            .bind(topic)
+            .bind(i64::from(partition))
+            .fetch_one(&self.pool)
+            .await?;
         let holder: Option<String> = row.try_get("holder")?;
         Ok((holder.as_deref() == Some(me))
             .then(|| u64::try_from(row.try_get::<i64, _>("epoch").unwrap_or(0)).unwrap_or(0)))
@@ -282,13 +277,7 @@ impl Meta {
 
     /// Marks that the holder at `epoch` has acknowledged records not yet in
     /// object storage. Fenced by the epoch: false if the lease moved.
-    pub async fn mark_dirty(
-        &self,
-        topic: &str,
-        partition: u32,
-        me: &str,
-        epoch: u64,
-    ) -> Result<bool> {
+    pub async fn mark_dirty(&self, topic: &str, partition: u32, me: &str, epoch: u64) -> Result<bool> {
         let updated = sqlx::query(
             "UPDATE leases SET dirty = 1 WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4",
         )
@@ -375,14 +364,13 @@ impl Meta {
         // A random positive 63-bit id: no coordination needed. A collision (or
         // a concurrent init of the same name) fails the insert; the caller retries.
         let id = rand::random_range(1..i64::MAX);
-        let inserted = sqlx::query(
-            "INSERT INTO producers (producer_id, name, epoch, created_at) VALUES ($1, $2, 0, $3)",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
+        let inserted =
+            sqlx::query("INSERT INTO producers (producer_id, name, epoch, created_at) VALUES ($1, $2, 0, $3)")
+                .bind(id)
+                .bind(name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
         match inserted {
             Ok(_) => {
                 tx.commit().await?;

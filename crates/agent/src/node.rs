@@ -205,10 +205,7 @@ impl Node {
         let leases = self.meta.leases().await?;
         let db_now = self.meta.now().await?;
         // Partitions of deleted topics: stop leading them and drop their WAL.
-        let existing: std::collections::HashSet<Key> = leases
-            .iter()
-            .map(|l| (l.topic.clone(), l.partition))
-            .collect();
+        let existing: std::collections::HashSet<Key> = leases.iter().map(|l| (l.topic.clone(), l.partition)).collect();
         for held in self.all_held() {
             let p = &held.partition;
             if !existing.contains(&(p.topic.clone(), p.partition)) {
@@ -227,8 +224,7 @@ impl Node {
             .filter(|l| {
                 let mine = l.holder.as_deref() == Some(self.id.as_str());
                 let free = l.holder.is_none() || l.expires_at < db_now;
-                mine || (free
-                    && (!l.dirty || self.config.agent.unclean_takeover || l.holder.is_none()))
+                mine || (free && (!l.dirty || self.config.agent.unclean_takeover || l.holder.is_none()))
             })
             .collect();
         candidates.sort_by_key(|l| {
@@ -250,13 +246,7 @@ impl Node {
         let unclean = self.config.agent.unclean_takeover;
         let Some(epoch) = self
             .meta
-            .acquire(
-                &lease.topic,
-                lease.partition,
-                &self.id,
-                self.lease(),
-                unclean,
-            )
+            .acquire(&lease.topic, lease.partition, &self.id, self.lease(), unclean)
             .await?
         else {
             return Ok(());
@@ -267,10 +257,9 @@ impl Node {
             queue_depth: self.config.agent.write_queue_depth,
         };
         let (topic, partition) = (lease.topic.clone(), lease.partition);
-        let opened =
-            tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, writer))
-                .await
-                .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?;
+        let opened = tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, writer))
+            .await
+            .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?;
         let partition = match opened {
             Ok(p) => p,
             Err(error) => {
@@ -308,11 +297,7 @@ impl Node {
             let p = &h.partition;
             p.close();
             if !h.dirty.load(Ordering::SeqCst) {
-                if let Err(error) = self
-                    .meta
-                    .release(&p.topic, p.partition, &self.id, h.epoch)
-                    .await
-                {
+                if let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, h.epoch).await {
                     tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
                 }
             }

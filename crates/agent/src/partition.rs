@@ -113,12 +113,7 @@ pub struct WriterConfig {
 
 impl Partition {
     /// Recovers the WAL in `dir` and starts the writer thread.
-    pub fn open(
-        topic: &str,
-        partition: u32,
-        dir: &Path,
-        config: WriterConfig,
-    ) -> Result<Arc<Partition>> {
+    pub fn open(topic: &str, partition: u32, dir: &Path, config: WriterConfig) -> Result<Arc<Partition>> {
         let recovered = Wal::open(dir)?;
         let producers = Producers::from_batches(&recovered.batches);
         let log_start = recovered.batches.first().map_or(0, |b| b.base_offset);
@@ -196,9 +191,7 @@ impl Partition {
         };
         // A full queue is overload: refuse now, retryably, instead of queueing without bound.
         self.queue.try_send(request).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                Error::Retryable("partition write queue full".into())
-            }
+            mpsc::error::TrySendError::Full(_) => Error::Retryable("partition write queue full".into()),
             mpsc::error::TrySendError::Closed(_) => Error::Retryable("partition is closing".into()),
         })?;
         if ack.is_none() {
@@ -211,12 +204,7 @@ impl Partition {
     }
 
     /// Durable records from `offset`, waiting up to `wait` for some when at the end.
-    pub async fn fetch(
-        &self,
-        offset: u64,
-        max_bytes: usize,
-        wait: Duration,
-    ) -> Result<(Vec<(u64, Record)>, u64)> {
+    pub async fn fetch(&self, offset: u64, max_bytes: usize, wait: Duration) -> Result<(Vec<(u64, Record)>, u64)> {
         let mut hw_rx = self.high_watermark.clone();
         let mut hw = *hw_rx.borrow_and_update();
         if offset < self.log_start || offset > hw {
@@ -269,11 +257,7 @@ impl Writer {
             while bytes < self.config.max_round_bytes {
                 match self.rx.try_recv() {
                     Ok(request) => {
-                        bytes += request
-                            .records
-                            .iter()
-                            .map(Record::encoded_len)
-                            .sum::<usize>();
+                        bytes += request.records.iter().map(Record::encoded_len).sum::<usize>();
                         round.push(request);
                     }
                     Err(_) => break,
@@ -355,9 +339,7 @@ impl Writer {
         if !headers.is_empty() {
             if let Err(error) = self.wal.append(&frames, &headers) {
                 for p in pending {
-                    let _ = p
-                        .reply
-                        .send(Err(Error::Retryable("WAL write failed".into())));
+                    let _ = p.reply.send(Err(Error::Retryable("WAL write failed".into())));
                 }
                 return Err(error);
             }
@@ -373,20 +355,15 @@ impl Writer {
         if !headers.is_empty() {
             if let Err(error) = self.wal.sync() {
                 for p in durable {
-                    let _ = p
-                        .reply
-                        .send(Err(Error::Retryable("WAL fsync failed".into())));
+                    let _ = p.reply.send(Err(Error::Retryable("WAL fsync failed".into())));
                 }
                 return Err(error);
             }
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.stats.batches.fetch_add(headers.len() as u64, Ordering::Relaxed);
             self.stats
-                .batches
-                .fetch_add(headers.len() as u64, Ordering::Relaxed);
-            self.stats.records.fetch_add(
-                headers.iter().map(|(h, _)| u64::from(h.count)).sum(),
-                Ordering::Relaxed,
-            );
+                .records
+                .fetch_add(headers.iter().map(|(h, _)| u64::from(h.count)).sum(), Ordering::Relaxed);
         }
         self.producers = tentative;
         self.hw.send_replace(self.wal.next_offset());

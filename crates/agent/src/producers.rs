@@ -94,10 +94,7 @@ impl Producers {
         {
             return Ok(Verdict::Duplicate(*original));
         }
-        let expected = known
-            .batches
-            .back()
-            .map_or(0, |b| b.base_sequence + u64::from(b.count));
+        let expected = known.batches.back().map_or(0, |b| b.base_sequence + u64::from(b.count));
         if p.base_sequence == expected {
             Ok(Verdict::Append)
         } else {
@@ -180,14 +177,8 @@ mod tests {
         for i in 0..7 {
             s.record(p(0, i), 1, 10 + i, 0);
         }
-        assert!(matches!(
-            s.check(p(0, 6), 1).unwrap(),
-            Verdict::Duplicate(_)
-        ));
-        assert!(matches!(
-            s.check(p(0, 2), 1).unwrap(),
-            Verdict::Duplicate(_)
-        ));
+        assert!(matches!(s.check(p(0, 6), 1).unwrap(), Verdict::Duplicate(_)));
+        assert!(matches!(s.check(p(0, 2), 1).unwrap(), Verdict::Duplicate(_)));
         assert!(
             s.check(p(0, 1), 1).is_err(),
             "too old to dedup is an error, never a second append"
@@ -204,10 +195,7 @@ mod tests {
             s.check(p(0, 1), 1),
             Err(Error::ProducerFenced { current: 1, .. })
         ));
-        assert!(
-            s.check(p(2, 5), 1).is_err(),
-            "a new epoch starts at sequence 0"
-        );
+        assert!(s.check(p(2, 5), 1).is_err(), "a new epoch starts at sequence 0");
     }
 
     #[test]
@@ -221,9 +209,7 @@ mod tests {
             })
             .collect();
         let s = Producers::from_batches(&headers);
-        assert!(
-            matches!(s.check(p(0, 4), 2).unwrap(), Verdict::Duplicate(a) if a.base_offset == 4)
-        );
+        assert!(matches!(s.check(p(0, 4), 2).unwrap(), Verdict::Duplicate(a) if a.base_offset == 4));
         assert_eq!(s.check(p(0, 8), 1).unwrap(), Verdict::Append);
     }
 }

@@ -62,11 +62,7 @@ impl Wal {
     pub fn open(dir: &Path) -> Result<Recovered> {
         std::fs::create_dir_all(dir)?;
         let path: PathBuf = dir.join(FILE_NAME);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
         let (entries, batches, valid_len) = scan(&mut file, &path)?;
         let size = file.metadata()?.len();
         let truncated = size - valid_len;
@@ -154,10 +150,8 @@ impl WalReader {
         for entry in entries {
             let mut buf = vec![0u8; entry.len as usize];
             self.file.read_exact_at(&mut buf, entry.position)?;
-            let (_, body) = batch::frame(&buf)
-                .map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
-            let (header, records) =
-                batch::decode(body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let (_, body) = batch::frame(&buf).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
+            let (header, records) = batch::decode(body).map_err(|e| Error::Corrupt(e.to_string()))?;
             for (i, record) in records.into_iter().enumerate() {
                 let at = header.base_offset + i as u64;
                 if at >= offset && at < end {
@@ -209,9 +203,7 @@ fn scan(file: &mut File, path: &Path) -> Result<(Vec<Entry>, Vec<BatchHeader>, u
                 return classify_tail(file, path, position, problem, entries, headers);
             }
         };
-        let expected = headers
-            .last()
-            .map_or(header.base_offset, BatchHeader::next_offset);
+        let expected = headers.last().map_or(header.base_offset, BatchHeader::next_offset);
         if header.base_offset != expected {
             return Err(Error::Corrupt(format!(
                 "{}: batch at byte {position} starts at offset {} but {expected} was expected",
@@ -243,8 +235,7 @@ fn classify_tail(
     let mut rest = Vec::new();
     file.seek(SeekFrom::Start(position))?;
     file.read_to_end(&mut rest)?;
-    let later_valid = (1..rest.len())
-        .any(|i| rest[i..].starts_with(batch::MAGIC) && batch::frame(&rest[i..]).is_ok());
+    let later_valid = (1..rest.len()).any(|i| rest[i..].starts_with(batch::MAGIC) && batch::frame(&rest[i..]).is_ok());
     if later_valid {
         return Err(Error::Corrupt(format!(
             "{}: damaged batch at byte {position} ({problem}) with valid batches after it; refusing to recover",
@@ -378,11 +369,7 @@ mod tests {
         write_batches(&mut wal, &[1, 1, 1, 1]);
         let reader = wal.reader();
         assert_eq!(reader.read(0, 4, 1).unwrap().len(), 1);
-        assert_eq!(
-            reader.read(0, 2, usize::MAX).unwrap().len(),
-            2,
-            "never past end"
-        );
+        assert_eq!(reader.read(0, 2, usize::MAX).unwrap().len(), 2, "never past end");
         assert!(reader.read(4, 4, usize::MAX).unwrap().is_empty());
     }
 }

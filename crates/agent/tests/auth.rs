@@ -39,10 +39,7 @@ fn with<T>(message: T, key: &str) -> Request<T> {
 #[tokio::test]
 async fn produce_fetch_and_topic_admin_need_their_scopes() {
     let cluster = Cluster::new();
-    let auth_db = format!(
-        "store.url=sqlite://{}/auth.db?mode=rwc",
-        cluster.dir.path().display()
-    );
+    let auth_db = format!("store.url=sqlite://{}/auth.db?mode=rwc", cluster.dir.path().display());
     let out = Command::new(cairn_testkit::binary("cairn-auth"))
         .args(["--set", &auth_db, "bootstrap-admin"])
         .output()
@@ -79,17 +76,9 @@ async fn produce_fetch_and_topic_admin_need_their_scopes() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
-    let none = topics(&a.addr)
-        .await
-        .create_topic(create.clone())
-        .await
-        .unwrap_err();
+    let none = topics(&a.addr).await.create_topic(create.clone()).await.unwrap_err();
     assert_eq!(none.code(), Code::Unauthenticated);
-    topics(&a.addr)
-        .await
-        .create_topic(with(create, &ops))
-        .await
-        .unwrap();
+    topics(&a.addr).await.create_topic(with(create, &ops)).await.unwrap();
     wait_leader_with(&a.addr, &ops).await;
 
     let produce = |t: &str| pb::ProduceRequest {

@@ -62,8 +62,7 @@ async fn kill_9_during_produce_loses_nothing_acknowledged() {
             writers.push(tokio::spawn(async move {
                 let mut client = agent(&addr).await;
                 for i in 0.. {
-                    let values: Vec<String> =
-                        (0..5).map(|j| format!("{}", base + i * 5 + j)).collect();
+                    let values: Vec<String> = (0..5).map(|j| format!("{}", base + i * 5 + j)).collect();
                     let request = pb::ProduceRequest {
                         topic: "t".into(),
                         partition: 0,
@@ -91,38 +90,26 @@ async fn kill_9_during_produce_loses_nothing_acknowledged() {
         }
         sent += 10_000_000;
         for (offset, value) in round_acks.lock().unwrap().drain(..) {
-            assert!(
-                acked.insert(offset, value).is_none(),
-                "offset {offset} assigned twice"
-            );
+            assert!(acked.insert(offset, value).is_none(), "offset {offset} assigned twice");
         }
     }
     let a = cluster.start("a", &[]).await;
     wait_leader(&a.addr, "t", 0).await;
     let log = read_all(&a.addr, "t", 0).await;
     for (offset, value) in &acked {
-        assert_eq!(
-            String::from_utf8(log[*offset as usize].value.clone()).unwrap(),
-            *value
-        );
+        assert_eq!(String::from_utf8(log[*offset as usize].value.clone()).unwrap(), *value);
     }
     eprintln!(
         "{rounds} kill -9 rounds: {} acknowledged records, {} in the log, none lost",
         acked.len(),
         log.len()
     );
-    assert!(
-        acked.len() > 100,
-        "the test produced too little to mean anything"
-    );
+    assert!(acked.len() > 100, "the test produced too little to mean anything");
 }
 
 fn rand_below(n: u64) -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     (nanos ^ (nanos >> 7).wrapping_mul(0x9e37_79b9)) % n
 }
 
@@ -205,11 +192,7 @@ async fn two_agents_split_partitions_and_point_at_each_other() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        leaders.iter().filter(|l| **l == a.addr).count(),
-        2,
-        "{leaders:?}"
-    );
+    assert_eq!(leaders.iter().filter(|l| **l == a.addr).count(), 2, "{leaders:?}");
     let on_b = leaders.iter().position(|l| *l == b.addr).unwrap() as u32;
     let wrong = agent(&a.addr)
         .await

@@ -38,21 +38,14 @@ async fn topics_and_lease_rows(meta: Meta) {
 
 async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
-    assert_eq!(
-        meta.acquire("t", 0, "a", SHORT, false).await.unwrap(),
-        Some(1)
-    );
+    assert_eq!(meta.acquire("t", 0, "a", SHORT, false).await.unwrap(), Some(1));
     assert_eq!(
         meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
         None,
         "held and not expired"
     );
     assert!(meta.renew("t", 0, "a", 1, SHORT, (0, 7)).await.unwrap());
-    assert_eq!(
-        meta.leases().await.unwrap()[0].epoch,
-        1,
-        "renewal keeps the epoch"
-    );
+    assert_eq!(meta.leases().await.unwrap()[0].epoch, 1, "renewal keeps the epoch");
     assert_eq!(
         meta.acquire("t", 0, "a", SHORT, false).await.unwrap(),
         Some(1),
@@ -82,10 +75,7 @@ async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
 
 async fn a_dirty_partition_is_not_taken_over(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
-    assert_eq!(
-        meta.acquire("t", 0, "a", SHORT, false).await.unwrap(),
-        Some(1)
-    );
+    assert_eq!(meta.acquire("t", 0, "a", SHORT, false).await.unwrap(), Some(1));
     assert!(meta.mark_dirty("t", 0, "a", 1).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -117,20 +107,14 @@ async fn unclean_takeover_when_enabled(meta: Meta) {
     meta.acquire("t", 0, "a", SHORT, false).await.unwrap();
     meta.mark_dirty("t", 0, "a", 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        meta.acquire("t", 0, "b", LONG, true).await.unwrap(),
-        Some(2)
-    );
+    assert_eq!(meta.acquire("t", 0, "b", LONG, true).await.unwrap(), Some(2));
 }
 
 async fn a_clean_release_hands_over_at_once(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
     meta.acquire("t", 0, "a", LONG, false).await.unwrap();
     meta.release("t", 0, "a", 1).await.unwrap();
-    assert_eq!(
-        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
-        Some(2)
-    );
+    assert_eq!(meta.acquire("t", 0, "b", LONG, false).await.unwrap(), Some(2));
 }
 
 async fn membership_and_producers(meta: Meta) {
@@ -141,12 +125,7 @@ async fn membership_and_producers(meta: Meta) {
     assert_eq!(live.len(), 2);
     assert_eq!(live[0].address, "127.0.0.1:3");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        meta.live_agents(Duration::from_millis(10))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(meta.live_agents(Duration::from_millis(10)).await.unwrap().is_empty());
 
     let (id, epoch) = meta.init_producer(Some("svc-1"), 1).await.unwrap();
     assert_eq!(epoch, 0);

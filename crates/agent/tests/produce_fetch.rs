@@ -81,11 +81,7 @@ async fn a_retried_idempotent_batch_gets_its_original_offsets() {
 
     let gap = client.produce(batch(7, "c")).await.unwrap_err();
     assert_eq!(gap.code(), Code::FailedPrecondition);
-    assert!(
-        gap.message().contains("expected sequence 4"),
-        "{}",
-        gap.message()
-    );
+    assert!(gap.message().contains("expected sequence 4"), "{}", gap.message());
 
     // A new instance of the same producer fences the old one.
     let newer = client
@@ -164,16 +160,11 @@ async fn fetch_at_the_end_waits_for_new_records() {
 #[tokio::test]
 async fn bad_input_is_refused_precisely_and_appends_nothing() {
     let cluster = Cluster::new();
-    let a = cluster
-        .start("a", &["--set", "limits.max_record_bytes=1000"])
-        .await;
+    let a = cluster.start("a", &["--set", "limits.max_record_bytes=1000"]).await;
     create_topic(&a.addr, "t", 1).await;
     wait_leader(&a.addr, "t", 0).await;
     let mut client = agent(&a.addr).await;
-    client
-        .produce(produce("t", 0, &["ok".into()]))
-        .await
-        .unwrap();
+    client.produce(produce("t", 0, &["ok".into()])).await.unwrap();
 
     let big = "x".repeat(2000);
     let cases: Vec<(pb::ProduceRequest, Code, &str)> = vec![
@@ -183,16 +174,8 @@ async fn bad_input_is_refused_precisely_and_appends_nothing() {
             "records[1]",
         ),
         (produce("t", 0, &[]), Code::InvalidArgument, "records"),
-        (
-            produce("no/such", 0, &["x".into()]),
-            Code::InvalidArgument,
-            "topic",
-        ),
-        (
-            produce("", 0, &["x".into()]),
-            Code::InvalidArgument,
-            "topic",
-        ),
+        (produce("no/such", 0, &["x".into()]), Code::InvalidArgument, "topic"),
+        (produce("", 0, &["x".into()]), Code::InvalidArgument, "topic"),
         (
             pb::ProduceRequest {
                 ack_mode: 99,
@@ -216,21 +199,14 @@ async fn bad_input_is_refused_precisely_and_appends_nothing() {
         Code::NotFound
     );
     assert_eq!(
-        client
-            .produce(produce("t", 5, &["x".into()]))
-            .await
-            .unwrap_err()
-            .code(),
+        client.produce(produce("t", 5, &["x".into()])).await.unwrap_err().code(),
         Code::NotFound
     );
     let committed = pb::ProduceRequest {
         ack_mode: pb::AckMode::Committed as i32,
         ..produce("t", 0, &["x".into()])
     };
-    assert_eq!(
-        client.produce(committed).await.unwrap_err().code(),
-        Code::Unimplemented
-    );
+    assert_eq!(client.produce(committed).await.unwrap_err().code(), Code::Unimplemented);
     assert_eq!(
         read_all(&a.addr, "t", 0).await.len(),
         1,

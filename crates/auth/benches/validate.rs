@@ -28,19 +28,14 @@ use cairn_proto::{
 };
 use cairn_service::{
     ClientConfig, Server, ServerConfig,
-    auth::{
-        Access, Auth, AuthClientConfig, Authenticator, Policy, RemoteAuthenticator, attach_key,
-    },
+    auth::{Access, Auth, AuthClientConfig, Authenticator, Policy, RemoteAuthenticator, attach_key},
     scope::Scope,
 };
 use tonic::{Request, Response, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 struct Ok200;
@@ -124,9 +119,7 @@ async fn run() {
     let conns = env("BENCH_CONNECTIONS", 4);
     let in_flight = env("BENCH_IN_FLIGHT", 64);
     let dir = cairn_testkit::TempDir::new("auth-bench");
-    let store = Store::connect(&cairn_testkit::sqlite_url(dir.path()), 8)
-        .await
-        .unwrap();
+    let store = Store::connect(&cairn_testkit::sqlite_url(dir.path()), 8).await.unwrap();
     let keys = Keys::new(store, Default::default());
     let spec = KeySpec {
         name: "bench".into(),
@@ -144,12 +137,7 @@ async fn run() {
         },
         ..Config::default()
     };
-    tokio::spawn(cairn_auth::serve(
-        config,
-        keys,
-        listener,
-        std::future::pending(),
-    ));
+    tokio::spawn(cairn_auth::serve(config, keys, listener, std::future::pending()));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let authenticator = Arc::new(
@@ -176,9 +164,7 @@ async fn run() {
 
     println!(
         "# {} cores, {conns} connections, {in_flight} requests in flight, {secs} s each",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let auth_channels = channels(&auth_addr, conns).await;
     measure(
@@ -186,12 +172,7 @@ async fn run() {
         &auth_channels,
         in_flight,
         secs,
-        |ch| async move {
-            HealthClient::new(ch)
-                .check(HealthCheckRequest::default())
-                .await
-                .is_ok()
-        },
+        |ch| async move { HealthClient::new(ch).check(HealthCheckRequest::default()).await.is_ok() },
     )
     .await;
 

@@ -6,13 +6,8 @@ use std::time::Duration;
 
 use cairn_proto::{
     Timestamp,
-    cairn::auth::v1::{
-        self as pb, auth_service_server::AuthService, key_admin_service_server::KeyAdminService,
-    },
-    ingestion::{
-        ValidateApiKeyRequest, ValidateApiKeyResponse,
-        internal_auth_service_server::InternalAuthService,
-    },
+    cairn::auth::v1::{self as pb, auth_service_server::AuthService, key_admin_service_server::KeyAdminService},
+    ingestion::{ValidateApiKeyRequest, ValidateApiKeyResponse, internal_auth_service_server::InternalAuthService},
 };
 use cairn_service::auth::Principal;
 use tonic::{Request, Response, Status};
@@ -67,10 +62,7 @@ fn check_key_id(id: &str) -> Result<(), Error> {
     if key::is_key_id(id) {
         Ok(())
     } else {
-        Err(Error::invalid(
-            "key_id",
-            "must be the 12-character id of a key",
-        ))
+        Err(Error::invalid("key_id", "must be the 12-character id of a key"))
     }
 }
 
@@ -166,10 +158,7 @@ impl KeyAdminService for AdminApi {
         }))
     }
 
-    async fn list_keys(
-        &self,
-        request: Request<pb::ListKeysRequest>,
-    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
         let req = request.into_inner();
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -180,24 +169,19 @@ impl KeyAdminService for AdminApi {
         };
         let cursor = match req.page_token.as_str() {
             "" => None,
-            token => Some(store::decode_cursor(token).ok_or_else(|| {
-                Error::invalid("page_token", "not a token from a previous response")
-            })?),
+            token => Some(
+                store::decode_cursor(token)
+                    .ok_or_else(|| Error::invalid("page_token", "not a token from a previous response"))?,
+            ),
         };
-        let (keys, next) = self
-            .keys
-            .list(req.include_revoked, page_size, cursor.as_ref())
-            .await?;
+        let (keys, next) = self.keys.list(req.include_revoked, page_size, cursor.as_ref()).await?;
         Ok(Response::new(pb::ListKeysResponse {
             keys: keys.iter().map(key_info).collect(),
             next_page_token: next.as_ref().map(store::encode_cursor).unwrap_or_default(),
         }))
     }
 
-    async fn get_key(
-        &self,
-        request: Request<pb::GetKeyRequest>,
-    ) -> Result<Response<pb::GetKeyResponse>, Status> {
+    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::GetKeyResponse>, Status> {
         let id = &request.get_ref().key_id;
         check_key_id(id)?;
         let record = self.keys.get(id).await?;
@@ -230,9 +214,7 @@ impl KeyAdminService for AdminApi {
         let grace = match req.grace_period {
             None => None,
             Some(d) if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 => {
-                return Err(
-                    Error::invalid("grace_period", "must be a non-negative duration").into(),
-                );
+                return Err(Error::invalid("grace_period", "must be a non-negative duration").into());
             }
             Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32)),
         };

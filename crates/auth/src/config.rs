@@ -72,20 +72,14 @@ impl Default for KeysConfig {
 impl ServiceConfig for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.store.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::invalid(
                 "store.url",
                 "must start with sqlite: or postgres://",
             ));
         }
         if self.store.max_connections == 0 {
-            return Err(ConfigError::invalid(
-                "store.max_connections",
-                "must be greater than 0",
-            ));
+            return Err(ConfigError::invalid("store.max_connections", "must be greater than 0"));
         }
         if self.keys.rotation_grace_secs > self.keys.max_rotation_grace_secs {
             return Err(ConfigError::invalid(
@@ -94,10 +88,7 @@ impl ServiceConfig for Config {
             ));
         }
         if self.keys.last_used_flush_ms < 100 {
-            return Err(ConfigError::invalid(
-                "keys.last_used_flush_ms",
-                "must be at least 100",
-            ));
+            return Err(ConfigError::invalid("keys.last_used_flush_ms", "must be at least 100"));
         }
         Ok(())
     }

@@ -48,9 +48,9 @@ impl From<Error> for Status {
             Error::InvalidArgument { field, reason } => status::invalid_argument(field, reason),
             Error::NotFound(id) => Status::not_found(format!("no API key with id {id}")),
             Error::Revoked(id) => Status::failed_precondition(format!("API key {id} is revoked")),
-            Error::AlreadyBootstrapped(id) => Status::already_exists(format!(
-                "an admin key was already bootstrapped (key id {id})"
-            )),
+            Error::AlreadyBootstrapped(id) => {
+                Status::already_exists(format!("an admin key was already bootstrapped (key id {id})"))
+            }
             // The key store failing is never the caller's fault and never a
             // reason to let anyone in: retryable, always.
             Error::Database(error) => {

@@ -66,17 +66,13 @@ pub struct NewKey {
 
 impl std::fmt::Debug for NewKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("NewKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
 fn random_base62(n: usize) -> String {
     let mut rng = rand::rng();
-    (0..n)
-        .map(|_| BASE62[rng.random_range(0..62)] as char)
-        .collect()
+    (0..n).map(|_| BASE62[rng.random_range(0..62)] as char).collect()
 }
 
 fn checksum(body: &str) -> String {
@@ -177,11 +173,7 @@ mod tests {
                 let mut changed = bytes.to_vec();
                 changed[i] = replacement;
                 let changed = String::from_utf8(changed).unwrap();
-                assert!(
-                    parse(&changed).is_none(),
-                    "position {i} -> {}",
-                    replacement as char
-                );
+                assert!(parse(&changed).is_none(), "position {i} -> {}", replacement as char);
             }
         }
     }

@@ -40,10 +40,7 @@ pub fn check_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(
-            "name",
-            "must be 1-128 characters of [A-Za-z0-9._ -]",
-        ))
+        Err(Error::invalid("name", "must be 1-128 characters of [A-Za-z0-9._ -]"))
     }
 }
 
@@ -53,15 +50,11 @@ pub fn parse_scopes(texts: &[String]) -> Result<Vec<Scope>> {
         return Err(Error::invalid("scopes", "at least one scope is required"));
     }
     if texts.len() > MAX_SCOPES {
-        return Err(Error::invalid(
-            "scopes",
-            format!("at most {MAX_SCOPES} scopes"),
-        ));
+        return Err(Error::invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
     }
     let mut scopes: Vec<Scope> = Vec::with_capacity(texts.len());
     for (i, text) in texts.iter().enumerate() {
-        let scope = Scope::parse(text)
-            .map_err(|e| Error::invalid(format!("scopes[{i}]"), e.to_string()))?;
+        let scope = Scope::parse(text).map_err(|e| Error::invalid(format!("scopes[{i}]"), e.to_string()))?;
         if !scopes.contains(&scope) {
             scopes.push(scope);
         }
@@ -131,12 +124,7 @@ impl Keys {
         Ok(record)
     }
 
-    fn record(
-        spec: &KeySpec,
-        new: &key::NewKey,
-        now: i64,
-        rotated_from: Option<String>,
-    ) -> KeyRecord {
+    fn record(spec: &KeySpec, new: &key::NewKey, now: i64, rotated_from: Option<String>) -> KeyRecord {
         KeyRecord {
             key_id: new.id.clone(),
             name: spec.name.clone(),
@@ -176,9 +164,7 @@ impl Keys {
     pub async fn bootstrap_admin(&self, name: &str) -> Result<(KeyRecord, String)> {
         let spec = KeySpec {
             name: name.to_owned(),
-            scopes: vec![
-                Scope::parse("keys:admin").map_err(|e| Error::invalid("scopes", e.to_string()))?,
-            ],
+            scopes: vec![Scope::parse("keys:admin").map_err(|e| Error::invalid("scopes", e.to_string()))?],
             expires_at: None,
         };
         let now = store::now_ms();
@@ -206,10 +192,7 @@ impl Keys {
         cursor: Option<&Cursor>,
     ) -> Result<(Vec<KeyRecord>, Option<Cursor>)> {
         // One extra row tells whether another page exists.
-        let mut keys = self
-            .store
-            .list(include_revoked, page_size + 1, cursor)
-            .await?;
+        let mut keys = self.store.list(include_revoked, page_size + 1, cursor).await?;
         let next = if keys.len() > page_size as usize {
             keys.truncate(page_size as usize);
             keys.last().map(|k| (k.created_at, k.key_id.clone()))
@@ -227,11 +210,7 @@ impl Keys {
 
     /// Issues a replacement with the same name and scopes; the old key stays
     /// valid for `grace` (the configured default when `None`).
-    pub async fn rotate(
-        &self,
-        key_id: &str,
-        grace: Option<Duration>,
-    ) -> Result<(KeyRecord, String, KeyRecord)> {
+    pub async fn rotate(&self, key_id: &str, grace: Option<Duration>) -> Result<(KeyRecord, String, KeyRecord)> {
         let max = Duration::from_secs(self.config.max_rotation_grace_secs);
         let grace = grace.unwrap_or(Duration::from_secs(self.config.rotation_grace_secs));
         if grace > max {
@@ -250,10 +229,7 @@ impl Keys {
         let new = key::generate();
         let record = Self::record(&spec, &new, now, Some(key_id.to_owned()));
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        let previous = self
-            .store
-            .rotate(key_id, &record, now.saturating_add(grace_ms))
-            .await?;
+        let previous = self.store.rotate(key_id, &record, now.saturating_add(grace_ms)).await?;
         Ok((record, new.text, previous))
     }
 

@@ -8,9 +8,7 @@
 use std::{future::Future, sync::Arc};
 
 use cairn_proto::{
-    cairn::auth::v1::{
-        auth_service_server::AuthServiceServer, key_admin_service_server::KeyAdminServiceServer,
-    },
+    cairn::auth::v1::{auth_service_server::AuthServiceServer, key_admin_service_server::KeyAdminServiceServer},
     ingestion::internal_auth_service_server::InternalAuthServiceServer,
 };
 use cairn_service::{
@@ -37,15 +35,10 @@ pub const ADMIN_SCOPE: &str = "keys:admin";
 /// What each RPC of this server requires. Validation RPCs are open: the key
 /// they check is the request itself.
 pub fn policy() -> Policy {
-    let admin = Access::Scope(
-        Scope::required("keys", "admin", None).unwrap_or_else(|e| unreachable!("{e}")),
-    );
+    let admin = Access::Scope(Scope::required("keys", "admin", None).unwrap_or_else(|e| unreachable!("{e}")));
     Policy::new()
         .rpc("/cairn.auth.v1.AuthService/Authenticate", Access::Open)
-        .rpc(
-            "/ingestion.InternalAuthService/ValidateApiKey",
-            Access::Open,
-        )
+        .rpc("/ingestion.InternalAuthService/ValidateApiKey", Access::Open)
         .rpc("/cairn.auth.v1.KeyAdminService/CreateKey", admin.clone())
         .rpc("/cairn.auth.v1.KeyAdminService/ListKeys", admin.clone())
         .rpc("/cairn.auth.v1.KeyAdminService/GetKey", admin.clone())

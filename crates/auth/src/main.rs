@@ -39,10 +39,7 @@ fn bootstrap_admin(args: &cairn_service::ConfigArgs, name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cairn-auth: {error}");
@@ -61,12 +58,17 @@ fn bootstrap_admin(args: &cairn_service::ConfigArgs, name: &str) -> ExitCode {
         keys.store().close().await;
         match result {
             Ok((record, text)) => {
-                eprintln!("Created admin key {} (scope keys:admin). It is shown once; store it now:", record.key_id);
+                eprintln!(
+                    "Created admin key {} (scope keys:admin). It is shown once; store it now:",
+                    record.key_id
+                );
                 println!("{text}");
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                eprintln!("cairn-auth: {error}; nothing was created. Use `cairn keys create` with the existing admin key.");
+                eprintln!(
+                    "cairn-auth: {error}; nothing was created. Use `cairn keys create` with the existing admin key."
+                );
                 ExitCode::FAILURE
             }
         }

@@ -150,24 +150,15 @@ impl Store {
 
     /// The key with `key_id`, if any.
     pub async fn get(&self, key_id: &str) -> Result<Option<KeyRecord>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM api_keys WHERE key_id = $1"
-        ))
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM api_keys WHERE key_id = $1"))
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(KeyRecord::from_row).transpose()
     }
 
     /// Up to `limit` keys, newest first, after `cursor`.
-    pub async fn list(
-        &self,
-        include_revoked: bool,
-        limit: u32,
-        cursor: Option<&Cursor>,
-    ) -> Result<Vec<KeyRecord>> {
+    pub async fn list(&self, include_revoked: bool, limit: u32, cursor: Option<&Cursor>) -> Result<Vec<KeyRecord>> {
         let (at, id) = cursor.cloned().unwrap_or((i64::MAX, String::new()));
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -201,37 +192,24 @@ impl Store {
 
     /// Stores `new` as the replacement of `old_id` and makes the old key
     /// expire at `old_expires_at` (or sooner, if it already would), atomically.
-    pub async fn rotate(
-        &self,
-        old_id: &str,
-        new: &KeyRecord,
-        old_expires_at: i64,
-    ) -> Result<KeyRecord> {
+    pub async fn rotate(&self, old_id: &str, new: &KeyRecord, old_expires_at: i64) -> Result<KeyRecord> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM api_keys WHERE key_id = $1"
-        ))
-        .bind(old_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM api_keys WHERE key_id = $1"))
+            .bind(old_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let old = row.as_ref().map(KeyRecord::from_row).transpose()?;
         let old = old.ok_or_else(|| Error::NotFound(old_id.to_owned()))?;
         if old.revoked_at.is_some() {
             return Err(Error::Revoked(old_id.to_owned()));
         }
-        let expires = old
-            .expires_at
-            .map_or(old_expires_at, |e| e.min(old_expires_at));
+        let expires = old.expires_at.map_or(old_expires_at, |e| e.min(old_expires_at));
         // The guard on revoked_at makes a concurrent revoke win cleanly.
-        let updated = sqlx::query(
-            "UPDATE api_keys SET expires_at = $1 WHERE key_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(expires)
-        .bind(old_id)
-        .execute(&mut *tx)
-        .await?;
+        let updated = sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE key_id = $2 AND revoked_at IS NULL")
+            .bind(expires)
+            .bind(old_id)
+            .execute(&mut *tx)
+            .await?;
         if updated.rows_affected() != 1 {
             return Err(Error::Revoked(old_id.to_owned()));
         }
@@ -254,12 +232,11 @@ impl Store {
         if let Some(id) = existing {
             return Err(Error::AlreadyBootstrapped(id));
         }
-        let inserted =
-            sqlx::query("INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, $1, $2)")
-                .bind(&key.key_id)
-                .bind(key.created_at)
-                .execute(&mut *tx)
-                .await;
+        let inserted = sqlx::query("INSERT INTO bootstrap (id, key_id, created_at) VALUES (1, $1, $2)")
+            .bind(&key.key_id)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await;
         if let Err(error) = inserted {
             // Another bootstrap won the race between our read and insert.
             if is_unique_violation(&error) {

@@ -59,11 +59,7 @@ async fn cluster(burst: u32) -> Cluster {
         .args(["--set", &store_arg, "bootstrap-admin"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
     let mut auth = Process::start("cairn-auth", &["--set", &store_arg], &[], dir.path());
@@ -115,29 +111,17 @@ impl Cluster {
             expires_at: None,
         });
         attach_key(&mut request, &self.admin).unwrap();
-        let created = self
-            .admin()
-            .await
-            .create_key(request)
-            .await
-            .unwrap()
-            .into_inner();
+        let created = self.admin().await.create_key(request).await.unwrap().into_inner();
         (created.key.unwrap().key_id, created.api_key)
     }
 
     async fn revoke(&self, key_id: &str) {
-        let mut request = Request::new(pb::RevokeKeyRequest {
-            key_id: key_id.into(),
-        });
+        let mut request = Request::new(pb::RevokeKeyRequest { key_id: key_id.into() });
         attach_key(&mut request, &self.admin).unwrap();
         self.admin().await.revoke_key(request).await.unwrap();
     }
 
-    async fn call_from(
-        &self,
-        key: Option<&str>,
-        local: Option<std::net::IpAddr>,
-    ) -> Result<bool, Status> {
+    async fn call_from(&self, key: Option<&str>, local: Option<std::net::IpAddr>) -> Result<bool, Status> {
         let mut request = Request::new(ValidateApiKeyRequest::default());
         if let Some(key) = key {
             attach_key(&mut request, key).unwrap();
@@ -158,23 +142,11 @@ async fn the_rpc_scope_is_enforced_through_the_auth_service() {
     let c = cluster(50).await;
     let (_, writer) = c.key(&["spans:write"]).await;
     let (_, other) = c.key(&["tasks:create"]).await;
-    assert!(
-        c.call(Some(&writer)).await.unwrap(),
-        "handler sees the principal"
-    );
-    assert_eq!(
-        c.call(Some(&other)).await.unwrap_err().code(),
-        Code::PermissionDenied
-    );
-    assert_eq!(
-        c.call(None).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+    assert!(c.call(Some(&writer)).await.unwrap(), "handler sees the principal");
+    assert_eq!(c.call(Some(&other)).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(c.call(None).await.unwrap_err().code(), Code::Unauthenticated);
     let unknown = cairn_auth::key::generate().text;
-    assert_eq!(
-        c.call(Some(&unknown)).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+    assert_eq!(c.call(Some(&unknown)).await.unwrap_err().code(), Code::Unauthenticated);
 }
 
 #[tokio::test]
@@ -217,10 +189,7 @@ async fn concurrent_callers_with_one_key_cause_one_lookup() {
         assert!(call.await.unwrap().unwrap());
     }
     let lookups = c.authenticator.stats().lookups.load(Ordering::Relaxed) - before;
-    assert_eq!(
-        lookups, 1,
-        "single flight: one Authenticate for 64 concurrent callers"
-    );
+    assert_eq!(lookups, 1, "single flight: one Authenticate for 64 concurrent callers");
     let hits = c.authenticator.stats().cache_hits.load(Ordering::Relaxed);
     assert!(c.call(Some(&key)).await.unwrap());
     let stats = c.authenticator.stats();
@@ -242,10 +211,7 @@ async fn an_auth_outage_is_unavailable_and_lets_nobody_in() {
 
     let error = c.call(Some(&fresh)).await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
-    assert!(
-        status::retry_after(&error).is_some(),
-        "retryable, with retry info"
-    );
+    assert!(status::retry_after(&error).is_some(), "retryable, with retry info");
     // Once the cached answer ages out, the cached key is refused too.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let error = c.call(Some(&cached)).await.unwrap_err();
@@ -270,10 +236,7 @@ async fn a_flood_of_bad_keys_is_cut_off_per_client_without_starving_others() {
     }
     let lookups = c.authenticator.stats().lookups.load(Ordering::Relaxed) - before;
     assert!(refused >= 25, "only {refused} of 40 bad attempts refused");
-    assert!(
-        lookups <= 15,
-        "the flood reached the auth service {lookups} times"
-    );
+    assert!(lookups <= 15, "the flood reached the auth service {lookups} times");
     assert!(
         c.call_from(Some(&good), honest).await.unwrap(),
         "another client is unaffected"

@@ -9,8 +9,7 @@ use cairn_auth::{Config, Keys, Store, keys::KeySpec};
 use cairn_proto::{
     Timestamp,
     cairn::auth::v1::{
-        self as pb, auth_service_client::AuthServiceClient,
-        key_admin_service_client::KeyAdminServiceClient,
+        self as pb, auth_service_client::AuthServiceClient, key_admin_service_client::KeyAdminServiceClient,
     },
     ingestion::{ValidateApiKeyRequest, internal_auth_service_client::InternalAuthServiceClient},
 };
@@ -72,11 +71,7 @@ impl Harness {
         KeyAdminServiceClient::new(self.channel.clone())
     }
 
-    async fn create(
-        &self,
-        scopes: &[&str],
-        expires_at: Option<Timestamp>,
-    ) -> pb::CreateKeyResponse {
+    async fn create(&self, scopes: &[&str], expires_at: Option<Timestamp>) -> pb::CreateKeyResponse {
         let req = pb::CreateKeyRequest {
             name: "test key".into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
@@ -91,18 +86,14 @@ impl Harness {
 
     async fn authenticate(&self, key: &str) -> Result<pb::Principal, tonic::Status> {
         AuthServiceClient::new(self.channel.clone())
-            .authenticate(pb::AuthenticateRequest {
-                api_key: key.into(),
-            })
+            .authenticate(pb::AuthenticateRequest { api_key: key.into() })
             .await
             .map(|r| r.into_inner().principal.unwrap())
     }
 
     async fn validate(&self, key: &str) -> Result<bool, tonic::Status> {
         InternalAuthServiceClient::new(self.channel.clone())
-            .validate_api_key(ValidateApiKeyRequest {
-                api_key: key.into(),
-            })
+            .validate_api_key(ValidateApiKeyRequest { api_key: key.into() })
             .await
             .map(|r| r.into_inner().is_valid)
     }
@@ -180,24 +171,12 @@ async fn admin_rpcs_need_a_key_with_keys_admin() {
         .list_keys(with_key(list.clone(), &plain.api_key))
         .await
         .unwrap_err();
-    assert_eq!(
-        error.code(),
-        Code::PermissionDenied,
-        "valid key without keys:admin"
-    );
+    assert_eq!(error.code(), Code::PermissionDenied, "valid key without keys:admin");
     assert!(error.message().contains("keys:admin"));
 
     let mut request = Request::new(list);
-    request
-        .metadata_mut()
-        .insert("x-api-key", h.admin.parse().unwrap());
-    let keys = h
-        .admin_client()
-        .list_keys(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .keys;
+    request.metadata_mut().insert("x-api-key", h.admin.parse().unwrap());
+    let keys = h.admin_client().list_keys(request).await.unwrap().into_inner().keys;
     assert_eq!(keys.len(), 2);
 }
 
@@ -250,10 +229,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_creates_nothing() {
             pb::CreateKeyRequest {
                 name: "ok".into(),
                 scopes: vec!["spans:write".into()],
-                expires_at: Some(Timestamp {
-                    seconds: 1,
-                    nanos: -5,
-                }),
+                expires_at: Some(Timestamp { seconds: 1, nanos: -5 }),
             },
             "expires_at",
         ),
@@ -349,10 +325,7 @@ async fn secrets_are_shown_once_and_never_listed() {
         .await
         .unwrap();
     let stored_hash = h.keys.get(&id).await.unwrap().secret_hash;
-    for text in [
-        format!("{:?}", listed.into_inner()),
-        format!("{:?}", got.into_inner()),
-    ] {
+    for text in [format!("{:?}", listed.into_inner()), format!("{:?}", got.into_inner())] {
         assert!(!text.contains(secret), "secret leaked: {text}");
         assert!(!text.contains(&stored_hash), "hash leaked: {text}");
     }

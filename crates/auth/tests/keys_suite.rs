@@ -33,46 +33,21 @@ async fn create_then_authenticate(keys: Keys) {
     let (_, other) = keys.create(&spec("other", &["spans:write"])).await.unwrap();
     // Same id, another key's secret and checksum: well-formed but wrong.
     let forged = format!("{}{}", &text[..19], &other[19..]);
-    assert!(matches!(
-        keys.authenticate(&forged).await,
-        Err(Error::InvalidKey)
-    ));
+    assert!(matches!(keys.authenticate(&forged).await, Err(Error::InvalidKey)));
     // A well-formed key nobody issued.
     let unknown = cairn_auth::key::generate().text;
-    assert!(matches!(
-        keys.authenticate(&unknown).await,
-        Err(Error::InvalidKey)
-    ));
-    assert!(matches!(
-        keys.authenticate("not a key").await,
-        Err(Error::InvalidKey)
-    ));
+    assert!(matches!(keys.authenticate(&unknown).await, Err(Error::InvalidKey)));
+    assert!(matches!(keys.authenticate("not a key").await, Err(Error::InvalidKey)));
 }
 
 async fn revoked_keys_stop_working(keys: Keys) {
     let (record, text) = keys.create(&spec("k", &["tasks:create"])).await.unwrap();
-    let first = keys
-        .revoke(&record.key_id)
-        .await
-        .unwrap()
-        .revoked_at
-        .unwrap();
-    assert!(matches!(
-        keys.authenticate(&text).await,
-        Err(Error::InvalidKey)
-    ));
+    let first = keys.revoke(&record.key_id).await.unwrap().revoked_at.unwrap();
+    assert!(matches!(keys.authenticate(&text).await, Err(Error::InvalidKey)));
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let again = keys
-        .revoke(&record.key_id)
-        .await
-        .unwrap()
-        .revoked_at
-        .unwrap();
+    let again = keys.revoke(&record.key_id).await.unwrap().revoked_at.unwrap();
     assert_eq!(first, again, "revoking twice keeps the first time");
-    assert!(matches!(
-        keys.revoke("AAAAAAAAAAAA").await,
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(keys.revoke("AAAAAAAAAAAA").await, Err(Error::NotFound(_))));
 }
 
 async fn expired_keys_stop_working(keys: Keys) {
@@ -81,21 +56,12 @@ async fn expired_keys_stop_working(keys: Keys) {
     let (_, text) = keys.create(&s).await.unwrap();
     assert!(keys.authenticate(&text).await.is_ok());
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(matches!(
-        keys.authenticate(&text).await,
-        Err(Error::InvalidKey)
-    ));
+    assert!(matches!(keys.authenticate(&text).await, Err(Error::InvalidKey)));
 
     let before = count(&keys).await;
     s.expires_at = Some(store::now_ms() - 1);
-    assert!(
-        matches!(keys.create(&s).await, Err(Error::InvalidArgument { field, .. }) if field == "expires_at")
-    );
-    assert_eq!(
-        count(&keys).await,
-        before,
-        "a rejected create stores nothing"
-    );
+    assert!(matches!(keys.create(&s).await, Err(Error::InvalidArgument { field, .. }) if field == "expires_at"));
+    assert_eq!(count(&keys).await, before, "a rejected create stores nothing");
 }
 
 async fn list_pages_newest_first_and_hides_revoked(keys: Keys) {
@@ -133,24 +99,15 @@ async fn list_pages_newest_first_and_hides_revoked(keys: Keys) {
 }
 
 async fn rotation_keeps_the_old_key_for_the_grace_period(keys: Keys) {
-    let (old, old_text) = keys
-        .create(&spec("svc", &["topics:consume:clicks"]))
-        .await
-        .unwrap();
+    let (old, old_text) = keys.create(&spec("svc", &["topics:consume:clicks"])).await.unwrap();
     let (new, new_text, previous) = keys
         .rotate(&old.key_id, Some(Duration::from_millis(400)))
         .await
         .unwrap();
     assert_eq!(new.rotated_from.as_deref(), Some(old.key_id.as_str()));
-    assert_eq!(
-        (new.name.as_str(), &new.scopes),
-        (old.name.as_str(), &old.scopes)
-    );
+    assert_eq!((new.name.as_str(), &new.scopes), (old.name.as_str(), &old.scopes));
     assert!(previous.expires_at.is_some());
-    assert!(
-        keys.authenticate(&old_text).await.is_ok(),
-        "old key valid during grace"
-    );
+    assert!(keys.authenticate(&old_text).await.is_ok(), "old key valid during grace");
     assert!(keys.authenticate(&new_text).await.is_ok());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -159,20 +116,14 @@ async fn rotation_keeps_the_old_key_for_the_grace_period(keys: Keys) {
     );
     assert!(keys.authenticate(&new_text).await.is_ok());
 
-    let (_, _, _) = keys
-        .rotate(&new.key_id, Some(Duration::ZERO))
-        .await
-        .unwrap();
+    let (_, _, _) = keys.rotate(&new.key_id, Some(Duration::ZERO)).await.unwrap();
     assert!(
         matches!(keys.authenticate(&new_text).await, Err(Error::InvalidKey)),
         "zero grace ends it at once"
     );
 
     keys.revoke(&old.key_id).await.unwrap();
-    assert!(matches!(
-        keys.rotate(&old.key_id, None).await,
-        Err(Error::Revoked(_))
-    ));
+    assert!(matches!(keys.rotate(&old.key_id, None).await, Err(Error::Revoked(_))));
     assert!(matches!(
         keys.rotate("AAAAAAAAAAAA", None).await,
         Err(Error::NotFound(_))
@@ -186,10 +137,7 @@ async fn rotation_keeps_the_old_key_for_the_grace_period(keys: Keys) {
 
 async fn bootstrap_happens_once_even_when_raced(keys: Keys) {
     let (a, b) = tokio::join!(keys.bootstrap_admin("admin"), keys.bootstrap_admin("admin"));
-    assert!(
-        a.is_ok() ^ b.is_ok(),
-        "exactly one concurrent bootstrap wins"
-    );
+    assert!(a.is_ok() ^ b.is_ok(), "exactly one concurrent bootstrap wins");
     let (record, text) = a.or(b).unwrap();
     assert_eq!(record.scopes, vec!["keys:admin"]);
     assert!(keys.authenticate(&text).await.is_ok());
@@ -209,24 +157,12 @@ async fn last_used_is_written_in_batches(keys: Keys) {
         "no write per request"
     );
     keys.flush_last_used().await.unwrap();
-    let first = keys
-        .get(&record.key_id)
-        .await
-        .unwrap()
-        .last_used_at
-        .unwrap();
+    let first = keys.get(&record.key_id).await.unwrap().last_used_at.unwrap();
     assert!(first >= record.created_at);
     tokio::time::sleep(Duration::from_millis(5)).await;
     keys.authenticate(&text).await.unwrap();
     keys.flush_last_used().await.unwrap();
-    assert!(
-        keys.get(&record.key_id)
-            .await
-            .unwrap()
-            .last_used_at
-            .unwrap()
-            > first
-    );
+    assert!(keys.get(&record.key_id).await.unwrap().last_used_at.unwrap() > first);
 }
 
 async fn only_a_hash_of_the_secret_is_stored(keys: Keys) {

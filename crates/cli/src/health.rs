@@ -4,9 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use cairn_service::{ClientConfig, client};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Default local endpoints (SYSTEM.md).
 const DEFAULT_ENDPOINTS: &[(&str, &str)] = &[
@@ -46,11 +44,7 @@ pub async fn check(addr: &str, service: &str, wait: Duration) -> anyhow::Result<
             return match result {
                 Ok(status) => {
                     println!("{addr} {}", status.as_str_name());
-                    Ok(if serving {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    })
+                    Ok(if serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 }
                 Err(error) => {
                     println!("{addr} UNREACHABLE ({error:#})");

@@ -83,9 +83,7 @@ fn status(key: &pb::KeyInfo) -> &'static str {
 }
 
 fn when(t: &Option<Timestamp>) -> String {
-    t.as_ref()
-        .map(format_timestamp)
-        .unwrap_or_else(|| "-".into())
+    t.as_ref().map(format_timestamp).unwrap_or_else(|| "-".into())
 }
 
 /// Runs a `cairn keys` command.
@@ -95,11 +93,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     };
     let mut admin = connect(&args.addr).await?;
     match args.command {
-        KeysCommand::Create {
-            name,
-            scopes,
-            expires,
-        } => {
+        KeysCommand::Create { name, scopes, expires } => {
             let expires_at = match expires {
                 None => None,
                 Some(text) => {
@@ -177,14 +171,13 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             println!("revoked {} at {}", info.key_id, when(&info.revoked_at));
         }
         KeysCommand::Rotate { id, grace } => {
-            let grace_period =
-                grace
-                    .map(|g| parse_duration(&g))
-                    .transpose()?
-                    .map(|d| cairn_proto::Duration {
-                        seconds: d.as_secs() as i64,
-                        nanos: 0,
-                    });
+            let grace_period = grace
+                .map(|g| parse_duration(&g))
+                .transpose()?
+                .map(|d| cairn_proto::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: 0,
+                });
             let rotated = admin
                 .rotate_key(request(
                     pb::RotateKeyRequest {

@@ -49,10 +49,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cairn: {error}");
@@ -61,11 +58,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Health {
-                addr,
-                service,
-                wait,
-            } => health::check(&addr, &service, Duration::from_secs(wait)).await,
+            Command::Health { addr, service, wait } => health::check(&addr, &service, Duration::from_secs(wait)).await,
             Command::Status { endpoints } => health::status(&endpoints).await,
             Command::Keys(args) => keys::run(args).await,
             Command::Topics(args) => topics::topics(args).await,

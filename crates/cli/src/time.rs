@@ -8,9 +8,7 @@ use cairn_proto::Timestamp;
 /// Parses `<number><unit>` with unit `s`, `m`, `h` or `d`.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let Ok(n) = digits.parse::<u64>() else {
         bail!("`{text}` is not a duration like 30s, 15m, 12h or 90d");
@@ -54,10 +52,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("90d").unwrap(),
-            Duration::from_secs(90 * 86_400)
-        );
+        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86_400));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         for bad in ["", "d", "10", "1.5h", "10w", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

@@ -133,9 +133,7 @@ impl Leaders {
             let channel = connect(&p.leader_address).await?;
             self.channels.insert(p.leader_address.clone(), channel);
         }
-        Ok(AgentServiceClient::new(
-            self.channels[&p.leader_address].clone(),
-        ))
+        Ok(AgentServiceClient::new(self.channels[&p.leader_address].clone()))
     }
 }
 
@@ -176,11 +174,7 @@ pub async fn topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
             println!("{:<30}  {:>10}  CREATED", "TOPIC", "PARTITIONS");
             for t in topics {
                 let c = t.config.unwrap_or_default();
-                let created = t
-                    .created_at
-                    .as_ref()
-                    .map(format_timestamp)
-                    .unwrap_or_default();
+                let created = t.created_at.as_ref().map(format_timestamp).unwrap_or_default();
                 println!("{:<30}  {:>10}  {created}", t.name, c.partitions);
             }
         }
@@ -193,12 +187,7 @@ pub async fn topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
             let c = t.config.unwrap_or_default();
             println!(
                 "topic {}: {} partitions, retention {} ms / {} bytes, segments {} bytes / {} ms",
-                t.name,
-                c.partitions,
-                c.retention_ms,
-                c.retention_bytes,
-                c.segment_bytes,
-                c.segment_ms
+                t.name, c.partitions, c.retention_ms, c.retention_bytes, c.segment_bytes, c.segment_ms
             );
             println!(
                 "{:>9}  {:<24}  {:>6}  {:>12}  {:>14}",
@@ -312,9 +301,6 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    eprintln!(
-        "read {printed} records from {}/{}",
-        args.topic, args.partition
-    );
+    eprintln!("read {printed} records from {}/{}", args.topic, args.partition);
     Ok(ExitCode::SUCCESS)
 }

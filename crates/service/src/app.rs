@@ -28,10 +28,7 @@ where
         print!("{}", config::render(&config));
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{service}: starting the async runtime: {error}");
@@ -53,10 +50,7 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "{service} listening");
         match run(config, listener, shutdown::on_signal()).await {
             Ok(()) => {

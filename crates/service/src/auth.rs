@@ -208,10 +208,7 @@ impl AuthClientConfig {
             ));
         }
         if self.address.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{section}.address"),
-                "must not be empty",
-            ));
+            return Err(ConfigError::invalid(format!("{section}.address"), "must not be empty"));
         }
         if self.failure_burst == 0 || self.failures_per_sec == 0 {
             return Err(ConfigError::invalid(
@@ -239,12 +236,7 @@ impl Auth {
     }
 
     /// An auth layer with explicit failure limits per client IP.
-    pub fn with_limits(
-        authenticator: Arc<dyn Authenticator>,
-        policy: Policy,
-        burst: u32,
-        per_sec: u32,
-    ) -> Self {
+    pub fn with_limits(authenticator: Arc<dyn Authenticator>, policy: Policy, burst: u32, per_sec: u32) -> Self {
         Auth {
             authenticator,
             policy: Arc::new(policy),
@@ -302,10 +294,7 @@ impl Auth {
 
 /// The key a request carries, from `authorization: Bearer …` or `x-api-key`.
 pub fn api_key(headers: &http::HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, token) = value.split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
             return Some(token.trim());
@@ -329,9 +318,9 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
 
 /// Adds `api_key` to an outgoing request as a bearer token.
 pub fn attach_key<T>(request: &mut tonic::Request<T>, api_key: &str) -> Result<(), Status> {
-    let value = format!("Bearer {api_key}").parse().map_err(|_| {
-        Status::invalid_argument("API key contains characters not allowed in metadata")
-    })?;
+    let value = format!("Bearer {api_key}")
+        .parse()
+        .map_err(|_| Status::invalid_argument("API key contains characters not allowed in metadata"))?;
     request.metadata_mut().insert("authorization", value);
     Ok(())
 }
@@ -371,8 +360,7 @@ impl FailureLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&peer) {
             let (burst, per_sec) = (self.burst, self.per_sec);
-            buckets
-                .retain(|_, (t, s)| (*t + now.duration_since(*s).as_secs_f64() * per_sec) < burst);
+            buckets.retain(|_, (t, s)| (*t + now.duration_since(*s).as_secs_f64() * per_sec) < burst);
         }
         let (tokens, since) = buckets.get(&peer).copied().unwrap_or((self.burst, now));
         let level = self.level(tokens, since, now);
@@ -442,10 +430,7 @@ impl RemoteAuthenticator {
                 .into_inner()
                 .principal
                 .ok_or_else(|| AuthError::Unavailable("auth service sent no principal".into()))
-                .and_then(|p| {
-                    Principal::try_from(p)
-                        .map_err(|s| AuthError::Unavailable(s.message().to_owned()))
-                }),
+                .and_then(|p| Principal::try_from(p).map_err(|s| AuthError::Unavailable(s.message().to_owned()))),
             Err(status) if status.code() == Code::Unauthenticated => Err(AuthError::Invalid),
             Err(status) => Err(AuthError::Unavailable(format!(
                 "{:?}: {}",
@@ -467,17 +452,11 @@ impl RemoteAuthenticator {
             Ok(principal) => {
                 let mut ttl = Duration::from_millis(self.config.cache_ttl_ms);
                 if let Some(expires) = principal.expires_at {
-                    ttl = ttl.min(
-                        expires
-                            .duration_since(SystemTime::now())
-                            .unwrap_or_default(),
-                    );
+                    ttl = ttl.min(expires.duration_since(SystemTime::now()).unwrap_or_default());
                 }
                 now + ttl
             }
-            Err(AuthError::Invalid) => {
-                now + Duration::from_millis(self.config.negative_cache_ttl_ms)
-            }
+            Err(AuthError::Invalid) => now + Duration::from_millis(self.config.negative_cache_ttl_ms),
             // An outage is never cached: the next caller asks again.
             Err(AuthError::Unavailable(_)) => return,
         };
@@ -516,10 +495,7 @@ impl Authenticator for RemoteAuthenticator {
         let result = flight.get_or_init(|| self.lookup(api_key)).await.clone();
         self.remember(digest, &result);
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights
-            .get(&digest)
-            .is_some_and(|f| Arc::ptr_eq(f, &flight))
-        {
+        if flights.get(&digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
             flights.remove(&digest);
         }
         result

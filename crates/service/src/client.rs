@@ -21,8 +21,7 @@ pub fn normalize_uri(address: &str) -> String {
 
 /// An endpoint with the standard connect timeout, keepalive and TCP settings.
 pub fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, tonic::transport::Error> {
-    let keepalive = (config.keepalive_interval_secs > 0)
-        .then(|| Duration::from_secs(config.keepalive_interval_secs));
+    let keepalive = (config.keepalive_interval_secs > 0).then(|| Duration::from_secs(config.keepalive_interval_secs));
     Ok(Endpoint::from_shared(normalize_uri(address))?
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
         .tcp_nodelay(true)
@@ -32,10 +31,7 @@ pub fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, tonic:
 }
 
 /// A channel that connects on first use and reconnects after failures.
-pub fn connect_lazy(
-    address: &str,
-    config: &ClientConfig,
-) -> Result<Channel, tonic::transport::Error> {
+pub fn connect_lazy(address: &str, config: &ClientConfig) -> Result<Channel, tonic::transport::Error> {
     Ok(endpoint(address, config)?.connect_lazy())
 }
 

@@ -21,10 +21,7 @@ const RESERVED_ENV_PREFIXES: &[&str] = &["CAIRN_TEST_"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("parsing config file {path}: {source}")]
     Parse {
         path: PathBuf,
@@ -101,8 +98,7 @@ pub fn load_from<C: ServiceConfig>(
         })?;
         merge(&mut tree, file);
     }
-    let mut env: Vec<(String, String)> =
-        env.into_iter().filter(|(k, _)| is_config_env(k)).collect();
+    let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| is_config_env(k)).collect();
     env.sort();
     for (key, raw) in env {
         let path: Vec<String> = key[ENV_PREFIX.len()..]
@@ -172,14 +168,10 @@ fn merge(base: &mut Table, over: Table) {
 /// Sets `path` to `raw`, typed like the value it replaces: a string field takes
 /// the text as is; anything else is parsed as a TOML value, falling back to text.
 fn set_path(tree: &mut Table, path: &[String], raw: &str) -> Result<(), ConfigError> {
-    let (last, parents) = path
-        .split_last()
-        .ok_or_else(|| ConfigError::Override(raw.into()))?;
+    let (last, parents) = path.split_last().ok_or_else(|| ConfigError::Override(raw.into()))?;
     let mut table = tree;
     for (i, key) in parents.iter().enumerate() {
-        let entry = table
-            .entry(key.clone())
-            .or_insert_with(|| Value::Table(Table::new()));
+        let entry = table.entry(key.clone()).or_insert_with(|| Value::Table(Table::new()));
         table = match entry {
             Value::Table(t) => t,
             _ => {
@@ -255,14 +247,8 @@ impl ServerConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         positive("grpc.request_timeout_ms", self.request_timeout_ms)?;
-        positive(
-            "grpc.max_concurrent_requests",
-            self.max_concurrent_requests as u64,
-        )?;
-        positive(
-            "grpc.max_concurrent_streams",
-            self.max_concurrent_streams.into(),
-        )?;
+        positive("grpc.max_concurrent_requests", self.max_concurrent_requests as u64)?;
+        positive("grpc.max_concurrent_streams", self.max_concurrent_streams.into())?;
         if self.max_message_bytes < 1024 || self.max_message_bytes > 256 * 1024 * 1024 {
             return Err(ConfigError::invalid(
                 "grpc.max_message_bytes",
@@ -325,8 +311,7 @@ impl TelemetryConfig {
                 "must be between 0 and 1",
             ));
         }
-        let scheme_ok =
-            self.otlp_endpoint.starts_with("http://") || self.otlp_endpoint.starts_with("https://");
+        let scheme_ok = self.otlp_endpoint.starts_with("http://") || self.otlp_endpoint.starts_with("https://");
         if !self.otlp_endpoint.is_empty() && !scheme_ok {
             return Err(ConfigError::invalid(
                 "telemetry.otlp_endpoint",
@@ -373,18 +358,9 @@ impl ClientConfig {
 
     /// Checks the values, naming fields under `section`.
     pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
-        positive(
-            &format!("{section}.connect_timeout_ms"),
-            self.connect_timeout_ms,
-        )?;
-        positive(
-            &format!("{section}.request_timeout_ms"),
-            self.request_timeout_ms,
-        )?;
-        positive(
-            &format!("{section}.max_message_bytes"),
-            self.max_message_bytes as u64,
-        )
+        positive(&format!("{section}.connect_timeout_ms"), self.connect_timeout_ms)?;
+        positive(&format!("{section}.request_timeout_ms"), self.request_timeout_ms)?;
+        positive(&format!("{section}.max_message_bytes"), self.max_message_bytes as u64)
     }
 }
 
@@ -454,10 +430,7 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn file(text: &str) -> tempfile_path::TempPath {
@@ -508,19 +481,12 @@ mod tests {
         assert_eq!(c.store.url, "from-flag");
         assert_eq!(c.store.pool, 9, "env beats file");
         assert_eq!(c.grpc.request_timeout_ms, 1000, "file beats default");
-        assert_eq!(
-            c.grpc.keepalive_interval_secs, 30,
-            "untouched default stays"
-        );
+        assert_eq!(c.grpc.keepalive_interval_secs, 30, "untouched default stays");
     }
 
     #[test]
     fn string_fields_keep_numeric_looking_text() {
-        let c: TestConfig = load_from(
-            &ConfigArgs::default(),
-            env(&[("CAIRN_STORE__URL", "12345")]),
-        )
-        .unwrap();
+        let c: TestConfig = load_from(&ConfigArgs::default(), env(&[("CAIRN_STORE__URL", "12345")])).unwrap();
         assert_eq!(c.store.url, "12345");
     }
 
@@ -578,27 +544,21 @@ mod tests {
             overrides: vec!["store.pool=1000".into()],
             ..Default::default()
         };
-        let err = load_from::<TestConfig>(&args, env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = load_from::<TestConfig>(&args, env(&[])).unwrap_err().to_string();
         assert!(err.contains("store.pool"), "{err}");
 
         let args = ConfigArgs {
             overrides: vec!["grpc.request_timeout_ms=0".into()],
             ..Default::default()
         };
-        let err = load_from::<TestConfig>(&args, env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = load_from::<TestConfig>(&args, env(&[])).unwrap_err().to_string();
         assert!(err.contains("grpc.request_timeout_ms"), "{err}");
 
         let args = ConfigArgs {
             overrides: vec!["telemetry.otlp_endpoint=127.0.0.1:4317".into()],
             ..Default::default()
         };
-        let err = load_from::<TestConfig>(&args, env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = load_from::<TestConfig>(&args, env(&[])).unwrap_err().to_string();
         assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
     }
 

@@ -16,9 +16,6 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 
-pub use config::{
-    BasicConfig, ClientConfig, ConfigArgs, ConfigError, ServerConfig, ServiceConfig,
-    TelemetryConfig,
-};
+pub use config::{BasicConfig, ClientConfig, ConfigArgs, ConfigError, ServerConfig, ServiceConfig, TelemetryConfig};
 pub use server::{Readiness, Server};
 pub use shutdown::Shutdown;

@@ -58,14 +58,10 @@ impl Scope {
             return Err(err("expected at most three `:`-separated parts"));
         }
         if !(resource == "*" || is_word(resource)) {
-            return Err(err(
-                "resource must be lower-case letters, digits, `_`, or `*`",
-            ));
+            return Err(err("resource must be lower-case letters, digits, `_`, or `*`"));
         }
         if !(action == "*" || is_word(action)) {
-            return Err(err(
-                "action must be lower-case letters, digits, `_`, or `*`",
-            ));
+            return Err(err("action must be lower-case letters, digits, `_`, or `*`"));
         }
         if let Some(name) = name {
             let stem = name.strip_suffix('*').unwrap_or(name);
@@ -98,8 +94,7 @@ impl Scope {
     /// Whether holding `self` allows what `required` asks for.
     pub fn allows(&self, required: &Scope) -> bool {
         let segment = |granted: &str, wanted: &str| granted == "*" || granted == wanted;
-        if !segment(&self.resource, &required.resource) || !segment(&self.action, &required.action)
-        {
+        if !segment(&self.resource, &required.resource) || !segment(&self.action, &required.action) {
             return false;
         }
         match (&self.name, &required.name) {
@@ -137,9 +132,7 @@ mod tests {
     use super::*;
 
     fn allows(granted: &str, required: &str) -> bool {
-        Scope::parse(granted)
-            .unwrap()
-            .allows(&Scope::parse(required).unwrap())
+        Scope::parse(granted).unwrap().allows(&Scope::parse(required).unwrap())
     }
 
     #[test]
@@ -153,10 +146,7 @@ mod tests {
         assert!(allows("topics:*:clicks", "topics:consume:clicks"));
         assert!(!allows("topics:*:clicks", "topics:consume:views"));
         assert!(allows("*:*", "keys:admin"));
-        assert!(allows(
-            "topics:produce:clicks.*",
-            "topics:produce:clicks.eu"
-        ));
+        assert!(allows("topics:produce:clicks.*", "topics:produce:clicks.eu"));
         assert!(!allows("topics:produce:clicks.*", "topics:produce:click"));
         assert!(!allows("keys:admin", "topics:admin"));
         assert!(

@@ -21,9 +21,7 @@ use tokio::{
     sync::{Mutex, Notify, Semaphore},
     time::Instant,
 };
-use tonic::{
-    body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming,
-};
+use tonic::{body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{Layer, Service};
 
@@ -114,10 +112,8 @@ impl Server {
     ) -> anyhow::Result<()> {
         // Each reflection version describes both versions, so a client of either
         // can resolve every name it lists.
-        let mut reflection_v1 =
-            tonic_reflection::server::Builder::configure().include_reflection_service(false);
-        let mut reflection_v1alpha =
-            tonic_reflection::server::Builder::configure().include_reflection_service(false);
+        let mut reflection_v1 = tonic_reflection::server::Builder::configure().include_reflection_service(false);
+        let mut reflection_v1alpha = tonic_reflection::server::Builder::configure().include_reflection_service(false);
         let standard = [
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
@@ -127,11 +123,11 @@ impl Server {
             reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
             reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
         }
-        let advertised =
-            self.names
-                .iter()
-                .copied()
-                .chain([HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA]);
+        let advertised = self
+            .names
+            .iter()
+            .copied()
+            .chain([HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA]);
         for name in advertised {
             reflection_v1 = reflection_v1.with_service_name(name);
             reflection_v1alpha = reflection_v1alpha.with_service_name(name);
@@ -148,8 +144,8 @@ impl Server {
         self.readiness.publish().await;
 
         let config = &self.config;
-        let keepalive = (config.keepalive_interval_secs > 0)
-            .then(|| Duration::from_secs(config.keepalive_interval_secs));
+        let keepalive =
+            (config.keepalive_interval_secs > 0).then(|| Duration::from_secs(config.keepalive_interval_secs));
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
@@ -248,18 +244,12 @@ impl Readiness {
     }
 
     async fn drain(&self) {
-        self.inner
-            .draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         self.set(false).await;
     }
 
     async fn set(&self, serving: bool) {
-        let serving = serving
-            && !self
-                .inner
-                .draining
-                .load(std::sync::atomic::Ordering::SeqCst);
+        let serving = serving && !self.inner.draining.load(std::sync::atomic::Ordering::SeqCst);
         let mut state = self.inner.serving.lock().await;
         *state = serving;
         self.write(serving).await;
@@ -328,8 +318,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -347,8 +336,7 @@ where
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     tracing::debug!(rpc = %path, "overloaded, refusing request");
-                    let refusal =
-                        status::unavailable("server overloaded, retry later", OVERLOAD_RETRY_AFTER);
+                    let refusal = status::unavailable("server overloaded, retry later", OVERLOAD_RETRY_AFTER);
                     return Box::pin(async move { Ok(refusal.into_http()) });
                 }
             }
@@ -359,8 +347,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(context::parse_grpc_timeout)
             .map(|timeout| Instant::now() + timeout);
-        let span =
-            tracing::info_span!("grpc", otel.name = %path, otel.kind = "server", rpc = %path);
+        let span = tracing::info_span!("grpc", otel.name = %path, otel.kind = "server", rpc = %path);
         telemetry::set_parent(&span, request.headers());
         let auth = if is_infrastructure(&path) {
             None
@@ -385,9 +372,7 @@ where
 
 /// Binds `addr`, naming it in the error.
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
 }
 
 /// Serves a service that has no dependencies and no RPCs of its own yet:

@@ -20,11 +20,7 @@ pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> 
 }
 
 fn retryable(code: Code, message: impl Into<String>, retry_after: Duration) -> Status {
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_retry_info(Some(retry_after)),
-    )
+    Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(retry_after)))
 }
 
 /// `INVALID_ARGUMENT` naming the one field that was wrong.
@@ -40,9 +36,7 @@ pub fn invalid_argument(field: impl Into<String>, description: impl Into<String>
 
 /// The retry delay a status carries, if any.
 pub fn retry_after(status: &Status) -> Option<Duration> {
-    status
-        .get_details_retry_info()
-        .and_then(|info| info.retry_delay)
+    status.get_details_retry_info().and_then(|info| info.retry_delay)
 }
 
 /// The fields an `INVALID_ARGUMENT` status names.
@@ -84,10 +78,7 @@ mod tests {
         assert!(s.message().starts_with("records[3].value"));
         assert_eq!(
             field_violations(&s),
-            vec![(
-                "records[3].value".into(),
-                "larger than 1048576 bytes".into()
-            )]
+            vec![("records[3].value".into(), "larger than 1048576 bytes".into())]
         );
         assert!(!is_retryable(s.code()));
     }

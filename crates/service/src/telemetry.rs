@@ -39,9 +39,7 @@ impl Drop for Telemetry {
 pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-        config.trace_sample_ratio,
-    )));
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.trace_sample_ratio)));
     let mut provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_resource(Resource::builder().with_service_name(service).build());
@@ -94,9 +92,7 @@ pub(crate) fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) {
 /// Writes the current span's trace context into outgoing request metadata.
 pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&context, &mut MetadataInjector(metadata))
-    });
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut MetadataInjector(metadata)));
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

@@ -13,9 +13,7 @@ use cairn_service::{ClientConfig, Readiness, Server, ServerConfig, client, conte
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// A test service whose behaviour is chosen by the `api_key` it is sent.
 #[derive(Clone)]
@@ -32,11 +30,7 @@ impl AuthService for Probe {
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let name = match request.get_ref().api_key.as_str() {
             "block" => {
-                let _permit = self
-                    .gate
-                    .acquire()
-                    .await
-                    .map_err(|_| Status::aborted("closed"))?;
+                let _permit = self.gate.acquire().await.map_err(|_| Status::aborted("closed"))?;
                 "released".to_owned()
             }
             "slow" => {
@@ -89,8 +83,7 @@ impl Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let gate = Arc::new(Semaphore::new(0));
-        let server =
-            Server::new(config).add_service(AuthServiceServer::new(Probe { gate: gate.clone() }));
+        let server = Server::new(config).add_service(AuthServiceServer::new(Probe { gate: gate.clone() }));
         let readiness = server.readiness();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
@@ -135,9 +128,7 @@ async fn health(channel: Channel, service: &str) -> ServingStatus {
 
 async fn call(channel: Channel, key: &str) -> Result<String, Status> {
     AuthServiceClient::new(channel)
-        .authenticate(AuthenticateRequest {
-            api_key: key.into(),
-        })
+        .authenticate(AuthenticateRequest { api_key: key.into() })
         .await
         .map(|r| r.into_inner().principal.unwrap().name)
 }
@@ -184,8 +175,7 @@ macro_rules! list_services {
             .await
             .unwrap()
             .into_inner();
-        let Some(MessageResponse::ListServicesResponse(list)) =
-            stream.next().await.unwrap().unwrap().message_response
+        let Some(MessageResponse::ListServicesResponse(list)) = stream.next().await.unwrap().unwrap().message_response
         else {
             panic!("not a list response");
         };
@@ -219,18 +209,13 @@ async fn overload_is_refused_at_once_and_retryably_while_health_stays_up() {
     .await;
     server.readiness.set_serving().await;
     let channel = server.channel().await;
-    let blocked: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(call(channel.clone(), "block")))
-        .collect();
+    let blocked: Vec<_> = (0..2).map(|_| tokio::spawn(call(channel.clone(), "block"))).collect();
     // Let both blocked calls take their permits.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let refused = call(channel.clone(), "echo").await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
-    assert!(
-        status::retry_after(&refused).is_some(),
-        "refusal carries RetryInfo"
-    );
+    assert!(status::retry_after(&refused).is_some(), "refusal carries RetryInfo");
     assert_eq!(
         health(channel.clone(), "").await,
         ServingStatus::Serving,
@@ -283,10 +268,7 @@ async fn handlers_see_the_callers_deadline_and_pass_it_on() {
         .name;
     let timeout = name.split(' ').next().unwrap();
     let micros = context::parse_grpc_timeout(timeout).unwrap();
-    assert!(
-        micros <= Duration::from_millis(900),
-        "outgoing timeout {timeout}"
-    );
+    assert!(micros <= Duration::from_millis(900), "outgoing timeout {timeout}");
 }
 
 #[tokio::test]
@@ -315,9 +297,7 @@ async fn trace_context_flows_from_incoming_to_outgoing_calls() {
     });
     request.metadata_mut().insert(
         "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .unwrap(),
+        format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap(),
     );
     let name = AuthServiceClient::new(channel)
         .authenticate(request)
@@ -331,10 +311,7 @@ async fn trace_context_flows_from_incoming_to_outgoing_calls() {
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "{traceparent}");
     assert_eq!(parts[1], trace_id, "same trace");
-    assert_ne!(
-        parts[2], "00f067aa0ba902b7",
-        "a child span, not the caller's"
-    );
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a child span, not the caller's");
 }
 
 #[tokio::test]
@@ -343,24 +320,16 @@ async fn shutdown_reports_not_serving_and_drains_in_flight_requests() {
     server.readiness.set_serving().await;
     let channel = server.channel().await;
     let mut watch = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
+        .watch(HealthCheckRequest { service: String::new() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        watch.next().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
 
     let in_flight = tokio::spawn(call(channel, "slow"));
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.shutdown();
-    assert_eq!(
-        watch.next().await.unwrap().unwrap().status(),
-        ServingStatus::NotServing
-    );
+    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
     // A watch never ends by itself; a client that keeps one open holds shutdown
     // until the grace period (tested below).
     drop(watch);
@@ -384,9 +353,6 @@ async fn shutdown_is_bounded_by_the_grace_period() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.shutdown();
     let stopped = tokio::time::timeout(Duration::from_secs(20), server.task).await;
-    assert!(
-        stopped.is_ok(),
-        "server exited although a request never finished"
-    );
+    assert!(stopped.is_ok(), "server exited although a request never finished");
     stuck.abort();
 }

@@ -81,11 +81,7 @@ impl Drop for TempDir {
 
 /// A free loopback port (bound and released; fine for tests on one machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The path of a workspace binary built next to the running test.
@@ -149,9 +145,7 @@ impl Process {
 
     /// Waits until health reports SERVING; panics with the log after `timeout`.
     pub async fn wait_serving(&mut self, timeout: Duration) {
-        use tonic_health::pb::{
-            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-        };
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
         let give_up = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -164,9 +158,7 @@ impl Process {
             if let Ok(endpoint) = cairn_service::client::endpoint(&self.addr, &config)
                 && let Ok(channel) = endpoint.connect().await
             {
-                let request = HealthCheckRequest {
-                    service: String::new(),
-                };
+                let request = HealthCheckRequest { service: String::new() };
                 let reply = HealthClient::new(channel).check(request).await;
                 if reply.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
                     return;
@@ -212,10 +204,7 @@ impl Process {
     /// SIGTERM, then waits for the exit code (SIGKILL after `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let give_up = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
