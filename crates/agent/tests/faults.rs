@@ -212,4 +212,25 @@ async fn two_agents_split_partitions_and_point_at_each_other() {
         Some(&b.addr),
         "tells the client where to go"
     );
+
+    // B's high watermark reaches A's metadata answers through the lease row.
+    let to_b = pb::ProduceRequest {
+        topic: "t".into(),
+        partition: on_b,
+        records: records(&["1".into(), "2".into()]),
+        ..Default::default()
+    };
+    agent(&b.addr).await.produce(to_b).await.unwrap();
+    let mut seen = 0;
+    for _ in 0..50 {
+        let meta = agent(&a.addr).await.get_metadata(pb::GetMetadataRequest {
+            topics: vec!["t".into()],
+        });
+        seen = meta.await.unwrap().into_inner().topics[0].partitions[on_b as usize].high_watermark;
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 2, "A reports the high watermark B published");
 }
