@@ -223,10 +223,14 @@ async fn two_agents_split_partitions_and_point_at_each_other() {
     agent(&b.addr).await.produce(to_b).await.unwrap();
     let mut seen = 0;
     for _ in 0..50 {
-        let meta = agent(&a.addr).await.get_metadata(pb::GetMetadataRequest {
-            topics: vec!["t".into()],
-        });
-        seen = meta.await.unwrap().into_inner().topics[0].partitions[on_b as usize].high_watermark;
+        let mut client = agent(&a.addr).await;
+        let meta = client
+            .get_metadata(pb::GetMetadataRequest {
+                topics: vec!["t".into()],
+            })
+            .await
+            .unwrap();
+        seen = meta.into_inner().topics[0].partitions[on_b as usize].high_watermark;
         if seen == 2 {
             break;
         }
