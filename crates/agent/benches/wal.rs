@@ -1,0 +1,150 @@
+//! WAL append throughput with fsync, through the partition writer (group
+//! commit), beside this disk's own sequential O_DSYNC bandwidth measured in
+//! the same run with `dd`.
+//!
+//! Run: `cargo bench -p cairn-agent --bench wal` (env: BENCH_SECS, BENCH_DIR —
+//! a directory on the disk to measure, default the system temp dir).
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use cairn_agent::{
+    batch::{ProducerInfo, Record},
+    partition::{Ack, Partition, WriterConfig},
+};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `dd` writing 1 MiB blocks with O_DSYNC: the disk's durable sequential bandwidth.
+fn dd_baseline(dir: &Path) -> String {
+    let file = dir.join("dd-baseline");
+    let out = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", file.display()),
+            "bs=1M",
+            "count=256",
+            "oflag=dsync",
+        ])
+        .output();
+    let _ = std::fs::remove_file(&file);
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_owned(),
+        Err(e) => format!("dd failed: {e}"),
+    }
+}
+
+/// 4 KiB appends, each followed by fdatasync: the one-fsync-per-request ceiling.
+fn fsync_floor(dir: &Path, secs: u64) -> f64 {
+    use std::io::Write;
+    let path = dir.join("fsync-floor");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![7u8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        f.write_all(&block).unwrap();
+        f.sync_data().unwrap();
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn run_case(dir: &Path, record_size: usize, batch: usize, producers: usize, secs: u64) {
+    let case = dir.join(format!("case-{record_size}-{batch}-{producers}"));
+    let config = WriterConfig {
+        max_round_bytes: 8 << 20,
+        queue_depth: 4096,
+    };
+    let partition = Partition::open("bench", 0, &case, config).unwrap();
+    partition.fence.extend(u64::MAX / 2);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let record = Record {
+        key: None,
+        value: vec![42u8; record_size],
+        timestamp_ms: 1,
+        headers: vec![],
+    };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..producers {
+        let partition = partition.clone();
+        let records = vec![record.clone(); batch];
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                partition
+                    .append(records.clone(), ProducerInfo::default(), Some(Ack::Durable))
+                    .await
+                    .unwrap();
+                n += records.len() as u64;
+            }
+            n
+        }));
+    }
+    let mut total = 0u64;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let fsyncs = partition.stats.fsyncs.load(Ordering::Relaxed);
+    let bytes = total as f64 * (record_size as f64 + 24.0);
+    println!(
+        "{record_size:>6} B records, {batch:>4}/request, {producers:>3} producers: {:>10.0} records/s {:>8.1} MB/s  {:>7.0} fsyncs/s  {:>8.1} records/fsync",
+        total as f64 / elapsed,
+        bytes / elapsed / 1e6,
+        fsyncs as f64 / elapsed,
+        total as f64 / fsyncs.max(1) as f64,
+    );
+    drop(partition);
+    let _ = std::fs::remove_dir_all(&case);
+}
+
+fn main() {
+    let secs = env("BENCH_SECS", 5);
+    let base = std::env::var("BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let dir = base.join(format!("cairn-wal-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "# {} cores, {secs} s per case, files in {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        dir.display()
+    );
+    println!("disk, dd bs=1M oflag=dsync: {}", dd_baseline(&dir));
+    println!(
+        "disk, 4 KiB write + fdatasync each: {:.0} fsyncs/s",
+        fsync_floor(&dir, secs.min(3))
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (size, batch, producers) in [
+            (100, 1, 64),
+            (100, 100, 16),
+            (100, 1000, 8),
+            (10_240, 1, 64),
+            (10_240, 100, 8),
+        ] {
+            run_case(&dir, size, batch, producers, secs).await;
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = Arc::new(());
+}
