@@ -296,10 +296,10 @@ impl Node {
         for h in held {
             let p = &h.partition;
             p.close();
-            if !h.dirty.load(Ordering::SeqCst) {
-                if let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, h.epoch).await {
-                    tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
-                }
+            if !h.dirty.load(Ordering::SeqCst)
+                && let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, h.epoch).await
+            {
+                tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
             }
         }
     }

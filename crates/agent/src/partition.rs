@@ -336,13 +336,13 @@ impl Writer {
                 }
             }
         }
-        if !headers.is_empty() {
-            if let Err(error) = self.wal.append(&frames, &headers) {
-                for p in pending {
-                    let _ = p.reply.send(Err(Error::Retryable("WAL write failed".into())));
-                }
-                return Err(error);
+        if !headers.is_empty()
+            && let Err(error) = self.wal.append(&frames, &headers)
+        {
+            for p in pending {
+                let _ = p.reply.send(Err(Error::Retryable("WAL write failed".into())));
             }
+            return Err(error);
         }
         let mut durable = Vec::with_capacity(pending.len());
         for p in pending {
