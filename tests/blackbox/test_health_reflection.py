@@ -18,7 +18,7 @@ SERVICES = {
         "cairn.auth.v1.KeyAdminService",
         "ingestion.InternalAuthService",
     },
-    "cairn-agent": set(),
+    "cairn-agent": {"cairn.agent.v1.AgentService", "cairn.agent.v1.TopicService"},
     "cairn-ingest": set(),
     "cairn-orchestrator": set(),
     "cairn-druid-proxy": set(),

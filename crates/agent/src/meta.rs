@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use sqlx::{AnyPool, Row};
 
 use crate::error::{Error, Result};
 
@@ -56,24 +56,8 @@ pub struct Meta {
 impl Meta {
     /// Connects to `url` and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Meta> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(3));
-        if sqlite {
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options.connect(url).await?;
-        MIGRATOR.run(&pool).await?;
-        let now_sql = if sqlite {
+        let pool = cairn_service::sql::connect(url, max_connections, &MIGRATOR).await?;
+        let now_sql = if cairn_service::sql::is_sqlite(url) {
             "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)"
         } else {
             "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"

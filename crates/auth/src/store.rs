@@ -7,10 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use sqlx::{
-    AnyPool, Row,
-    any::{AnyPoolOptions, AnyRow},
-};
+use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::error::{Error, Result};
 
@@ -89,25 +86,7 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(3));
-        if sqlite {
-            // WAL lets readers run beside the writer; busy_timeout makes a
-            // writer wait for the lock instead of failing at once.
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options.connect(url).await?;
-        MIGRATOR.run(&pool).await?;
+        let pool = cairn_service::sql::connect(url, max_connections, &MIGRATOR).await?;
         Ok(Store { pool })
     }
 

@@ -13,6 +13,7 @@ pub mod context;
 pub mod scope;
 pub mod server;
 pub mod shutdown;
+pub mod sql;
 pub mod status;
 pub mod telemetry;
 

@@ -1,0 +1,52 @@
+//! The one way services open their SQL database: sqlx's `Any` driver over
+//! SQLite (embedded default) or Postgres, with migrations applied.
+
+use std::time::Duration;
+
+use sqlx::{
+    AnyPool,
+    any::AnyPoolOptions,
+    migrate::{MigrateError, Migrator},
+};
+
+/// Connects to `url` (`sqlite://…` or `postgres://…`) and applies `migrator`.
+///
+/// SQLite gets WAL mode (readers beside the writer) and a busy timeout (a
+/// writer waits for the lock instead of failing). SQLite has no migration
+/// lock, so processes starting together on a new file can race to apply the
+/// same migration; the loser sees it applied when it retries.
+pub async fn connect(url: &str, max_connections: u32, migrator: &'static Migrator) -> Result<AnyPool, MigrateError> {
+    sqlx::any::install_default_drivers();
+    let mut options = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3));
+    let sqlite = url.starts_with("sqlite:");
+    if sqlite {
+        options = options.after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        });
+    }
+    let pool = options.connect(url).await?;
+    let mut attempt = 0;
+    loop {
+        match migrator.run(&pool).await {
+            Ok(()) => return Ok(pool),
+            Err(error) if sqlite && attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(%error, attempt, "migration failed; retrying in case another process applied it");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Whether `url` names a SQLite database (for the few queries whose SQL differs).
+pub fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
