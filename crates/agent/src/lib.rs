@@ -20,6 +20,7 @@ pub mod meta;
 pub mod node;
 pub mod partition;
 pub mod producers;
+pub mod segment;
 pub mod wal;
 
 use std::{future::Future, sync::Arc, time::Duration};
