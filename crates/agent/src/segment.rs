@@ -248,7 +248,7 @@ pub fn read_footer(tail: &[u8]) -> Result<Footer, SegmentError> {
         max_ts: u64_at(f, 48) as i64,
         epoch: u64_at(f, 56),
     };
-    if footer.next_offset < footer.base_offset || footer.index_len as usize % BlockEntry::SIZE != 0 {
+    if footer.next_offset < footer.base_offset || !(footer.index_len as usize).is_multiple_of(BlockEntry::SIZE) {
         return Err(damaged("impossible footer"));
     }
     Ok(footer)
