@@ -7,7 +7,7 @@
 //! 4. the cache alone: `RemoteAuthenticator::authenticate` without an RPC.
 //!
 //! Run: `cargo bench -p cairn-auth --bench validate` (env: BENCH_SECS,
-//! BENCH_CONNECTIONS, BENCH_IN_FLIGHT). Prints one line per measurement.
+//! BENCH_CONNECTIONS, BENCH_IN_FLIGHT, BENCH_POOL — key store connections). Prints one line per measurement.
 
 #![allow(clippy::unwrap_used)]
 
@@ -119,7 +119,8 @@ async fn run() {
     let conns = env("BENCH_CONNECTIONS", 4);
     let in_flight = env("BENCH_IN_FLIGHT", 64);
     let dir = cairn_testkit::TempDir::new("auth-bench");
-    let store = Store::connect(&cairn_testkit::sqlite_url(dir.path()), 8).await.unwrap();
+    let pool = env("BENCH_POOL", 8) as u32;
+    let store = Store::connect(&cairn_testkit::sqlite_url(dir.path()), pool).await.unwrap();
     let keys = Keys::new(store, Default::default());
     let spec = KeySpec {
         name: "bench".into(),
