@@ -265,12 +265,7 @@ impl AgentService for Api {
             Ok(pb::AckMode::Unspecified | pb::AckMode::Durable) => Some(Ack::Durable),
             Ok(pb::AckMode::Leader) => Some(Ack::Leader),
             Ok(pb::AckMode::None) => None,
-            Ok(pb::AckMode::Committed) => {
-                return Err(Error::Unimplemented(
-                    "ACK_MODE_COMMITTED needs segments in object storage, which are not built yet".into(),
-                )
-                .into());
-            }
+            Ok(pb::AckMode::Committed) => Some(Ack::Durable),
             Err(_) => return Err(Error::invalid("ack_mode", "unknown ack mode").into()),
         };
         let now = now_ms();
@@ -287,6 +282,22 @@ impl AgentService for Api {
         let held = self.partition(&req.topic, req.partition).await?;
         self.node.ensure_dirty(&held).await?;
         let appended = held.partition.append(records, producer, ack).await?;
+        if let (Some(a), Ok(pb::AckMode::Committed)) = (&appended, pb::AckMode::try_from(req.ack_mode)) {
+            let end = a.base_offset + u64::from(a.count);
+            let mut wait = Duration::from_millis(self.limits.max_commit_wait_ms);
+            if let Some(left) = context::remaining() {
+                wait = wait.min(left.saturating_sub(Duration::from_millis(50)));
+            }
+            self.node.wake_roller();
+            if !held.partition.wait_committed(end, wait).await {
+                // Durable already; an idempotent retry gets the same offsets and waits again.
+                return Err(Error::Retryable(format!(
+                    "offsets {}..{end} are durable but not yet committed to object storage",
+                    a.base_offset
+                ))
+                .into());
+            }
+        }
         let response = match appended {
             Some(a) => pb::ProduceResponse {
                 base_offset: a.base_offset,

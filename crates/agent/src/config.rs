@@ -15,7 +15,33 @@ pub struct Config {
     pub auth: AuthClientConfig,
     pub agent: AgentConfig,
     pub metadata: MetadataConfig,
+    pub object_store: ObjectStoreConfig,
     pub limits: Limits,
+}
+
+/// Where segments go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// `file:///path` (a local directory; every agent of a cluster must see
+    /// the same one) or `s3://bucket/prefix`.
+    pub url: String,
+    /// Used for `s3://` URLs.
+    pub s3: cairn_object_store::S3Config,
+    /// Retry a failed upload after this long at first, doubling up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        ObjectStoreConfig {
+            url: "file://cairn-objects".into(),
+            s3: cairn_object_store::S3Config::default(),
+            min_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -26,6 +52,7 @@ impl Default for Config {
             auth: AuthClientConfig::default(),
             agent: AgentConfig::default(),
             metadata: MetadataConfig::default(),
+            object_store: ObjectStoreConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -107,6 +134,8 @@ pub struct Limits {
     pub max_fetch_bytes: usize,
     /// Longest a fetch may wait for records.
     pub max_fetch_wait_ms: u64,
+    /// Longest a committed-ack produce waits for its segment to be committed.
+    pub max_commit_wait_ms: u64,
 }
 
 impl Default for Limits {
@@ -118,6 +147,7 @@ impl Default for Limits {
             max_partitions_per_topic: 1024,
             max_fetch_bytes: 8 * 1024 * 1024,
             max_fetch_wait_ms: 30_000,
+            max_commit_wait_ms: 30_000,
         }
     }
 }
@@ -154,6 +184,19 @@ impl ServiceConfig for Config {
             return Err(ConfigError::invalid(
                 "metadata.url",
                 "must start with sqlite: or postgres://",
+            ));
+        }
+        let o = &self.object_store;
+        if !(o.url.starts_with("file://") || o.url.starts_with("s3://")) {
+            return Err(ConfigError::invalid(
+                "object_store.url",
+                "must start with file:// or s3://",
+            ));
+        }
+        if o.min_backoff_ms == 0 || o.min_backoff_ms > o.max_backoff_ms {
+            return Err(ConfigError::invalid(
+                "object_store.min_backoff_ms",
+                "must be positive and at most max_backoff_ms",
             ));
         }
         let l = &self.limits;

@@ -43,9 +43,6 @@ pub enum Error {
     /// Something that will pass: overload, recovery, a storage hiccup.
     #[error("{0}")]
     Retryable(String),
-    /// The ack mode is not available yet.
-    #[error("{0}")]
-    Unimplemented(String),
     /// The WAL is damaged in a way recovery must not paper over.
     #[error("WAL corrupt: {0}")]
     Corrupt(String),
@@ -101,7 +98,6 @@ impl From<Error> for Status {
             Error::UnknownProducer(_) => with_reason(Code::FailedPrecondition, message, "UNKNOWN_PRODUCER", vec![]),
             Error::OffsetOutOfRange { .. } => Status::out_of_range(message),
             Error::Retryable(_) => status::unavailable(message, Duration::from_millis(200)),
-            Error::Unimplemented(_) => Status::unimplemented(message),
             Error::Corrupt(_) | Error::Io(_) => {
                 tracing::error!(error = %message, "partition storage failed");
                 status::unavailable("partition storage unavailable, retry later", Duration::from_secs(1))

@@ -8,9 +8,13 @@
 //! reads), `meta` (the metadata database), `node` (identity and the lease
 //! loop), `api` (the gRPC edge), `config`, `error`.
 //!
-//! Not built yet: segments in object storage (so `ACK_MODE_COMMITTED` answers
-//! UNIMPLEMENTED and the WAL is the whole log), retention, and graceful
-//! rebalancing of dirty partitions.
+//! Segments: the roller (`Node::run_roller`) uploads `[committed, high
+//! watermark)` as one segment when it is big or old enough or a committed-ack
+//! produce waits, then commits it in metadata under the holder's epoch.
+//!
+//! Not built yet: WAL truncation after commit, reads from segments, recovery
+//! from segments after disk loss, retention, and graceful handoff of dirty
+//! partitions.
 
 pub mod api;
 pub mod batch;
@@ -85,6 +89,10 @@ pub async fn run(
     let leases = tokio::spawn(node.clone().run_leases(async move {
         let _ = leases_stopped.await;
     }));
+    let (stop_roller, roller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let roller = tokio::spawn(node.clone().run_roller(async move {
+        let _ = roller_stopped.await;
+    }));
     let meta = node.meta.clone();
     let watchdog = server.readiness().watch(Duration::from_secs(5), move || {
         let meta = meta.clone();
@@ -92,6 +100,8 @@ pub async fn run(
     });
     let served = server.serve(listener, shutdown).await;
     watchdog.abort();
+    let _ = stop_roller.send(());
+    let _ = roller.await;
     let _ = stop_leases.send(());
     let _ = leases.await;
     node.shutdown().await;

@@ -35,6 +35,24 @@ pub struct LeaseRow {
     /// As last published by the holder.
     pub high_watermark: u64,
     pub log_start_offset: u64,
+    /// Every record below it is in a committed segment.
+    pub committed_offset: u64,
+}
+
+/// A committed segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRow {
+    pub topic: String,
+    pub partition: u32,
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub epoch: u64,
+    pub object_key: String,
+    pub size_bytes: u64,
+    pub records: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub created_at: i64,
 }
 
 /// A registered agent.
@@ -161,6 +179,11 @@ impl Meta {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // The objects stay behind until an orphan sweep (not built yet) removes them.
+        sqlx::query("DELETE FROM segments WHERE topic = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(deleted.rows_affected() > 0)
     }
@@ -168,8 +191,8 @@ impl Meta {
     /// Every lease row.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
         let rows = sqlx::query(
-            "SELECT topic, partition, holder, epoch, expires_at, dirty, high_watermark, log_start_offset \
-             FROM leases ORDER BY topic, partition",
+            "SELECT topic, partition, holder, epoch, expires_at, dirty, high_watermark, log_start_offset, \
+             committed_offset FROM leases ORDER BY topic, partition",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -184,6 +207,7 @@ impl Meta {
                     dirty: row.try_get::<i64, _>("dirty")? != 0,
                     high_watermark: u64::try_from(row.try_get::<i64, _>("high_watermark")?).unwrap_or(0),
                     log_start_offset: u64::try_from(row.try_get::<i64, _>("log_start_offset")?).unwrap_or(0),
+                    committed_offset: u64::try_from(row.try_get::<i64, _>("committed_offset")?).unwrap_or(0),
                 })
             })
             .collect()
@@ -286,6 +310,78 @@ impl Meta {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records a segment and moves the committed offset from `segment.base_offset`
+    /// to `segment.next_offset`, in one transaction guarded by the holder's
+    /// epoch. False (and nothing written) if the lease moved or the committed
+    /// offset is not where this segment starts.
+    pub async fn commit_segment(&self, segment: &SegmentRow, me: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE leases SET committed_offset = $1 \
+             WHERE topic = $2 AND partition = $3 AND holder = $4 AND epoch = $5 AND committed_offset = $6",
+        )
+        .bind(segment.next_offset as i64)
+        .bind(&segment.topic)
+        .bind(i64::from(segment.partition))
+        .bind(me)
+        .bind(segment.epoch as i64)
+        .bind(segment.base_offset as i64)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO segments (topic, partition, base_offset, next_offset, epoch, object_key, size_bytes, \
+             records, min_ts, max_ts, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&segment.topic)
+        .bind(i64::from(segment.partition))
+        .bind(segment.base_offset as i64)
+        .bind(segment.next_offset as i64)
+        .bind(segment.epoch as i64)
+        .bind(&segment.object_key)
+        .bind(segment.size_bytes as i64)
+        .bind(segment.records as i64)
+        .bind(segment.min_ts)
+        .bind(segment.max_ts)
+        .bind(segment.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A partition's committed segments, by offset.
+    pub async fn segments(&self, topic: &str, partition: u32) -> Result<Vec<SegmentRow>> {
+        let rows = sqlx::query(
+            "SELECT topic, partition, base_offset, next_offset, epoch, object_key, size_bytes, records, min_ts, \
+             max_ts, created_at FROM segments WHERE topic = $1 AND partition = $2 ORDER BY base_offset",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let u = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(SegmentRow {
+                    topic: row.try_get("topic")?,
+                    partition: u32::try_from(row.try_get::<i64, _>("partition")?).unwrap_or(0),
+                    base_offset: u("base_offset")?,
+                    next_offset: u("next_offset")?,
+                    epoch: u("epoch")?,
+                    object_key: row.try_get("object_key")?,
+                    size_bytes: u("size_bytes")?,
+                    records: u("records")?,
+                    min_ts: row.try_get("min_ts")?,
+                    max_ts: row.try_get("max_ts")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
     }
 
     /// Registers or refreshes this agent.

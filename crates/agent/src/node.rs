@@ -17,11 +17,14 @@ use std::{
     time::Duration,
 };
 
+use cairn_object_store::{ObjectStore, StoreError};
+
 use crate::{
     config::Config,
     error::{Error, Result},
-    meta::{LeaseRow, Meta},
+    meta::{LeaseRow, Meta, SegmentRow},
     partition::{Partition, WriterConfig, now_ms},
+    segment::{self, SegmentBuilder},
 };
 
 /// A partition this agent holds the lease of.
@@ -30,6 +33,12 @@ pub struct Held {
     pub epoch: u64,
     /// Whether the lease row says this holder has uncommitted acknowledged records.
     pub dirty: AtomicBool,
+    /// Roll a segment once this many bytes are uncommitted…
+    segment_bytes: u64,
+    /// …or the oldest uncommitted record is this old (ms).
+    segment_ms: i64,
+    /// When the next upload may be tried, and the current backoff.
+    retry: std::sync::Mutex<(tokio::time::Instant, Duration)>,
 }
 
 type Key = (String, u32);
@@ -39,6 +48,8 @@ pub struct Node {
     pub id: String,
     pub address: String,
     pub meta: Meta,
+    pub store: Arc<dyn ObjectStore>,
+    roll_wake: tokio::sync::Notify,
     config: Config,
     held: RwLock<HashMap<Key, Arc<Held>>>,
     wake: tokio::sync::Notify,
@@ -66,10 +77,14 @@ impl Node {
     pub async fn start(config: Config, address: String) -> Result<Arc<Node>> {
         let id = resolve_id(&config)?;
         let meta = Meta::connect(&config.metadata.url, config.metadata.max_connections).await?;
+        let store = cairn_object_store::open(&config.object_store.url, &config.object_store.s3)
+            .map_err(|e| Error::Retryable(format!("object store: {e}")))?;
         let node = Arc::new(Node {
             id,
             address,
             meta,
+            store,
+            roll_wake: tokio::sync::Notify::new(),
             config,
             held: RwLock::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
@@ -269,18 +284,137 @@ impl Node {
                 return Ok(());
             }
         };
+        if partition.high_watermark() < lease.committed_offset {
+            // Segments hold records this WAL lacks (a lost disk): new appends would
+            // reuse their offsets. Hold the lease, serve nothing, and say so.
+            tracing::error!(
+                topic = %lease.topic,
+                partition = lease.partition,
+                wal_end = partition.high_watermark(),
+                committed = lease.committed_offset,
+                "local WAL is behind the committed segments; recovery from segments is not built yet"
+            );
+            return Ok(());
+        }
+        partition.set_committed(lease.committed_offset);
         partition.fence.extend(self.fence_until(started));
         let was_mine = lease.holder.as_deref() == Some(self.id.as_str());
+        let topic = self.meta.topic(&lease.topic).await?;
         let held = Arc::new(Held {
             partition,
             epoch,
             dirty: AtomicBool::new(lease.dirty && was_mine),
+            segment_bytes: topic.as_ref().map_or(64 << 20, |t| t.segment_bytes.max(1) as u64),
+            segment_ms: topic.as_ref().map_or(600_000, |t| t.segment_ms.max(1)),
+            retry: std::sync::Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
         });
         tracing::info!(topic = %lease.topic, partition = lease.partition, epoch, "lease acquired");
         self.held
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert((lease.topic.clone(), lease.partition), held);
+        Ok(())
+    }
+
+    /// Asks the roller to look at every partition now (a committed-ack produce waits).
+    pub fn wake_roller(&self) {
+        self.roll_wake.notify_one();
+    }
+
+    /// Rolls due partitions into segments until `stop` resolves.
+    pub async fn run_roller(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = self.roll_wake.notified() => {}
+            }
+            for held in self.all_held() {
+                let now = tokio::time::Instant::now();
+                let next_try = held.retry.lock().unwrap_or_else(|p| p.into_inner()).0;
+                if now < next_try {
+                    continue;
+                }
+                match self.roll(&held).await {
+                    Ok(()) => *held.retry.lock().unwrap_or_else(|p| p.into_inner()) = (now, Duration::ZERO),
+                    Err(error) => {
+                        let o = &self.config.object_store;
+                        let mut retry = held.retry.lock().unwrap_or_else(|p| p.into_inner());
+                        let backoff = (retry.1 * 2).clamp(
+                            Duration::from_millis(o.min_backoff_ms),
+                            Duration::from_millis(o.max_backoff_ms),
+                        );
+                        *retry = (now + backoff, backoff);
+                        let p = &held.partition;
+                        let retry_in_ms = backoff.as_millis() as u64;
+                        tracing::warn!(topic = %p.topic, partition = p.partition, %error, retry_in_ms, "segment upload failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Uploads `[committed, high watermark)` as one segment if it is due, then
+    /// commits it in metadata under this holder's epoch.
+    async fn roll(&self, held: &Held) -> Result<()> {
+        let p = &held.partition;
+        let (from, to) = (p.committed(), p.high_watermark());
+        if to <= from {
+            return Ok(());
+        }
+        let reader = p.reader();
+        let (bytes, oldest) = reader.pending(from, to);
+        let old = oldest.is_some_and(|t| now_ms() - t >= held.segment_ms);
+        if bytes < held.segment_bytes && !old && !p.has_commit_waiters() {
+            return Ok(());
+        }
+        let batches = tokio::task::spawn_blocking(move || reader.read_batches(from, to))
+            .await
+            .map_err(|e| Error::Retryable(format!("segment read task failed: {e}")))??;
+        let mut builder = SegmentBuilder::new(held.epoch);
+        for (header, records) in &batches {
+            builder
+                .push(header, records)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+        }
+        let Some(range) = builder.offsets() else { return Ok(()) };
+        let Some(bytes) = builder.finish() else { return Ok(()) };
+        let footer = segment::read_footer(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // The epoch is in the key: a fenced holder's upload never lands on a key
+        // the current holder writes, and writes are create-only anyway.
+        let key = format!(
+            "{}/{}/{:020}-{:020}-e{}.seg",
+            p.topic, p.partition, range.start, range.end, held.epoch
+        );
+        let size = bytes.len() as u64;
+        match self.store.put_if_absent(&key, bytes::Bytes::from(bytes)).await {
+            Ok(()) => {}
+            // An earlier attempt under this epoch uploaded the same range (same
+            // WAL, same bytes) but stopped before committing it.
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(Error::Retryable(format!("uploading {key}: {e}"))),
+        }
+        let row = SegmentRow {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            base_offset: range.start,
+            next_offset: range.end,
+            epoch: held.epoch,
+            object_key: key.clone(),
+            size_bytes: size,
+            records: footer.records,
+            min_ts: footer.min_ts,
+            max_ts: footer.max_ts,
+            created_at: now_ms(),
+        };
+        if self.meta.commit_segment(&row, &self.id).await? {
+            p.set_committed(range.end);
+            tracing::debug!(topic = %p.topic, partition = p.partition, %key, "segment committed");
+        } else {
+            tracing::warn!(topic = %p.topic, partition = p.partition, epoch = held.epoch, "segment commit fenced; lease lost");
+            self.drop_partition(&p.topic, p.partition);
+        }
         Ok(())
     }
 

@@ -100,6 +100,8 @@ pub struct Partition {
     pub fence: Arc<Fence>,
     failed: Arc<AtomicBool>,
     pub stats: Arc<WriterStats>,
+    committed: watch::Sender<u64>,
+    committed_waiters: std::sync::atomic::AtomicUsize,
 }
 
 /// Writer settings.
@@ -149,6 +151,8 @@ impl Partition {
             fence,
             failed,
             stats,
+            committed: watch::channel(log_start).0,
+            committed_waiters: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -223,6 +227,41 @@ impl Partition {
             .await
             .map_err(|e| Error::Retryable(format!("read task failed: {e}")))??;
         Ok((records, hw))
+    }
+
+    /// Offset below which every record is in a committed segment.
+    pub fn committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Records that segments now cover everything below `offset`.
+    pub fn set_committed(&self, offset: u64) {
+        self.committed.send_if_modified(|c| {
+            let moved = offset > *c;
+            *c = (*c).max(offset);
+            moved
+        });
+    }
+
+    /// Whether a producer is waiting for records to be committed.
+    pub fn has_commit_waiters(&self) -> bool {
+        self.committed_waiters.load(Ordering::SeqCst) > 0
+    }
+
+    /// Waits until everything below `offset` is committed; false on timeout.
+    pub async fn wait_committed(&self, offset: u64, timeout: Duration) -> bool {
+        self.committed_waiters.fetch_add(1, Ordering::SeqCst);
+        let mut rx = self.committed.subscribe();
+        let done = tokio::time::timeout(timeout, rx.wait_for(|&c| c >= offset))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.committed_waiters.fetch_sub(1, Ordering::SeqCst);
+        done
+    }
+
+    /// The WAL reader, for segment building.
+    pub fn reader(&self) -> Arc<WalReader> {
+        self.reader.clone()
     }
 
     /// Stops accepting writes (lease lost or given up). Queued appends fail.

@@ -32,6 +32,7 @@ struct Entry {
     next_offset: u64,
     position: u64,
     len: u32,
+    append_time_ms: i64,
 }
 
 /// Read access to a partition's WAL, shared with fetches.
@@ -112,6 +113,7 @@ impl Wal {
                 next_offset: header.next_offset(),
                 position,
                 len: *len,
+                append_time_ms: header.append_time_ms,
             });
             position += u64::from(*len);
             self.next_offset = header.next_offset();
@@ -160,6 +162,41 @@ impl WalReader {
             }
         }
         Ok(out)
+    }
+}
+
+impl WalReader {
+    /// Whole batches with `from <= base` and `next <= to`, in order (for segments).
+    pub fn read_batches(&self, from: u64, to: u64) -> Result<Vec<(BatchHeader, Vec<Record>)>> {
+        let entries: Vec<Entry> = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let first = index.partition_point(|e| e.base_offset < from);
+            index[first..]
+                .iter()
+                .take_while(|e| e.next_offset <= to)
+                .copied()
+                .collect()
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut buf = vec![0u8; entry.len as usize];
+            self.file.read_exact_at(&mut buf, entry.position)?;
+            let (_, body) = batch::frame(&buf).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
+            out.push(batch::decode(body).map_err(|e| Error::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes and the oldest append time (unix ms) of the batches in `[from, to)`.
+    pub fn pending(&self, from: u64, to: u64) -> (u64, Option<i64>) {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let first = index.partition_point(|e| e.base_offset < from);
+        let (mut bytes, mut oldest) = (0u64, None);
+        for e in index[first..].iter().take_while(|e| e.next_offset <= to) {
+            bytes += u64::from(e.len);
+            oldest.get_or_insert(e.append_time_ms);
+        }
+        (bytes, oldest)
     }
 }
 
@@ -216,6 +253,7 @@ fn scan(file: &mut File, path: &Path) -> Result<(Vec<Entry>, Vec<BatchHeader>, u
             next_offset: header.next_offset(),
             position,
             len: buf.len() as u32,
+            append_time_ms: header.append_time_ms,
         });
         headers.push(header);
         position += buf.len() as u64;

@@ -145,6 +145,41 @@ async fn the_database_clock_is_used(meta: Meta) {
     assert!((db - local).abs() < 5_000, "db {db} local {local}");
 }
 
+async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
+    use cairn_agent::meta::SegmentRow;
+    meta.create_topic(&topic("t", 1)).await.unwrap();
+    meta.acquire("t", 0, "a", SHORT, false).await.unwrap();
+    let seg = |base, next, epoch| SegmentRow {
+        topic: "t".into(),
+        partition: 0,
+        base_offset: base,
+        next_offset: next,
+        epoch,
+        object_key: format!("t/0/{base}-{next}-e{epoch}.seg"),
+        size_bytes: 10,
+        records: next - base,
+        min_ts: 0,
+        max_ts: 0,
+        created_at: 0,
+    };
+    assert!(meta.commit_segment(&seg(0, 10, 1), "a").await.unwrap());
+    assert!(
+        !meta.commit_segment(&seg(20, 30, 1), "a").await.unwrap(),
+        "must start at the committed offset"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(meta.acquire("t", 0, "b", LONG, false).await.unwrap(), Some(2));
+    assert!(
+        !meta.commit_segment(&seg(10, 20, 1), "a").await.unwrap(),
+        "the old holder commits nothing"
+    );
+    let segments = meta.segments("t", 0).await.unwrap();
+    assert_eq!(segments.len(), 1, "a refused commit writes no row");
+    assert_eq!(meta.leases().await.unwrap()[0].committed_offset, 10);
+    assert!(meta.commit_segment(&seg(10, 20, 2), "b").await.unwrap());
+    assert_eq!(meta.segments("t", 0).await.unwrap().len(), 2);
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -177,4 +212,5 @@ suite!(
     a_clean_release_hands_over_at_once,
     membership_and_producers,
     the_database_clock_is_used,
+    segment_commits_are_fenced_by_epoch_and_contiguous,
 );

@@ -202,11 +202,6 @@ async fn bad_input_is_refused_precisely_and_appends_nothing() {
         client.produce(produce("t", 5, &["x".into()])).await.unwrap_err().code(),
         Code::NotFound
     );
-    let committed = pb::ProduceRequest {
-        ack_mode: pb::AckMode::Committed as i32,
-        ..produce("t", 0, &["x".into()])
-    };
-    assert_eq!(client.produce(committed).await.unwrap_err().code(), Code::Unimplemented);
     assert_eq!(
         read_all(&a.addr, "t", 0).await.len(),
         1,

@@ -120,7 +120,9 @@ async fn run() {
     let in_flight = env("BENCH_IN_FLIGHT", 64);
     let dir = cairn_testkit::TempDir::new("auth-bench");
     let pool = env("BENCH_POOL", 8) as u32;
-    let store = Store::connect(&cairn_testkit::sqlite_url(dir.path()), pool).await.unwrap();
+    let store = Store::connect(&cairn_testkit::sqlite_url(dir.path()), pool)
+        .await
+        .unwrap();
     let keys = Keys::new(store, Default::default());
     let spec = KeySpec {
         name: "bench".into(),

@@ -1,0 +1,202 @@
+//! Segments in object storage: committed acks, what lands in the store, and
+//! an object store that is down for a while.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use cairn_agent::{meta::Meta, segment};
+use cairn_object_store::{LocalStore, ObjectStore};
+use cairn_proto::cairn::agent::v1 as pb;
+use common::*;
+use tonic::Code;
+
+fn produce(values: &[String], ack: pb::AckMode) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: "t".into(),
+        partition: 0,
+        records: records(values),
+        ack_mode: ack as i32,
+        ..Default::default()
+    }
+}
+
+/// Every record in the partition's committed segments, read from the store alone.
+async fn records_in_store(store: &dyn ObjectStore) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for object in store.list("t/0/").await.unwrap() {
+        let bytes = store.get(&object.key).await.unwrap();
+        let footer = segment::read_footer(&bytes).unwrap();
+        let range = segment::index_range(&footer, bytes.len() as u64).unwrap();
+        let index = segment::read_index(&footer, &bytes[range.start as usize..range.end as usize]).unwrap();
+        for entry in &index {
+            let block = &bytes[entry.range().start as usize..entry.range().end as usize];
+            out.extend(
+                segment::read_block(entry, block)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(o, r)| (o, r.value)),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_committed_ack_means_the_records_are_in_a_committed_segment() {
+    let cluster = Cluster::new();
+    let objects = cluster.dir.path().join("objects");
+    let url = format!("object_store.url=file://{}", objects.display());
+    let a = cluster.start("a", &["--set", &url]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let mut all = Vec::new();
+    for i in 0..3 {
+        let values = vec![format!("durable-{i}")];
+        client.produce(produce(&values, pb::AckMode::Durable)).await.unwrap();
+        all.extend(values);
+    }
+    let values = vec!["committed-0".to_owned(), "committed-1".to_owned()];
+    let ack = client
+        .produce(produce(&values, pb::AckMode::Committed))
+        .await
+        .unwrap()
+        .into_inner();
+    all.extend(values);
+    assert_eq!(ack.base_offset, 3);
+
+    let store = LocalStore::new(&objects).unwrap();
+    let stored = records_in_store(&store).await;
+    let expected: Vec<(u64, Vec<u8>)> = all
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64, v.clone().into_bytes()))
+        .collect();
+    assert_eq!(
+        stored, expected,
+        "the segment holds every record up to the acknowledged one, in order"
+    );
+
+    let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
+    let segments = meta.segments("t", 0).await.unwrap();
+    assert_eq!(segments.len(), 1);
+    assert_eq!((segments[0].base_offset, segments[0].next_offset), (0, 5));
+    assert!(
+        segments[0]
+            .object_key
+            .ends_with(&format!("-e{}.seg", segments[0].epoch)),
+        "the key carries the epoch"
+    );
+    assert_eq!(meta.leases().await.unwrap()[0].committed_offset, 5);
+
+    // Another committed ack continues from there: segments are contiguous.
+    client
+        .produce(produce(&["later".into()], pb::AckMode::Committed))
+        .await
+        .unwrap();
+    let segments = meta.segments("t", 0).await.unwrap();
+    assert_eq!((segments[1].base_offset, segments[1].next_offset), (5, 6));
+}
+
+#[tokio::test]
+async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follow_when_it_returns() {
+    let Ok(moto) = std::env::var("CAIRN_TEST_MOTO") else {
+        assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_PEERS").is_none(),
+            "CAIRN_TEST_MOTO is not set"
+        );
+        eprintln!("skipping: CAIRN_TEST_MOTO (a moto_server binary) is not set");
+        return;
+    };
+    let cluster = Cluster::new();
+    let port = cairn_testkit::free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let a = cluster
+        .start(
+            "a",
+            &[
+                "--set",
+                "object_store.url=s3://cairn-down-test/segments",
+                "--set",
+                &format!("object_store.s3.endpoint={endpoint}"),
+                "--set",
+                "object_store.s3.access_key_id=test",
+                "--set",
+                "object_store.s3.secret_access_key=test-secret",
+                "--set",
+                "object_store.s3.request_timeout_ms=1000",
+                "--set",
+                "object_store.max_backoff_ms=500",
+                "--set",
+                "limits.max_commit_wait_ms=1500",
+            ],
+        )
+        .await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    for i in 0..20 {
+        client
+            .produce(produce(&[format!("d{i}")], pb::AckMode::Durable))
+            .await
+            .unwrap();
+    }
+    let refused = client
+        .produce(produce(&["c0".into()], pb::AckMode::Committed))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::Unavailable,
+        "committed acks fail retryably while the store is down"
+    );
+    assert!(cairn_service::status::retry_after(&refused).is_some());
+    client
+        .produce(produce(&["d20".into()], pb::AckMode::Durable))
+        .await
+        .unwrap();
+
+    // The store comes back.
+    let mut server = std::process::Command::new(moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .spawn()
+        .unwrap();
+    let config = cairn_object_store::S3Config {
+        endpoint: endpoint.clone(),
+        access_key_id: "test".into(),
+        secret_access_key: "test-secret".into(),
+        ..Default::default()
+    };
+    let store = cairn_object_store::S3Store::new("cairn-down-test", "segments", &config).unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if store.ensure_bucket().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "moto did not start");
+    let ack = client.produce(produce(&["c1".into()], pb::AckMode::Committed)).await;
+    let ack = match ack {
+        Ok(ack) => ack,
+        // The uploader may still be backing off; a retry is what a client does.
+        Err(_) => client
+            .produce(produce(&["c1b".into()], pb::AckMode::Committed))
+            .await
+            .unwrap(),
+    };
+    let end = ack.into_inner().base_offset + 1;
+    let stored = records_in_store(&store).await;
+    assert_eq!(
+        stored.len() as u64,
+        end,
+        "every durable record, including those acked during the outage, is in segments"
+    );
+    assert!(stored.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
+    let _ = server.kill();
+    let _ = server.wait();
+}
