@@ -69,7 +69,7 @@ async fn run_case(dir: &Path, record_size: usize, batch: usize, producers: usize
         max_round_bytes: 8 << 20,
         queue_depth: 4096,
     };
-    let partition = Partition::open("bench", 0, &case, config).unwrap();
+    let partition = Partition::open("bench", 0, &case, 0, config).unwrap();
     partition.fence.extend(u64::MAX / 2);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let record = Record {

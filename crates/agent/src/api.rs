@@ -152,7 +152,7 @@ impl Api {
                 let (leader_id, leader_address, epoch, published) = leases_now.leader(&topic.name, p);
                 // This agent's own partitions are exact; others' as last published.
                 let (log_start_offset, high_watermark) = match self.node.held(&topic.name, p) {
-                    Some(h) => (h.partition.log_start(), h.partition.high_watermark()),
+                    Some(h) => (h.log_start, h.partition.high_watermark()),
                     None => published,
                 };
                 pb::PartitionMetadata {
@@ -329,7 +329,25 @@ impl AgentService for Api {
             wait = wait.min(left.saturating_sub(Duration::from_millis(50)));
         }
         let held = self.partition(&req.topic, req.partition).await?;
-        let (records, high_watermark) = held.partition.fetch(req.offset, max_bytes, wait).await?;
+        let (records, high_watermark) = if req.offset < held.partition.wal_start() {
+            if req.offset < held.log_start {
+                let end = held.partition.high_watermark();
+                return Err(Error::OffsetOutOfRange {
+                    offset: req.offset,
+                    start: held.log_start,
+                    end,
+                }
+                .into());
+            }
+            // Below the local WAL: the committed segments have it.
+            let records = self
+                .node
+                .read_segments(&req.topic, req.partition, req.offset, max_bytes)
+                .await?;
+            (records, held.partition.high_watermark())
+        } else {
+            held.partition.fetch(req.offset, max_bytes, wait).await?
+        };
         let records = records
             .into_iter()
             .map(|(offset, r)| pb::StoredRecord {
@@ -347,7 +365,7 @@ impl AgentService for Api {
         Ok(Response::new(pb::FetchResponse {
             records,
             high_watermark,
-            log_start_offset: held.partition.log_start(),
+            log_start_offset: held.log_start,
         }))
     }
 }

@@ -39,6 +39,8 @@ pub struct Held {
     segment_ms: i64,
     /// When the next upload may be tried, and the current backoff.
     retry: std::sync::Mutex<(tokio::time::Instant, Duration)>,
+    /// The first offset in the log: the first segment's, or the WAL's.
+    pub log_start: u64,
 }
 
 type Key = (String, u32);
@@ -189,7 +191,7 @@ impl Node {
         for held in self.all_held() {
             let p = &held.partition;
             let started = now_ms();
-            let offsets = (p.log_start(), p.high_watermark());
+            let offsets = (held.log_start, p.high_watermark());
             let lease = self.lease();
             if self
                 .meta
@@ -272,7 +274,8 @@ impl Node {
             queue_depth: self.config.agent.write_queue_depth,
         };
         let (topic, partition) = (lease.topic.clone(), lease.partition);
-        let opened = tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, writer))
+        let committed = lease.committed_offset;
+        let opened = tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, committed, writer))
             .await
             .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?;
         let partition = match opened {
@@ -300,7 +303,12 @@ impl Node {
         partition.fence.extend(self.fence_until(started));
         let was_mine = lease.holder.as_deref() == Some(self.id.as_str());
         let topic = self.meta.topic(&lease.topic).await?;
+        let segments = self.meta.segments(&lease.topic, lease.partition).await?;
+        let log_start = segments
+            .first()
+            .map_or(partition.wal_start(), |s| s.base_offset.min(partition.wal_start()));
         let held = Arc::new(Held {
+            log_start,
             partition,
             epoch,
             dirty: AtomicBool::new(lease.dirty && was_mine),
@@ -314,6 +322,59 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .insert((lease.topic.clone(), lease.partition), held);
         Ok(())
+    }
+
+    /// Records from `offset` read from the committed segments alone (for
+    /// offsets below the local WAL), about `max_bytes` of them.
+    pub async fn read_segments(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, crate::batch::Record)>> {
+        let segments = self.meta.segments(topic, partition).await?;
+        let Some(seg) = segments
+            .iter()
+            .find(|s| s.base_offset <= offset && offset < s.next_offset)
+        else {
+            return Ok(Vec::new());
+        };
+        let fail = |e: StoreError| Error::Retryable(format!("reading {}: {e}", seg.object_key));
+        let corrupt = |e: segment::SegmentError| Error::Corrupt(format!("{}: {e}", seg.object_key));
+        let size = seg.size_bytes;
+        let tail = self
+            .store
+            .get_range(&seg.object_key, size.saturating_sub(segment::FOOTER_SIZE as u64)..size)
+            .await
+            .map_err(fail)?;
+        let footer = segment::read_footer(&tail).map_err(corrupt)?;
+        let index_range = segment::index_range(&footer, size).map_err(corrupt)?;
+        let index_bytes = self.store.get_range(&seg.object_key, index_range).await.map_err(fail)?;
+        let index = segment::read_index(&footer, &index_bytes).map_err(corrupt)?;
+        let Some(first) = segment::block_for_offset(&index, offset) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        for entry in &index[first..] {
+            if taken > 0 && taken + entry.raw_len as usize > max_bytes {
+                break;
+            }
+            let block = self
+                .store
+                .get_range(&seg.object_key, entry.range())
+                .await
+                .map_err(fail)?;
+            out.extend(
+                segment::read_block(entry, &block)
+                    .map_err(corrupt)?
+                    .into_iter()
+                    .filter(|(o, _)| *o >= offset),
+            );
+            taken += entry.raw_len as usize;
+        }
+        Ok(out)
     }
 
     /// Asks the roller to look at every partition now (a committed-ack produce waits).

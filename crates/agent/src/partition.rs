@@ -96,7 +96,7 @@ pub struct Partition {
     queue: mpsc::Sender<Request>,
     reader: Arc<WalReader>,
     high_watermark: watch::Receiver<u64>,
-    log_start: u64,
+    wal_start: u64,
     pub fence: Arc<Fence>,
     failed: Arc<AtomicBool>,
     pub stats: Arc<WriterStats>,
@@ -115,10 +115,17 @@ pub struct WriterConfig {
 
 impl Partition {
     /// Recovers the WAL in `dir` and starts the writer thread.
-    pub fn open(topic: &str, partition: u32, dir: &Path, config: WriterConfig) -> Result<Arc<Partition>> {
-        let recovered = Wal::open(dir)?;
+    /// `committed` is the offset segments already cover (see [`Wal::open`]).
+    pub fn open(
+        topic: &str,
+        partition: u32,
+        dir: &Path,
+        committed: u64,
+        config: WriterConfig,
+    ) -> Result<Arc<Partition>> {
+        let recovered = Wal::open(dir, committed)?;
         let producers = Producers::from_batches(&recovered.batches);
-        let log_start = recovered.batches.first().map_or(0, |b| b.base_offset);
+        let wal_start = recovered.batches.first().map_or(committed, |b| b.base_offset);
         let wal = recovered.wal;
         let reader = wal.reader();
         let (hw_tx, hw_rx) = watch::channel(wal.next_offset());
@@ -147,11 +154,11 @@ impl Partition {
             queue,
             reader,
             high_watermark: hw_rx,
-            log_start,
+            wal_start,
             fence,
             failed,
             stats,
-            committed: watch::channel(log_start).0,
+            committed: watch::channel(committed).0,
             committed_waiters: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
@@ -161,9 +168,9 @@ impl Partition {
         *self.high_watermark.borrow()
     }
 
-    /// The first offset still in the log.
-    pub fn log_start(&self) -> u64 {
-        self.log_start
+    /// The first offset in the local WAL (segments hold what is below it).
+    pub fn wal_start(&self) -> u64 {
+        self.wal_start
     }
 
     /// Queues an append. `Ok(None)` means queued without waiting (fire and forget).
@@ -211,10 +218,10 @@ impl Partition {
     pub async fn fetch(&self, offset: u64, max_bytes: usize, wait: Duration) -> Result<(Vec<(u64, Record)>, u64)> {
         let mut hw_rx = self.high_watermark.clone();
         let mut hw = *hw_rx.borrow_and_update();
-        if offset < self.log_start || offset > hw {
+        if offset < self.wal_start || offset > hw {
             return Err(Error::OffsetOutOfRange {
                 offset,
-                start: self.log_start,
+                start: self.wal_start,
                 end: hw,
             });
         }

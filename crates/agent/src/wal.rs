@@ -59,8 +59,11 @@ pub struct Recovered {
 }
 
 impl Wal {
-    /// Opens (creating if needed) the WAL in `dir` and recovers it.
-    pub fn open(dir: &Path) -> Result<Recovered> {
+    /// Opens (creating if needed) the WAL in `dir` and recovers it. `floor` is
+    /// the partition's committed offset: an empty WAL starts there (the disk
+    /// was lost or replaced; segments hold everything below), and a WAL that
+    /// ends below it is refused (it would hand out offsets segments already hold).
+    pub fn open(dir: &Path, floor: u64) -> Result<Recovered> {
         std::fs::create_dir_all(dir)?;
         let path: PathBuf = dir.join(FILE_NAME);
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
@@ -74,7 +77,16 @@ impl Wal {
         }
         // Make the directory entry durable too, for a freshly created file.
         File::open(dir)?.sync_all()?;
-        let next_offset = entries.last().map_or(0, |e| e.next_offset);
+        if let Some(last) = entries.last()
+            && last.next_offset < floor
+        {
+            return Err(Error::Corrupt(format!(
+                "{}: the WAL ends at offset {} but segments are committed up to {floor}",
+                path.display(),
+                last.next_offset
+            )));
+        }
+        let next_offset = entries.last().map_or(floor, |e| e.next_offset);
         let reader = Arc::new(WalReader {
             file: File::open(&path)?,
             index: RwLock::new(entries),
@@ -329,10 +341,10 @@ mod tests {
     #[test]
     fn recovery_rebuilds_offsets_and_reads() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path()).unwrap().wal;
+        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[3, 1, 5]);
         drop(wal);
-        let recovered = Wal::open(dir.path()).unwrap();
+        let recovered = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(recovered.wal.next_offset(), 9);
         assert_eq!(recovered.batches.len(), 3);
         assert_eq!(recovered.truncated, 0);
@@ -345,7 +357,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_truncated_at_every_cut_point() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path()).unwrap().wal;
+        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2, 2]);
         drop(wal);
         let path = dir.path().join(FILE_NAME);
@@ -355,7 +367,7 @@ mod tests {
             let mut bytes = good.clone();
             bytes.extend_from_slice(&extra[..cut]);
             std::fs::write(&path, &bytes).unwrap();
-            let recovered = Wal::open(dir.path()).unwrap();
+            let recovered = Wal::open(dir.path(), 0).unwrap();
             assert_eq!(recovered.wal.next_offset(), 4, "cut {cut}");
             assert_eq!(recovered.truncated, cut as u64);
             assert_eq!(std::fs::metadata(&path).unwrap().len(), good.len() as u64);
@@ -368,13 +380,13 @@ mod tests {
         }
         bytes.extend_from_slice(&garbled);
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Wal::open(dir.path()).unwrap().wal.next_offset(), 4);
+        assert_eq!(Wal::open(dir.path(), 0).unwrap().wal.next_offset(), 4);
     }
 
     #[test]
     fn corruption_in_the_middle_is_refused() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path()).unwrap().wal;
+        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2, 2, 2]);
         drop(wal);
         let path = dir.path().join(FILE_NAME);
@@ -382,7 +394,7 @@ mod tests {
         let (first, _) = batch_at(0, 2);
         bytes[first.len() + 30] ^= 0xff; // inside the second batch
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(Wal::open(dir.path()), Err(Error::Corrupt(_))));
+        assert!(matches!(Wal::open(dir.path(), 0), Err(Error::Corrupt(_))));
         assert_eq!(
             std::fs::read(&path).unwrap(),
             bytes,
@@ -397,13 +409,13 @@ mod tests {
         let (a, _) = batch_at(0, 2);
         let (b, _) = batch_at(5, 2);
         std::fs::write(&path, [a, b].concat()).unwrap();
-        assert!(matches!(Wal::open(dir.path()), Err(Error::Corrupt(_))));
+        assert!(matches!(Wal::open(dir.path(), 0), Err(Error::Corrupt(_))));
     }
 
     #[test]
     fn reads_respect_max_bytes_but_return_at_least_one_batch() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path()).unwrap().wal;
+        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[1, 1, 1, 1]);
         let reader = wal.reader();
         assert_eq!(reader.read(0, 4, 1).unwrap().len(), 1);

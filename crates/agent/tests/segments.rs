@@ -200,3 +200,47 @@ async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follo
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test]
+async fn committed_records_survive_losing_the_agents_disk() {
+    let cluster = Cluster::new();
+    let objects = cluster.dir.path().join("objects");
+    let url = format!("object_store.url=file://{}", objects.display());
+    let args = ["--set", &url, "--set", "agent.id=agent-a"];
+    let mut a = cluster.start("a", &args).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let mut committed = Vec::new();
+    for i in 0..5 {
+        let values: Vec<String> = (0..10).map(|j| format!("r{i}-{j}")).collect();
+        client.produce(produce(&values, pb::AckMode::Committed)).await.unwrap();
+        committed.extend(values);
+    }
+    a.kill();
+    std::fs::remove_dir_all(cluster.data_dir("a")).unwrap();
+
+    let a = cluster.start("a", &args).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let log = read_all(&a.addr, "t", 0).await;
+    let values: Vec<String> = log
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        values, committed,
+        "every committed record, read back from segments alone"
+    );
+    assert!(log.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+
+    // Writing continues after the committed offset, never reusing one.
+    let ack = agent(&a.addr)
+        .await
+        .produce(produce(&["after".into()], pb::AckMode::Durable))
+        .await
+        .unwrap();
+    assert_eq!(ack.into_inner().base_offset, committed.len() as u64);
+    let log = read_all(&a.addr, "t", 0).await;
+    assert_eq!(log.len(), committed.len() + 1);
+    assert_eq!(log.last().unwrap().value, b"after");
+}
