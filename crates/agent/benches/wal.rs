@@ -68,6 +68,7 @@ async fn run_case(dir: &Path, record_size: usize, batch: usize, producers: usize
     let config = WriterConfig {
         max_round_bytes: 8 << 20,
         queue_depth: 4096,
+        wal_file_bytes: 1 << 30,
     };
     let partition = Partition::open("bench", 0, &case, 0, config).unwrap();
     partition.fence.extend(u64::MAX / 2);

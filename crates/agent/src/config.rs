@@ -82,6 +82,9 @@ pub struct AgentConfig {
     pub write_queue_depth: usize,
     /// Bytes a writer gathers into one write + fsync round.
     pub max_round_bytes: usize,
+    /// Start a new WAL file past this size; files wholly below the committed
+    /// offset are deleted.
+    pub wal_file_bytes: u64,
 }
 
 impl Default for AgentConfig {
@@ -96,6 +99,7 @@ impl Default for AgentConfig {
             unclean_takeover: false,
             write_queue_depth: 4096,
             max_round_bytes: 8 * 1024 * 1024,
+            wal_file_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -12,9 +12,12 @@
 //! watermark)` as one segment when it is big or old enough or a committed-ack
 //! produce waits, then commits it in metadata under the holder's epoch.
 //!
-//! Not built yet: WAL truncation after commit, reads from segments, recovery
-//! from segments after disk loss, retention, and graceful handoff of dirty
-//! partitions.
+//! The writer deletes WAL files once segments cover them; fetches below the
+//! WAL read segments from the object store, so committed records survive
+//! losing the agent's disk.
+//!
+//! Not built yet: retention, graceful handoff of dirty partitions, and
+//! persisting producer state beyond the WAL.
 
 pub mod api;
 pub mod batch;

@@ -272,6 +272,7 @@ impl Node {
         let writer = WriterConfig {
             max_round_bytes: self.config.agent.max_round_bytes,
             queue_depth: self.config.agent.write_queue_depth,
+            wal_file_bytes: self.config.agent.wal_file_bytes,
         };
         let (topic, partition) = (lease.topic.clone(), lease.partition);
         let committed = lease.committed_offset;

@@ -96,7 +96,6 @@ pub struct Partition {
     queue: mpsc::Sender<Request>,
     reader: Arc<WalReader>,
     high_watermark: watch::Receiver<u64>,
-    wal_start: u64,
     pub fence: Arc<Fence>,
     failed: Arc<AtomicBool>,
     pub stats: Arc<WriterStats>,
@@ -111,6 +110,9 @@ pub struct WriterConfig {
     pub max_round_bytes: usize,
     /// Queued appends beyond which produce is refused as overloaded.
     pub queue_depth: usize,
+    /// Start a new WAL file past this size, so files below the committed
+    /// offset can be deleted.
+    pub wal_file_bytes: u64,
 }
 
 impl Partition {
@@ -125,11 +127,11 @@ impl Partition {
     ) -> Result<Arc<Partition>> {
         let recovered = Wal::open(dir, committed)?;
         let producers = Producers::from_batches(&recovered.batches);
-        let wal_start = recovered.batches.first().map_or(committed, |b| b.base_offset);
         let wal = recovered.wal;
         let reader = wal.reader();
         let (hw_tx, hw_rx) = watch::channel(wal.next_offset());
         let (queue, rx) = mpsc::channel(config.queue_depth);
+        let (committed_tx, committed_rx) = watch::channel(committed);
         let fence = Arc::new(Fence::default());
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WriterStats::default());
@@ -143,6 +145,7 @@ impl Partition {
             stats: stats.clone(),
             config,
             name: format!("{topic}/{partition}"),
+            committed: committed_rx,
         };
         std::thread::Builder::new()
             .name(format!("wal-{topic}-{partition}"))
@@ -154,11 +157,10 @@ impl Partition {
             queue,
             reader,
             high_watermark: hw_rx,
-            wal_start,
             fence,
             failed,
             stats,
-            committed: watch::channel(committed).0,
+            committed: committed_tx,
             committed_waiters: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
@@ -170,7 +172,7 @@ impl Partition {
 
     /// The first offset in the local WAL (segments hold what is below it).
     pub fn wal_start(&self) -> u64 {
-        self.wal_start
+        self.reader.start()
     }
 
     /// Queues an append. `Ok(None)` means queued without waiting (fire and forget).
@@ -218,12 +220,9 @@ impl Partition {
     pub async fn fetch(&self, offset: u64, max_bytes: usize, wait: Duration) -> Result<(Vec<(u64, Record)>, u64)> {
         let mut hw_rx = self.high_watermark.clone();
         let mut hw = *hw_rx.borrow_and_update();
-        if offset < self.wal_start || offset > hw {
-            return Err(Error::OffsetOutOfRange {
-                offset,
-                start: self.wal_start,
-                end: hw,
-            });
+        let start = self.wal_start();
+        if offset < start || offset > hw {
+            return Err(Error::OffsetOutOfRange { offset, start, end: hw });
         }
         if offset == hw && !wait.is_zero() {
             let _ = tokio::time::timeout(wait, hw_rx.wait_for(|&h| h > offset)).await;
@@ -287,6 +286,7 @@ struct Writer {
     stats: Arc<WriterStats>,
     config: WriterConfig,
     name: String,
+    committed: watch::Receiver<u64>,
 }
 
 struct Pending {
@@ -296,6 +296,20 @@ struct Pending {
 }
 
 impl Writer {
+    /// Rotates a full WAL file and deletes files segments now cover. Neither
+    /// failing stops appends: it is retried after the next round.
+    fn tidy(&mut self) {
+        if self.wal.current_file_size() >= self.config.wal_file_bytes
+            && let Err(error) = self.wal.rotate()
+        {
+            tracing::warn!(partition = %self.name, %error, "rotating the WAL file failed");
+        }
+        let committed = *self.committed.borrow();
+        if let Err(error) = self.wal.drop_below(committed) {
+            tracing::warn!(partition = %self.name, %error, "deleting committed WAL files failed");
+        }
+    }
+
     fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
             let mut round = vec![first];
@@ -416,6 +430,7 @@ impl Writer {
         for p in durable {
             let _ = p.reply.send(Ok(p.appended));
         }
+        self.tidy();
         Ok(())
     }
 }

@@ -1,21 +1,26 @@
-//! The per-partition write-ahead log: checksummed batch frames appended to one
-//! file, fsynced (fdatasync) in groups by the partition's writer.
+//! The per-partition write-ahead log: checksummed batch frames appended to a
+//! sequence of files named by the offset they start at, fsynced (fdatasync) in
+//! groups by the partition's writer.
 //!
-//! Recovery reads every frame and verifies its checksum and that offsets are
-//! dense. A bad frame with no valid frame after it is a torn tail (a write the
-//! crash interrupted, never acknowledged as durable) and is truncated. A bad
-//! frame followed by a valid one is corruption in the middle: recovery refuses,
-//! loudly, rather than drop acknowledged records.
+//! Recovery reads every file in order and verifies every frame's checksum and
+//! that offsets are dense across files. A bad frame at the end of the last
+//! file with no valid frame after it is a torn tail (a write the crash
+//! interrupted, never acknowledged as durable) and is truncated. Anything else
+//! — a bad frame followed by a valid one, a damaged earlier file, a gap — is
+//! corruption: recovery refuses, loudly, rather than drop acknowledged records.
 //!
-//! Until segments reach object storage (not built yet) the WAL is never
-//! truncated at the front: it is the whole log.
+//! Once segments cover a file's records, the writer deletes it ([`Wal::drop_below`]);
+//! reads below the WAL's start go to the segments.
 
 use std::{
     fs::{File, OpenOptions},
     io::{BufReader, Read, Seek, SeekFrom, Write},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::{
@@ -23,13 +28,17 @@ use crate::{
     error::{Error, Result},
 };
 
-const FILE_NAME: &str = "00000000000000000000.wal";
+fn file_name(base: u64) -> String {
+    format!("{base:020}.wal")
+}
 
-/// Where one batch lives in the file.
+/// Where one batch lives.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     base_offset: u64,
     next_offset: u64,
+    /// Base offset of the file it is in.
+    file: u64,
     position: u64,
     len: u32,
     append_time_ms: i64,
@@ -37,13 +46,16 @@ struct Entry {
 
 /// Read access to a partition's WAL, shared with fetches.
 pub struct WalReader {
-    file: File,
+    files: RwLock<Vec<(u64, Arc<File>)>>,
     index: RwLock<Vec<Entry>>,
+    start: AtomicU64,
 }
 
-/// The writer's handle: appends and syncs.
+/// The writer's handle: appends, syncs, rotates and drops files.
 pub struct Wal {
+    dir: PathBuf,
     file: File,
+    file_base: u64,
     size: u64,
     next_offset: u64,
     reader: Arc<WalReader>,
@@ -58,6 +70,22 @@ pub struct Recovered {
     pub truncated: u64,
 }
 
+fn wal_files(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = name.strip_suffix(".wal") {
+            match base.parse::<u64>() {
+                Ok(b) if name.len() == 24 => bases.push(b),
+                _ => return Err(Error::Corrupt(format!("{}: unexpected file {name}", dir.display()))),
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir` and recovers it. `floor` is
     /// the partition's committed offset: an empty WAL starts there (the disk
@@ -65,36 +93,79 @@ impl Wal {
     /// ends below it is refused (it would hand out offsets segments already hold).
     pub fn open(dir: &Path, floor: u64) -> Result<Recovered> {
         std::fs::create_dir_all(dir)?;
-        let path: PathBuf = dir.join(FILE_NAME);
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
-        let (entries, batches, valid_len) = scan(&mut file, &path)?;
-        let size = file.metadata()?.len();
-        let truncated = size - valid_len;
-        if truncated > 0 {
-            tracing::warn!(path = %path.display(), bytes = truncated, "truncating torn WAL tail");
-            file.set_len(valid_len)?;
-            file.sync_all()?;
+        let mut bases = wal_files(dir)?;
+        if bases.is_empty() {
+            File::create(dir.join(file_name(floor)))?;
+            bases.push(floor);
         }
-        // Make the directory entry durable too, for a freshly created file.
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut batches: Vec<BatchHeader> = Vec::new();
+        let mut truncated = 0;
+        let mut files = Vec::with_capacity(bases.len());
+        let mut last_size = 0;
+        for (i, &base) in bases.iter().enumerate() {
+            let path = dir.join(file_name(base));
+            let is_last = i + 1 == bases.len();
+            let mut file = OpenOptions::new().read(true).append(true).open(&path)?;
+            let (found, headers, valid_len) = scan(&mut file, &path)?;
+            let size = file.metadata()?.len();
+            if size > valid_len {
+                if !is_last {
+                    return Err(Error::Corrupt(format!(
+                        "{}: damaged at byte {valid_len}",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(path = %path.display(), bytes = size - valid_len, "truncating torn WAL tail");
+                file.set_len(valid_len)?;
+                file.sync_all()?;
+                truncated = size - valid_len;
+            }
+            // Each file starts where its name says, and where the previous one ended.
+            let expected = entries.last().map_or(base, |e| e.next_offset);
+            if let Some(first) = headers.first()
+                && (first.base_offset != base || first.base_offset != expected)
+            {
+                return Err(Error::Corrupt(format!(
+                    "{}: starts at offset {} but {expected} was expected",
+                    path.display(),
+                    first.base_offset
+                )));
+            }
+            if headers.is_empty() && !is_last {
+                return Err(Error::Corrupt(format!(
+                    "{}: empty file before the last one",
+                    path.display()
+                )));
+            }
+            entries.extend(found.into_iter().map(|e| Entry { file: base, ..e }));
+            batches.extend(headers);
+            files.push((base, Arc::new(File::open(&path)?)));
+            last_size = valid_len;
+        }
+        // Make the directory entries durable too, for freshly created files.
         File::open(dir)?.sync_all()?;
-        if let Some(last) = entries.last()
-            && last.next_offset < floor
-        {
+        let last_base = *bases.last().unwrap_or(&floor);
+        let next_offset = entries.last().map_or(last_base.max(floor), |e| e.next_offset);
+        if next_offset < floor {
             return Err(Error::Corrupt(format!(
-                "{}: the WAL ends at offset {} but segments are committed up to {floor}",
-                path.display(),
-                last.next_offset
+                "{}: the WAL ends at offset {next_offset} but segments are committed up to {floor}",
+                dir.display()
             )));
         }
-        let next_offset = entries.last().map_or(floor, |e| e.next_offset);
+        let start = entries.first().map_or(next_offset, |e| e.base_offset);
+        let file = OpenOptions::new().append(true).open(dir.join(file_name(last_base)))?;
         let reader = Arc::new(WalReader {
-            file: File::open(&path)?,
+            files: RwLock::new(files),
             index: RwLock::new(entries),
+            start: AtomicU64::new(start),
         });
         Ok(Recovered {
             wal: Wal {
+                dir: dir.to_owned(),
                 file,
-                size: valid_len,
+                file_base: last_base,
+                size: last_size,
                 next_offset,
                 reader,
             },
@@ -106,6 +177,11 @@ impl Wal {
     /// The offset the next batch gets.
     pub fn next_offset(&self) -> u64 {
         self.next_offset
+    }
+
+    /// Bytes in the file being appended to.
+    pub fn current_file_size(&self) -> u64 {
+        self.size
     }
 
     /// The shared reader.
@@ -123,6 +199,7 @@ impl Wal {
             index.push(Entry {
                 base_offset: header.base_offset,
                 next_offset: header.next_offset(),
+                file: self.file_base,
                 position,
                 len: *len,
                 append_time_ms: header.append_time_ms,
@@ -139,33 +216,96 @@ impl Wal {
         self.file.sync_data()?;
         Ok(())
     }
+
+    /// Starts a new file at the next offset (after a [`Wal::sync`]).
+    pub fn rotate(&mut self) -> Result<()> {
+        if self.size == 0 {
+            return Ok(());
+        }
+        let base = self.next_offset;
+        let path = self.dir.join(file_name(base));
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.reader
+            .files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((base, Arc::new(File::open(&path)?)));
+        self.file = file;
+        self.file_base = base;
+        self.size = 0;
+        Ok(())
+    }
+
+    /// Deletes every file whose records are all below `offset` (covered by
+    /// committed segments). Never deletes the file being appended to.
+    pub fn drop_below(&mut self, offset: u64) -> Result<()> {
+        let doomed: Vec<u64> = {
+            let files = self.reader.files.read().unwrap_or_else(|p| p.into_inner());
+            files.windows(2).filter(|w| w[1].0 <= offset).map(|w| w[0].0).collect()
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let last_doomed = *doomed.last().unwrap_or(&0);
+        {
+            let mut index = self.reader.index.write().unwrap_or_else(|p| p.into_inner());
+            index.retain(|e| e.file > last_doomed);
+            let start = index.first().map_or(self.next_offset, |e| e.base_offset);
+            self.reader.start.store(start, Ordering::SeqCst);
+            self.reader
+                .files
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(b, _)| *b > last_doomed);
+        }
+        for base in doomed {
+            std::fs::remove_file(self.dir.join(file_name(base)))?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
 }
 
 impl WalReader {
+    /// The first offset still in the WAL.
+    pub fn start(&self) -> u64 {
+        self.start.load(Ordering::SeqCst)
+    }
+
+    fn entries(&self, first: impl Fn(&Entry) -> bool, keep: impl FnMut(&&Entry) -> bool) -> Vec<Entry> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let from = index.partition_point(first);
+        index[from..].iter().take_while(keep).copied().collect()
+    }
+
+    fn frame(&self, entry: &Entry) -> Result<(BatchHeader, Vec<Record>)> {
+        let file = {
+            let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+            files.iter().find(|(b, _)| *b == entry.file).map(|(_, f)| f.clone())
+        };
+        let file = file.ok_or_else(|| Error::Retryable("WAL file dropped during the read; retry".into()))?;
+        let mut buf = vec![0u8; entry.len as usize];
+        file.read_exact_at(&mut buf, entry.position)?;
+        let (_, body) = batch::frame(&buf).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
+        batch::decode(body).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+
     /// Records from `offset` up to (not including) `end`, about `max_bytes`
     /// of them, but at least one batch's worth when any is available.
     pub fn read(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<(u64, Record)>> {
-        let entries: Vec<Entry> = {
-            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            let first = index.partition_point(|e| e.next_offset <= offset);
-            let mut taken = 0usize;
-            index[first..]
-                .iter()
-                .take_while(|e| e.base_offset < end)
-                .take_while(|e| {
-                    let fits = taken == 0 || taken + e.len as usize <= max_bytes;
-                    taken += e.len as usize;
-                    fits
-                })
-                .copied()
-                .collect()
-        };
+        let mut taken = 0usize;
+        let entries = self.entries(
+            |e| e.next_offset <= offset,
+            |e| {
+                let fits = e.base_offset < end && (taken == 0 || taken + e.len as usize <= max_bytes);
+                taken += e.len as usize;
+                fits
+            },
+        );
         let mut out = Vec::new();
         for entry in entries {
-            let mut buf = vec![0u8; entry.len as usize];
-            self.file.read_exact_at(&mut buf, entry.position)?;
-            let (_, body) = batch::frame(&buf).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
-            let (header, records) = batch::decode(body).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let (header, records) = self.frame(&entry)?;
             for (i, record) in records.into_iter().enumerate() {
                 let at = header.base_offset + i as u64;
                 if at >= offset && at < end {
@@ -175,40 +315,18 @@ impl WalReader {
         }
         Ok(out)
     }
-}
 
-impl WalReader {
     /// Whole batches with `from <= base` and `next <= to`, in order (for segments).
     pub fn read_batches(&self, from: u64, to: u64) -> Result<Vec<(BatchHeader, Vec<Record>)>> {
-        let entries: Vec<Entry> = {
-            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            let first = index.partition_point(|e| e.base_offset < from);
-            index[first..]
-                .iter()
-                .take_while(|e| e.next_offset <= to)
-                .copied()
-                .collect()
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let mut buf = vec![0u8; entry.len as usize];
-            self.file.read_exact_at(&mut buf, entry.position)?;
-            let (_, body) = batch::frame(&buf).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
-            out.push(batch::decode(body).map_err(|e| Error::Corrupt(e.to_string()))?);
-        }
-        Ok(out)
+        let entries = self.entries(|e| e.base_offset < from, |e| e.next_offset <= to);
+        entries.iter().map(|e| self.frame(e)).collect()
     }
 
     /// Bytes and the oldest append time (unix ms) of the batches in `[from, to)`.
     pub fn pending(&self, from: u64, to: u64) -> (u64, Option<i64>) {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let first = index.partition_point(|e| e.base_offset < from);
-        let (mut bytes, mut oldest) = (0u64, None);
-        for e in index[first..].iter().take_while(|e| e.next_offset <= to) {
-            bytes += u64::from(e.len);
-            oldest.get_or_insert(e.append_time_ms);
-        }
-        (bytes, oldest)
+        let entries = self.entries(|e| e.base_offset < from, |e| e.next_offset <= to);
+        let bytes = entries.iter().map(|e| u64::from(e.len)).sum();
+        (bytes, entries.first().map(|e| e.append_time_ms))
     }
 }
 
@@ -263,6 +381,7 @@ fn scan(file: &mut File, path: &Path) -> Result<(Vec<Entry>, Vec<BatchHeader>, u
         entries.push(Entry {
             base_offset: header.base_offset,
             next_offset: header.next_offset(),
+            file: 0,
             position,
             len: buf.len() as u32,
             append_time_ms: header.append_time_ms,
@@ -360,7 +479,7 @@ mod tests {
         let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2, 2]);
         drop(wal);
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join(file_name(0));
         let good = std::fs::read(&path).unwrap();
         let (extra, _) = batch_at(4, 3);
         for cut in 1..extra.len() {
@@ -389,7 +508,7 @@ mod tests {
         let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2, 2, 2]);
         drop(wal);
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join(file_name(0));
         let mut bytes = std::fs::read(&path).unwrap();
         let (first, _) = batch_at(0, 2);
         bytes[first.len() + 30] ^= 0xff; // inside the second batch
@@ -405,7 +524,7 @@ mod tests {
     #[test]
     fn a_gap_in_offsets_is_refused() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join(file_name(0));
         let (a, _) = batch_at(0, 2);
         let (b, _) = batch_at(5, 2);
         std::fs::write(&path, [a, b].concat()).unwrap();
@@ -421,5 +540,71 @@ mod tests {
         assert_eq!(reader.read(0, 4, 1).unwrap().len(), 1);
         assert_eq!(reader.read(0, 2, usize::MAX).unwrap().len(), 2, "never past end");
         assert!(reader.read(4, 4, usize::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rotation_and_dropping_keep_offsets_and_recovery_consistent() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        write_batches(&mut wal, &[2, 2]);
+        wal.rotate().unwrap();
+        write_batches(&mut wal, &[3]);
+        wal.rotate().unwrap();
+        write_batches(&mut wal, &[1]);
+        assert_eq!(wal_files(dir.path()).unwrap(), vec![0, 4, 7]);
+        let reader = wal.reader();
+        assert_eq!(reader.read(0, 8, usize::MAX).unwrap().len(), 8, "reads span files");
+
+        wal.drop_below(5).unwrap();
+        assert_eq!(
+            wal_files(dir.path()).unwrap(),
+            vec![4, 7],
+            "only files wholly below 5 go"
+        );
+        assert_eq!(reader.start(), 4);
+        wal.drop_below(100).unwrap();
+        assert_eq!(
+            wal_files(dir.path()).unwrap(),
+            vec![7],
+            "never the file being appended to"
+        );
+        assert_eq!(reader.read(7, 8, usize::MAX).unwrap().len(), 1);
+        drop(wal);
+
+        let recovered = Wal::open(dir.path(), 7).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 8);
+        assert_eq!(recovered.wal.reader().start(), 7);
+        assert!(
+            matches!(Wal::open(dir.path(), 9), Err(Error::Corrupt(_))),
+            "a WAL behind the committed offset"
+        );
+    }
+
+    #[test]
+    fn an_empty_wal_starts_at_the_committed_offset() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = Wal::open(dir.path(), 42).unwrap().wal;
+        assert_eq!(wal.next_offset(), 42);
+        write_batches(&mut wal, &[2]);
+        drop(wal);
+        assert_eq!(Wal::open(dir.path(), 42).unwrap().wal.next_offset(), 44);
+    }
+
+    #[test]
+    fn damage_in_an_earlier_file_is_refused() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        write_batches(&mut wal, &[2]);
+        wal.rotate().unwrap();
+        write_batches(&mut wal, &[2]);
+        drop(wal);
+        let first = dir.path().join(file_name(0));
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes.truncate(bytes.len() - 3);
+        std::fs::write(&first, &bytes).unwrap();
+        assert!(
+            matches!(Wal::open(dir.path(), 0), Err(Error::Corrupt(_))),
+            "a torn tail is only allowed at the very end"
+        );
     }
 }

@@ -244,3 +244,37 @@ async fn committed_records_survive_losing_the_agents_disk() {
     assert_eq!(log.len(), committed.len() + 1);
     assert_eq!(log.last().unwrap().value, b"after");
 }
+
+#[tokio::test]
+async fn the_wal_is_truncated_once_segments_cover_it() {
+    let cluster = Cluster::new();
+    let objects = cluster.dir.path().join("objects");
+    let url = format!("object_store.url=file://{}", objects.display());
+    let args = ["--set", &url, "--set", "agent.wal_file_bytes=4096"];
+    let mut a = cluster.start("a", &args).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let mut all = Vec::new();
+    for i in 0..40 {
+        let values: Vec<String> = (0..10).map(|j| format!("{i:03}-{j}-{}", "x".repeat(40))).collect();
+        client.produce(produce(&values, pb::AckMode::Committed)).await.unwrap();
+        all.extend(values);
+    }
+    let wal_dir = cluster.data_dir("a").join("wal/t/0");
+    let files = std::fs::read_dir(&wal_dir).unwrap().count();
+    assert!(files <= 3, "{files} WAL files left; committed ones should be gone");
+
+    let check = |log: Vec<pb::StoredRecord>| {
+        let values: Vec<String> = log
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone()).unwrap())
+            .collect();
+        assert_eq!(values, all, "segments and WAL together hold every record");
+    };
+    check(read_all(&a.addr, "t", 0).await);
+    a.kill();
+    let a = cluster.start("a", &args).await;
+    wait_leader(&a.addr, "t", 0).await;
+    check(read_all(&a.addr, "t", 0).await);
+}
