@@ -95,6 +95,12 @@ impl Api {
             });
         }
         let leader = self.node.leader_of(topic, partition).await?;
+        if leader.as_ref().is_some_and(|(id, _)| *id == self.node.id) {
+            // This agent has the lease but is still recovering the partition.
+            return Err(Error::Retryable(format!(
+                "{topic}/{partition} is opening here; retry shortly"
+            )));
+        }
         Err(Error::NotLeader {
             topic: topic.to_owned(),
             partition,

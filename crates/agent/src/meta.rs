@@ -9,8 +9,6 @@ use sqlx::{AnyPool, Row};
 
 use crate::error::{Error, Result};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 /// A topic and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRow {
@@ -74,7 +72,7 @@ pub struct Meta {
 impl Meta {
     /// Connects to `url` and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Meta> {
-        let pool = cairn_service::sql::connect(url, max_connections, &MIGRATOR).await?;
+        let pool = cairn_service::sql::connect(url, max_connections, sqlx::migrate!("./migrations")).await?;
         let now_sql = if cairn_service::sql::is_sqlite(url) {
             "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)"
         } else {
@@ -181,6 +179,10 @@ impl Meta {
             .await?;
         // The objects stay behind until an orphan sweep (not built yet) removes them.
         sqlx::query("DELETE FROM segments WHERE topic = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM producer_states WHERE topic = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -316,7 +318,12 @@ impl Meta {
     /// to `segment.next_offset`, in one transaction guarded by the holder's
     /// epoch. False (and nothing written) if the lease moved or the committed
     /// offset is not where this segment starts.
-    pub async fn commit_segment(&self, segment: &SegmentRow, me: &str) -> Result<bool> {
+    pub async fn commit_segment(
+        &self,
+        segment: &SegmentRow,
+        me: &str,
+        producers: &[(u64, u32, String)],
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE leases SET committed_offset = $1 \
@@ -350,8 +357,55 @@ impl Meta {
         .bind(segment.created_at)
         .execute(&mut *tx)
         .await?;
+        for (producer_id, epoch, batches) in producers {
+            sqlx::query(
+                "INSERT INTO producer_states (topic, partition, producer_id, epoch, batches) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (topic, partition, producer_id) DO UPDATE SET epoch = $4, batches = $5",
+            )
+            .bind(&segment.topic)
+            .bind(i64::from(segment.partition))
+            .bind(*producer_id as i64)
+            .bind(i64::from(*epoch))
+            .bind(batches)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The idempotence state stored with the last segment commit.
+    pub async fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<(u64, u32, String)>> {
+        let rows =
+            sqlx::query("SELECT producer_id, epoch, batches FROM producer_states WHERE topic = $1 AND partition = $2")
+                .bind(topic)
+                .bind(i64::from(partition))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let id = r.try_get::<i64, _>("producer_id")? as u64;
+                let epoch = r.try_get::<i64, _>("epoch")? as u32;
+                Ok((id, epoch, r.try_get::<String, _>("batches")?))
+            })
+            .collect()
+    }
+
+    /// Hands the partition back clean: clears the dirty mark and releases the
+    /// lease, but only if everything up to `end` is committed under this epoch.
+    pub async fn release_clean(&self, topic: &str, partition: u32, me: &str, epoch: u64, end: u64) -> Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE leases SET dirty = 0, expires_at = 0 \
+             WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4 AND committed_offset = $5",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(me)
+        .bind(epoch as i64)
+        .bind(end as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     /// A partition's committed segments, by offset.

@@ -24,6 +24,7 @@ use crate::{
     error::{Error, Result},
     meta::{LeaseRow, Meta, SegmentRow},
     partition::{Partition, WriterConfig, now_ms},
+    producers::Producers,
     segment::{self, SegmentBuilder},
 };
 
@@ -41,6 +42,9 @@ pub struct Held {
     retry: std::sync::Mutex<(tokio::time::Instant, Duration)>,
     /// The first offset in the log: the first segment's, or the WAL's.
     pub log_start: u64,
+    /// Idempotence state as of the committed offset (what the next segment
+    /// commit stores, advanced by that segment's batches).
+    committed_producers: std::sync::Mutex<Producers>,
 }
 
 type Key = (String, u32);
@@ -276,9 +280,13 @@ impl Node {
         };
         let (topic, partition) = (lease.topic.clone(), lease.partition);
         let committed = lease.committed_offset;
-        let opened = tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, committed, writer))
-            .await
-            .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?;
+        let snapshot = Producers::from_rows(&self.meta.producer_states(&lease.topic, lease.partition).await?);
+        let for_writer = snapshot.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            Partition::open(&topic, partition, &dir, committed, for_writer, writer)
+        })
+        .await
+        .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?;
         let partition = match opened {
             Ok(p) => p,
             Err(error) => {
@@ -309,6 +317,7 @@ impl Node {
             .first()
             .map_or(partition.wal_start(), |s| s.base_offset.min(partition.wal_start()));
         let held = Arc::new(Held {
+            committed_producers: std::sync::Mutex::new(snapshot),
             log_start,
             partition,
             epoch,
@@ -398,7 +407,7 @@ impl Node {
                 if now < next_try {
                     continue;
                 }
-                match self.roll(&held).await {
+                match self.roll(&held, false).await {
                     Ok(()) => *held.retry.lock().unwrap_or_else(|p| p.into_inner()) = (now, Duration::ZERO),
                     Err(error) => {
                         let o = &self.config.object_store;
@@ -419,7 +428,7 @@ impl Node {
 
     /// Uploads `[committed, high watermark)` as one segment if it is due, then
     /// commits it in metadata under this holder's epoch.
-    async fn roll(&self, held: &Held) -> Result<()> {
+    async fn roll(&self, held: &Held, force: bool) -> Result<()> {
         let p = &held.partition;
         let (from, to) = (p.committed(), p.high_watermark());
         if to <= from {
@@ -428,7 +437,7 @@ impl Node {
         let reader = p.reader();
         let (bytes, oldest) = reader.pending(from, to);
         let old = oldest.is_some_and(|t| now_ms() - t >= held.segment_ms);
-        if bytes < held.segment_bytes && !old && !p.has_commit_waiters() {
+        if !force && bytes < held.segment_bytes && !old && !p.has_commit_waiters() {
             return Ok(());
         }
         let batches = tokio::task::spawn_blocking(move || reader.read_batches(from, to))
@@ -470,7 +479,15 @@ impl Node {
             max_ts: footer.max_ts,
             created_at: now_ms(),
         };
-        if self.meta.commit_segment(&row, &self.id).await? {
+        let mut producers = held
+            .committed_producers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let headers: Vec<crate::batch::BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
+        producers.replay(&headers, range.start);
+        if self.meta.commit_segment(&row, &self.id, &producers.to_rows()).await? {
+            *held.committed_producers.lock().unwrap_or_else(|p| p.into_inner()) = producers;
             p.set_committed(range.end);
             tracing::debug!(topic = %p.topic, partition = p.partition, %key, "segment committed");
         } else {
@@ -480,7 +497,8 @@ impl Node {
         Ok(())
     }
 
-    /// Stops writing everywhere and gives back clean leases.
+    /// Stops writing everywhere, commits what was acknowledged, and gives the
+    /// leases back clean so other agents can take the partitions at once.
     pub async fn shutdown(&self) {
         let held: Vec<Arc<Held>> = self
             .held
@@ -492,10 +510,39 @@ impl Node {
         for h in held {
             let p = &h.partition;
             p.close();
-            if !h.dirty.load(Ordering::SeqCst)
-                && let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, h.epoch).await
-            {
+            p.drain().await;
+            if h.dirty.load(Ordering::SeqCst) {
+                self.hand_off(&h).await;
+            } else if let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, h.epoch).await {
                 tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
+            }
+        }
+    }
+
+    /// Commits the partition's last records and releases it clean, so another
+    /// agent may take it over; on any failure the lease stays (dirty) and this
+    /// agent reclaims it when it restarts.
+    async fn hand_off(&self, held: &Held) {
+        let p = &held.partition;
+        let end = p.high_watermark();
+        let committed = tokio::time::timeout(Duration::from_secs(10), self.roll(held, true)).await;
+        let result = match committed {
+            Ok(Ok(())) if p.committed() >= end => {
+                self.meta
+                    .release_clean(&p.topic, p.partition, &self.id, held.epoch, end)
+                    .await
+            }
+            Ok(Ok(())) => Ok(false),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Retryable("final segment upload timed out".into())),
+        };
+        match result {
+            Ok(true) => tracing::info!(topic = %p.topic, partition = p.partition, end, "partition handed off clean"),
+            Ok(false) => {
+                tracing::warn!(topic = %p.topic, partition = p.partition, "could not hand off clean; keeping the lease")
+            }
+            Err(error) => {
+                tracing::warn!(topic = %p.topic, partition = p.partition, %error, "could not hand off clean; keeping the lease")
             }
         }
     }

@@ -123,10 +123,13 @@ impl Partition {
         partition: u32,
         dir: &Path,
         committed: u64,
+        snapshot: Producers,
         config: WriterConfig,
     ) -> Result<Arc<Partition>> {
         let recovered = Wal::open(dir, committed)?;
-        let producers = Producers::from_batches(&recovered.batches);
+        // The stored snapshot is the state at `committed`; the WAL adds what came after.
+        let mut producers = snapshot;
+        producers.replay(&recovered.batches, committed);
         let wal = recovered.wal;
         let reader = wal.reader();
         let (hw_tx, hw_rx) = watch::channel(wal.next_offset());
@@ -265,6 +268,21 @@ impl Partition {
         done
     }
 
+    /// Waits until the writer has finished every append queued before this
+    /// call (after [`Partition::close`], they all fail), so the high watermark is final.
+    pub async fn drain(&self) {
+        let (reply, answer) = oneshot::channel();
+        let marker = Request {
+            records: Vec::new(),
+            producer: ProducerInfo::default(),
+            ack: Ack::Durable,
+            reply,
+        };
+        if self.queue.send(marker).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
     /// The WAL reader, for segment building.
     pub fn reader(&self) -> Arc<WalReader> {
         self.reader.clone()
@@ -357,6 +375,12 @@ impl Writer {
         let mut next = self.wal.next_offset();
         for request in round {
             let count = request.records.len() as u32;
+            if count == 0 {
+                let _ = request
+                    .reply
+                    .send(Err(Error::invalid("records", "at least one record is required")));
+                continue;
+            }
             match tentative.check(request.producer, count) {
                 Err(error) => {
                     let _ = request.reply.send(Err(error));

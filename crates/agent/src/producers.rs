@@ -46,8 +46,59 @@ impl Producers {
     /// Rebuilds state from the WAL's batch headers, oldest first.
     pub fn from_batches(batches: &[BatchHeader]) -> Self {
         let mut state = Producers::default();
-        for b in batches {
-            state.record(b.producer, b.count, b.base_offset, b.append_time_ms);
+        state.replay(batches, 0);
+        state
+    }
+
+    /// Applies the batches at or after `from` (earlier ones are already in the state).
+    pub fn replay(&mut self, batches: &[BatchHeader], from: u64) {
+        for b in batches.iter().filter(|b| b.base_offset >= from) {
+            self.record(b.producer, b.count, b.base_offset, b.append_time_ms);
+        }
+    }
+
+    /// The state as rows: producer id, epoch, and the remembered batches as text.
+    pub fn to_rows(&self) -> Vec<(u64, u32, String)> {
+        let mut rows: Vec<(u64, u32, String)> = self
+            .by_id
+            .iter()
+            .map(|(id, p)| {
+                let batches = p
+                    .batches
+                    .iter()
+                    .map(|b| format!("{}:{}:{}:{}", b.base_sequence, b.count, b.base_offset, b.append_time_ms))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (*id, p.epoch, batches)
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// The state from rows written by [`Producers::to_rows`]; malformed rows are skipped.
+    pub fn from_rows(rows: &[(u64, u32, String)]) -> Self {
+        let mut state = Producers::default();
+        for (id, epoch, text) in rows {
+            let batches: Option<VecDeque<Appended>> = text
+                .split(',')
+                .filter(|b| !b.is_empty())
+                .map(|b| {
+                    let mut f = b.split(':');
+                    Some(Appended {
+                        base_sequence: f.next()?.parse().ok()?,
+                        count: f.next()?.parse().ok()?,
+                        base_offset: f.next()?.parse().ok()?,
+                        append_time_ms: f.next()?.parse().ok()?,
+                    })
+                })
+                .collect();
+            match batches {
+                Some(batches) => {
+                    state.by_id.insert(*id, Producer { epoch: *epoch, batches });
+                }
+                None => tracing::warn!(producer_id = id, "skipping a malformed stored producer state"),
+            }
         }
         state
     }
@@ -196,6 +247,31 @@ mod tests {
             Err(Error::ProducerFenced { current: 1, .. })
         ));
         assert!(s.check(p(2, 5), 1).is_err(), "a new epoch starts at sequence 0");
+    }
+
+    #[test]
+    fn rows_round_trip_and_replay_skips_what_the_snapshot_has() {
+        let mut s = Producers::default();
+        s.record(p(3, 0), 2, 10, 7);
+        s.record(p(3, 2), 1, 12, 8);
+        let rows = s.to_rows();
+        let back = Producers::from_rows(&rows);
+        assert_eq!(back.to_rows(), rows);
+        assert!(matches!(back.check(p(3, 0), 2).unwrap(), Verdict::Duplicate(a) if a.base_offset == 10));
+        let mut replayed = back.clone();
+        let headers = [BatchHeader {
+            base_offset: 12,
+            count: 1,
+            producer: p(3, 2),
+            append_time_ms: 8,
+        }];
+        replayed.replay(&headers, 13);
+        assert_eq!(
+            replayed.to_rows(),
+            rows,
+            "a batch below the snapshot offset is not applied twice"
+        );
+        assert!(Producers::from_rows(&[(1, 0, "x:y".into())]).to_rows().is_empty());
     }
 
     #[test]

@@ -162,21 +162,30 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
         max_ts: 0,
         created_at: 0,
     };
-    assert!(meta.commit_segment(&seg(0, 10, 1), "a").await.unwrap());
     assert!(
-        !meta.commit_segment(&seg(20, 30, 1), "a").await.unwrap(),
+        meta.commit_segment(&seg(0, 10, 1), "a", &[(5, 0, "0:1:0:0".into())])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !meta.commit_segment(&seg(20, 30, 1), "a", &[]).await.unwrap(),
         "must start at the committed offset"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(meta.acquire("t", 0, "b", LONG, false).await.unwrap(), Some(2));
     assert!(
-        !meta.commit_segment(&seg(10, 20, 1), "a").await.unwrap(),
+        !meta
+            .commit_segment(&seg(10, 20, 1), "a", &[(5, 9, "x".into())])
+            .await
+            .unwrap(),
         "the old holder commits nothing"
     );
     let segments = meta.segments("t", 0).await.unwrap();
     assert_eq!(segments.len(), 1, "a refused commit writes no row");
     assert_eq!(meta.leases().await.unwrap()[0].committed_offset, 10);
-    assert!(meta.commit_segment(&seg(10, 20, 2), "b").await.unwrap());
+    let states = meta.producer_states("t", 0).await.unwrap();
+    assert_eq!(states, vec![(5, 0, "0:1:0:0".to_owned())], "nor its producer state");
+    assert!(meta.commit_segment(&seg(10, 20, 2), "b", &[]).await.unwrap());
     assert_eq!(meta.segments("t", 0).await.unwrap().len(), 2);
 }
 

@@ -278,3 +278,52 @@ async fn the_wal_is_truncated_once_segments_cover_it() {
     wait_leader(&a.addr, "t", 0).await;
     check(read_all(&a.addr, "t", 0).await);
 }
+
+#[tokio::test]
+async fn sigterm_hands_partitions_off_clean_and_the_next_agent_continues() {
+    let cluster = Cluster::new();
+    let objects = cluster.dir.path().join("objects");
+    let url = format!("object_store.url=file://{}", objects.display());
+    let mut a = cluster.start("a", &["--set", &url]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let init = client
+        .init_producer(pb::InitProducerRequest { name: "handoff".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let batch = |seq: u64, v: &str| pb::ProduceRequest {
+        producer_id: init.producer_id,
+        producer_epoch: init.producer_epoch,
+        base_sequence: seq,
+        ..produce(&[v.to_owned()], pb::AckMode::Durable)
+    };
+    for i in 0..10 {
+        client.produce(batch(i, &format!("v{i}"))).await.unwrap();
+    }
+    // Durable, not committed: without a handoff no other agent could take it.
+    assert_eq!(a.terminate(Duration::from_secs(30)), Some(0), "{}", a.log_text());
+    assert!(a.log_text().contains("handed off clean"), "{}", a.log_text());
+
+    let b = cluster.start("b", &["--set", &url]).await;
+    wait_leader(&b.addr, "t", 0).await;
+    let log = read_all(&b.addr, "t", 0).await;
+    let values: Vec<String> = log
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone()).unwrap())
+        .collect();
+    assert_eq!(values, (0..10).map(|i| format!("v{i}")).collect::<Vec<_>>());
+
+    // The producer's sequence carries over: the next batch is accepted, a retry of
+    // the last one is recognised with its original offset.
+    let mut to_b = agent(&b.addr).await;
+    assert_eq!(
+        to_b.produce(batch(10, "v10")).await.unwrap().into_inner().base_offset,
+        10
+    );
+    let retry = to_b.produce(batch(9, "v9")).await.unwrap().into_inner();
+    assert!(retry.duplicate);
+    assert_eq!(retry.base_offset, 9);
+    assert_eq!(read_all(&b.addr, "t", 0).await.len(), 11);
+}

@@ -11,8 +11,6 @@ use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::error::{Error, Result};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     to_ms(SystemTime::now())
@@ -86,7 +84,7 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
-        let pool = cairn_service::sql::connect(url, max_connections, &MIGRATOR).await?;
+        let pool = cairn_service::sql::connect(url, max_connections, sqlx::migrate!("./migrations")).await?;
         Ok(Store { pool })
     }
 

@@ -212,3 +212,24 @@ suite!(
 
 #[allow(dead_code)]
 fn _uses(_: TempDir) {}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_version_still_opens() {
+    let dir = cairn_testkit::TempDir::new("auth");
+    let url = cairn_testkit::sqlite_url(dir.path());
+    let store = Store::connect(&url, 1).await.unwrap();
+    store.close().await;
+    // A newer binary (rolling upgrade) applied a migration this one does not have.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = Store::connect(&url, 1).await.unwrap();
+    let keys = Keys::new(store, Default::default());
+    assert!(keys.create(&spec("after-upgrade", &["spans:write"])).await.is_ok());
+}

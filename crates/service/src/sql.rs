@@ -11,11 +11,16 @@ use sqlx::{
 
 /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies `migrator`.
 ///
+/// A database that already has migrations this binary does not know (a newer
+/// version migrated it during a rolling upgrade) is accepted: schema changes
+/// are additive, so older binaries keep working beside newer ones.
+///
 /// SQLite gets WAL mode (readers beside the writer) and a busy timeout (a
 /// writer waits for the lock instead of failing). SQLite has no migration
 /// lock, so processes starting together on a new file can race to apply the
 /// same migration; the loser sees it applied when it retries.
-pub async fn connect(url: &str, max_connections: u32, migrator: &'static Migrator) -> Result<AnyPool, MigrateError> {
+pub async fn connect(url: &str, max_connections: u32, mut migrator: Migrator) -> Result<AnyPool, MigrateError> {
+    migrator.set_ignore_missing(true);
     sqlx::any::install_default_drivers();
     let mut options = AnyPoolOptions::new()
         .max_connections(max_connections)

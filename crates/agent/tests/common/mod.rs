@@ -105,7 +105,16 @@ pub async fn wait_leader(addr: &str, topic: &str, partition: u32) {
             .await;
         if let Ok(meta) = meta {
             let p = &meta.into_inner().topics[0].partitions[partition as usize];
-            if p.leader_address == addr {
+            // The lease row names the leader before it has opened the partition:
+            // wait until it actually serves it.
+            let probe = pb::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset: p.high_watermark,
+                max_bytes: 1,
+                max_wait_ms: 0,
+            };
+            if p.leader_address == addr && agent(addr).await.fetch(probe).await.is_ok() {
                 return;
             }
         }
