@@ -300,10 +300,12 @@ impl Meta {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// Gives up a clean lease so another agent can take it at once.
+    /// Gives up a clean lease so another agent can take it at once (the holder
+    /// is cleared, so this agent does not reclaim it as its own).
     pub async fn release(&self, topic: &str, partition: u32, me: &str, epoch: u64) -> Result<()> {
         sqlx::query(
-            "UPDATE leases SET expires_at = 0 WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4 AND dirty = 0",
+            "UPDATE leases SET expires_at = 0, holder = NULL \
+             WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4 AND dirty = 0",
         )
         .bind(topic)
         .bind(i64::from(partition))
@@ -395,7 +397,7 @@ impl Meta {
     /// lease, but only if everything up to `end` is committed under this epoch.
     pub async fn release_clean(&self, topic: &str, partition: u32, me: &str, epoch: u64, end: u64) -> Result<bool> {
         let updated = sqlx::query(
-            "UPDATE leases SET dirty = 0, expires_at = 0 \
+            "UPDATE leases SET dirty = 0, expires_at = 0, holder = NULL \
              WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4 AND committed_offset = $5",
         )
         .bind(topic)

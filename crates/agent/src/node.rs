@@ -235,8 +235,25 @@ impl Node {
                 tracing::info!(topic = %p.topic, partition = p.partition, "topic deleted; partition dropped");
             }
         }
-        let live = self.meta.live_agents(self.lease()).await?.len().max(1);
-        let share = leases.len().div_ceil(live);
+        let agents = self.meta.live_agents(self.lease()).await?;
+        let live = agents.len().max(1);
+        let floor = leases.len() / live;
+        let held_by = |agent: &str| {
+            leases
+                .iter()
+                .filter(|l| l.holder.as_deref() == Some(agent) && l.expires_at > db_now)
+                .count()
+        };
+        // While another live agent has less than the floor share, take no more
+        // than the floor: the free partitions are for it.
+        let starved = agents
+            .iter()
+            .any(|a| a.agent_id != self.id && held_by(&a.agent_id) < floor);
+        let share = if starved {
+            floor.max(1)
+        } else {
+            leases.len().div_ceil(live)
+        };
         // Ours first (a restart reclaims), then free ones in an order that
         // differs per agent so agents starting together spread out.
         let mut candidates: Vec<&LeaseRow> = leases
@@ -258,6 +275,26 @@ impl Node {
                 break;
             }
             self.take(lease).await?;
+        }
+        // Give one partition back per round while this agent has more than the
+        // floor and another has less: newcomers get work, nobody drops below
+        // the floor, and the spread settles.
+        if starved && self.held_count() > floor {
+            let victim = self
+                .all_held()
+                .into_iter()
+                .max_by_key(|h| spread(&self.id, &h.partition.topic, h.partition.partition));
+            if let Some(held) = victim {
+                let p = &held.partition;
+                tracing::info!(topic = %p.topic, partition = p.partition, "rebalancing: handing a partition to a less loaded agent");
+                self.held
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(p.topic.clone(), p.partition));
+                p.close();
+                p.drain().await;
+                self.hand_off(&held).await;
+            }
         }
         Ok(())
     }

@@ -238,3 +238,122 @@ async fn two_agents_split_partitions_and_point_at_each_other() {
     }
     assert_eq!(seen, 2, "A reports the high watermark B published");
 }
+
+/// Produces numbered records to every partition, following leadership changes,
+/// and returns what was acknowledged where.
+async fn write_through_changes(
+    addrs: Vec<String>,
+    partitions: u32,
+    until: std::time::Instant,
+    writer: u64,
+) -> Vec<(u32, u64, String)> {
+    let mut acked = Vec::new();
+    let mut i = 0u64;
+    while std::time::Instant::now() < until {
+        let partition = (i % u64::from(partitions)) as u32;
+        let value = format!("w{writer}-{i}");
+        i += 1;
+        // Ask any agent who leads the partition; try that one.
+        let mut done = false;
+        for addr in &addrs {
+            let Ok(mut client) = cairn_service::client::endpoint(addr, &Default::default())
+                .unwrap()
+                .connect()
+                .await
+                .map(pb::agent_service_client::AgentServiceClient::new)
+            else {
+                continue;
+            };
+            let Ok(meta) = client
+                .get_metadata(pb::GetMetadataRequest {
+                    topics: vec!["t".into()],
+                })
+                .await
+            else {
+                continue;
+            };
+            let leader = meta.into_inner().topics[0].partitions[partition as usize]
+                .leader_address
+                .clone();
+            if leader.is_empty() {
+                break;
+            }
+            let request = pb::ProduceRequest {
+                topic: "t".into(),
+                partition,
+                records: records(&[value.clone()]),
+                ..Default::default()
+            };
+            if let Ok(ack) = agent(&leader).await.produce(request).await {
+                acked.push((partition, ack.into_inner().base_offset, value.clone()));
+                done = true;
+            }
+            break;
+        }
+        if !done {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn agents_rebalance_while_producers_write_and_no_offset_is_assigned_twice() {
+    let cluster = Cluster::new();
+    let objects = cluster.dir.path().join("objects");
+    let url = format!("object_store.url=file://{}", objects.display());
+    let a = cluster.start("a", &["--set", &url]).await;
+    let b = cluster.start("b", &["--set", &url]).await;
+    create_topic(&a.addr, "t", 6).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let addrs = vec![a.addr.clone(), b.addr.clone()];
+    let writers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(write_through_changes(addrs.clone(), 6, until, w)))
+        .collect();
+    // A third agent joins while the writers run: partitions move to it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = cluster.start("c", &["--set", &url]).await;
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    let meta = agent(&a.addr)
+        .await
+        .get_metadata(pb::GetMetadataRequest {
+            topics: vec!["t".into()],
+        })
+        .await
+        .unwrap();
+    let leaders: Vec<String> = meta.into_inner().topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.leader_address.clone())
+        .collect();
+    assert!(
+        leaders.iter().any(|l| *l == c.addr),
+        "the new agent got partitions: {leaders:?}"
+    );
+
+    let mut seen = std::collections::HashSet::new();
+    for (partition, offset, _) in &acked {
+        assert!(
+            seen.insert((*partition, *offset)),
+            "offset {offset} of partition {partition} acknowledged twice"
+        );
+    }
+    for partition in 0..6u32 {
+        let leader = &leaders[partition as usize];
+        wait_leader(leader, "t", partition).await;
+        let log = read_all(leader, "t", partition).await;
+        assert!(
+            log.iter().enumerate().all(|(i, r)| r.offset == i as u64),
+            "partition {partition}: offsets dense"
+        );
+        for (p, offset, value) in acked.iter().filter(|(p, ..)| *p == partition) {
+            let got = String::from_utf8(log[*offset as usize].value.clone()).unwrap();
+            assert_eq!(&got, value, "partition {p} offset {offset}");
+        }
+    }
+    assert!(acked.len() > 100, "only {} records acknowledged", acked.len());
+}
