@@ -35,6 +35,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use cairn_proto::cairn::agent::v1::{
     agent_service_server::AgentServiceServer, topic_service_server::TopicServiceServer,
 };
+use cairn_service::task::Background;
 use cairn_service::{
     Server,
     auth::{Access, Auth, Policy, RemoteAuthenticator},
@@ -88,14 +89,8 @@ pub async fn run(
     } else {
         tracing::warn!("auth is disabled: every caller may do everything");
     }
-    let (stop_leases, leases_stopped) = tokio::sync::oneshot::channel::<()>();
-    let leases = tokio::spawn(node.clone().run_leases(async move {
-        let _ = leases_stopped.await;
-    }));
-    let (stop_roller, roller_stopped) = tokio::sync::oneshot::channel::<()>();
-    let roller = tokio::spawn(node.clone().run_roller(async move {
-        let _ = roller_stopped.await;
-    }));
+    let leases = Background::spawn(|stop| node.clone().run_leases(stop));
+    let roller = Background::spawn(|stop| node.clone().run_roller(stop));
     let meta = node.meta.clone();
     let watchdog = server.readiness().watch(Duration::from_secs(5), move || {
         let meta = meta.clone();
@@ -103,10 +98,8 @@ pub async fn run(
     });
     let served = server.serve(listener, shutdown).await;
     watchdog.abort();
-    let _ = stop_roller.send(());
-    let _ = roller.await;
-    let _ = stop_leases.send(());
-    let _ = leases.await;
+    roller.stop().await;
+    leases.stop().await;
     node.shutdown().await;
     served
 }

@@ -281,7 +281,7 @@ async fn write_through_changes(
             let request = pb::ProduceRequest {
                 topic: "t".into(),
                 partition,
-                records: records(&[value.clone()]),
+                records: records(std::slice::from_ref(&value)),
                 ..Default::default()
             };
             if let Ok(ack) = agent(&leader).await.produce(request).await {
@@ -330,10 +330,7 @@ async fn agents_rebalance_while_producers_write_and_no_offset_is_assigned_twice(
         .iter()
         .map(|p| p.leader_address.clone())
         .collect();
-    assert!(
-        leaders.iter().any(|l| *l == c.addr),
-        "the new agent got partitions: {leaders:?}"
-    );
+    assert!(leaders.contains(&c.addr), "the new agent got partitions: {leaders:?}");
 
     let mut seen = std::collections::HashSet::new();
     for (partition, offset, _) in &acked {

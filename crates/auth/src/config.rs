@@ -93,15 +93,5 @@ impl ServiceConfig for Config {
         Ok(())
     }
 
-    fn server(&self) -> &ServerConfig {
-        &self.grpc
-    }
-
-    fn server_mut(&mut self) -> &mut ServerConfig {
-        &mut self.grpc
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
+    cairn_service::standard_sections!();
 }

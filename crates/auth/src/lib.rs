@@ -94,10 +94,7 @@ pub async fn serve(
         )
         .with_auth(Auth::new(Arc::new(keys.clone()), policy()));
 
-    let (stop_flusher, flusher_stopped) = tokio::sync::oneshot::channel::<()>();
-    let flusher = tokio::spawn(keys.clone().run_last_used_flusher(async move {
-        let _ = flusher_stopped.await;
-    }));
+    let flusher = cairn_service::task::Background::spawn(|stop| keys.clone().run_last_used_flusher(stop));
     let store = keys.store().clone();
     let watchdog = server.readiness().watch(STORE_CHECK_INTERVAL, move || {
         let store = store.clone();
@@ -105,8 +102,7 @@ pub async fn serve(
     });
     let served = server.serve(listener, shutdown).await;
     watchdog.abort();
-    let _ = stop_flusher.send(());
-    let _ = flusher.await;
+    flusher.stop().await;
     keys.store().close().await;
     served
 }

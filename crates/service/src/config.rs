@@ -59,6 +59,24 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     fn telemetry(&self) -> &TelemetryConfig;
 }
 
+/// Implements [`ServiceConfig::server`], `server_mut` and `telemetry` for a
+/// config whose sections are the fields `grpc` and `telemetry`, as every
+/// Cairn service's are. Use inside the `impl ServiceConfig` block.
+#[macro_export]
+macro_rules! standard_sections {
+    () => {
+        fn server(&self) -> &$crate::ServerConfig {
+            &self.grpc
+        }
+        fn server_mut(&mut self) -> &mut $crate::ServerConfig {
+            &mut self.grpc
+        }
+        fn telemetry(&self) -> &$crate::TelemetryConfig {
+            &self.telemetry
+        }
+    };
+}
+
 /// Flags every service binary takes for its configuration.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
@@ -418,15 +436,7 @@ mod tests {
             }
             Ok(())
         }
-        fn server(&self) -> &ServerConfig {
-            &self.grpc
-        }
-        fn server_mut(&mut self) -> &mut ServerConfig {
-            &mut self.grpc
-        }
-        fn telemetry(&self) -> &TelemetryConfig {
-            &self.telemetry
-        }
+        crate::standard_sections!();
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -651,15 +661,7 @@ impl<const PORT: u16> ServiceConfig for BasicConfig<PORT> {
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
-    fn server(&self) -> &ServerConfig {
-        &self.grpc
-    }
-    fn server_mut(&mut self) -> &mut ServerConfig {
-        &mut self.grpc
-    }
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
+    crate::standard_sections!();
 }
 
 /// Loads `path` as a service's only config layer: what a test of a committed

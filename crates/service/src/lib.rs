@@ -15,6 +15,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sql;
 pub mod status;
+pub mod task;
 pub mod telemetry;
 
 pub use config::{BasicConfig, ClientConfig, ConfigArgs, ConfigError, ServerConfig, ServiceConfig, TelemetryConfig};
