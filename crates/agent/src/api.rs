@@ -1,7 +1,10 @@
 //! The gRPC edge: `cairn.agent.v1.AgentService` and `TopicService`. Requests
 //! are checked against the limits and converted here, before anything is written.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use cairn_proto::{
     Timestamp,
@@ -158,7 +161,7 @@ impl Api {
                 let (leader_id, leader_address, epoch, published) = leases_now.leader(&topic.name, p);
                 // This agent's own partitions are exact; others' as last published.
                 let (log_start_offset, high_watermark) = match self.node.held(&topic.name, p) {
-                    Some(h) => (h.log_start, h.partition.high_watermark()),
+                    Some(h) => (h.log_start.load(Ordering::SeqCst), h.partition.high_watermark()),
                     None => published,
                 };
                 pb::PartitionMetadata {
@@ -335,16 +338,17 @@ impl AgentService for Api {
             wait = wait.min(left.saturating_sub(Duration::from_millis(50)));
         }
         let held = self.partition(&req.topic, req.partition).await?;
-        let (records, high_watermark) = if req.offset < held.partition.wal_start() {
-            if req.offset < held.log_start {
-                let end = held.partition.high_watermark();
-                return Err(Error::OffsetOutOfRange {
-                    offset: req.offset,
-                    start: held.log_start,
-                    end,
-                }
-                .into());
+        let log_start = held.log_start.load(Ordering::SeqCst);
+        if req.offset < log_start {
+            let end = held.partition.high_watermark();
+            return Err(Error::OffsetOutOfRange {
+                offset: req.offset,
+                start: log_start,
+                end,
             }
+            .into());
+        }
+        let (records, high_watermark) = if req.offset < held.partition.wal_start() {
             // Below the local WAL: the committed segments have it.
             let records = self
                 .node
@@ -371,7 +375,7 @@ impl AgentService for Api {
         Ok(Response::new(pb::FetchResponse {
             records,
             high_watermark,
-            log_start_offset: held.log_start,
+            log_start_offset: held.log_start.load(Ordering::SeqCst),
         }))
     }
 }

@@ -85,6 +85,8 @@ pub struct AgentConfig {
     /// Start a new WAL file past this size; files wholly below the committed
     /// offset are deleted.
     pub wal_file_bytes: u64,
+    /// How often each partition's retention and orphan-object sweep runs.
+    pub retention_interval_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -100,6 +102,7 @@ impl Default for AgentConfig {
             write_queue_depth: 4096,
             max_round_bytes: 8 * 1024 * 1024,
             wal_file_bytes: 64 * 1024 * 1024,
+            retention_interval_ms: 60_000,
         }
     }
 }

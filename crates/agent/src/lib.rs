@@ -16,8 +16,8 @@
 //! WAL read segments from the object store, so committed records survive
 //! losing the agent's disk.
 //!
-//! Not built yet: retention, graceful handoff of dirty partitions, and
-//! persisting producer state beyond the WAL.
+//! SIGTERM and rebalancing hand partitions off clean (`Node::hand_off`);
+//! retention deletes whole segments and sweeps orphaned objects.
 
 pub mod api;
 pub mod batch;

@@ -376,6 +376,41 @@ impl Meta {
         Ok(true)
     }
 
+    /// Moves the log start to `offset` and deletes the segment rows below it,
+    /// in one transaction guarded by the holder's epoch. False if the lease moved.
+    pub async fn advance_log_start(
+        &self,
+        topic: &str,
+        partition: u32,
+        me: &str,
+        epoch: u64,
+        offset: u64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE leases SET log_start_offset = $1 \
+             WHERE topic = $2 AND partition = $3 AND holder = $4 AND epoch = $5 AND log_start_offset <= $1",
+        )
+        .bind(offset as i64)
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(me)
+        .bind(epoch as i64)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM segments WHERE topic = $1 AND partition = $2 AND next_offset <= $3")
+            .bind(topic)
+            .bind(i64::from(partition))
+            .bind(offset as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// The idempotence state stored with the last segment commit.
     pub async fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<(u64, u32, String)>> {
         let rows =

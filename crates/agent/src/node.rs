@@ -41,7 +41,9 @@ pub struct Held {
     /// When the next upload may be tried, and the current backoff.
     retry: std::sync::Mutex<(tokio::time::Instant, Duration)>,
     /// The first offset in the log: the first segment's, or the WAL's.
-    pub log_start: u64,
+    pub log_start: std::sync::atomic::AtomicU64,
+    /// When retention last ran for this partition.
+    last_retention: std::sync::Mutex<tokio::time::Instant>,
     /// Idempotence state as of the committed offset (what the next segment
     /// commit stores, advanced by that segment's batches).
     committed_producers: std::sync::Mutex<Producers>,
@@ -195,7 +197,7 @@ impl Node {
         for held in self.all_held() {
             let p = &held.partition;
             let started = now_ms();
-            let offsets = (held.log_start, p.high_watermark());
+            let offsets = (held.log_start.load(Ordering::SeqCst), p.high_watermark());
             let lease = self.lease();
             if self
                 .meta
@@ -355,7 +357,8 @@ impl Node {
             .map_or(partition.wal_start(), |s| s.base_offset.min(partition.wal_start()));
         let held = Arc::new(Held {
             committed_producers: std::sync::Mutex::new(snapshot),
-            log_start,
+            log_start: std::sync::atomic::AtomicU64::new(log_start),
+            last_retention: std::sync::Mutex::new(tokio::time::Instant::now()),
             partition,
             epoch,
             dirty: AtomicBool::new(lease.dirty && was_mine),
@@ -444,6 +447,19 @@ impl Node {
                 if now < next_try {
                     continue;
                 }
+                let retention_due = {
+                    let mut last = held.last_retention.lock().unwrap_or_else(|p| p.into_inner());
+                    let due =
+                        now.duration_since(*last) >= Duration::from_millis(self.config.agent.retention_interval_ms);
+                    if due {
+                        *last = now;
+                    }
+                    due
+                };
+                if retention_due && let Err(error) = self.apply_retention(&held).await {
+                    let p = &held.partition;
+                    tracing::warn!(topic = %p.topic, partition = p.partition, %error, "retention failed; will retry");
+                }
                 match self.roll(&held, false).await {
                     Ok(()) => *held.retry.lock().unwrap_or_else(|p| p.into_inner()) = (now, Duration::ZERO),
                     Err(error) => {
@@ -461,6 +477,86 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Applies the topic's retention to a partition's committed segments, then
+    /// removes objects no segment row refers to.
+    ///
+    /// Whole segments only, oldest first: those whose newest record is older
+    /// than `retention_ms`, then while the rest exceed `retention_bytes`. The
+    /// log start moves in metadata (fenced by the epoch) before any object is
+    /// deleted, so a reader never finds a row whose object is gone.
+    async fn apply_retention(&self, held: &Held) -> Result<()> {
+        let p = &held.partition;
+        let Some(topic) = self.meta.topic(&p.topic).await? else {
+            return Ok(());
+        };
+        let segments = self.meta.segments(&p.topic, p.partition).await?;
+        let now = now_ms();
+        let mut keep_from = 0usize;
+        if topic.retention_ms > 0 {
+            keep_from = segments
+                .iter()
+                .take_while(|s| s.max_ts < now - topic.retention_ms)
+                .count();
+        }
+        if topic.retention_bytes > 0 {
+            let mut total: u64 = segments[keep_from..].iter().map(|s| s.size_bytes).sum();
+            while keep_from < segments.len() && total > topic.retention_bytes as u64 {
+                total -= segments[keep_from].size_bytes;
+                keep_from += 1;
+            }
+        }
+        if keep_from > 0 {
+            let new_start = segments[keep_from - 1].next_offset;
+            if !self
+                .meta
+                .advance_log_start(&p.topic, p.partition, &self.id, held.epoch, new_start)
+                .await?
+            {
+                return Ok(());
+            }
+            held.log_start.store(new_start, Ordering::SeqCst);
+            for s in &segments[..keep_from] {
+                if let Err(error) = self.store.delete(&s.object_key).await {
+                    // The row is gone; the orphan sweep below retries the object.
+                    tracing::warn!(key = %s.object_key, %error, "deleting an expired segment object failed");
+                }
+            }
+            tracing::info!(topic = %p.topic, partition = p.partition, log_start = new_start, segments = keep_from, "retention deleted segments");
+        }
+        // Objects without a row: a fenced holder's upload, an upload whose
+        // commit never happened, or a delete that failed above. Only objects
+        // that no commit of this holder can still claim are removed.
+        let referenced: std::collections::HashSet<String> = self
+            .meta
+            .segments(&p.topic, p.partition)
+            .await?
+            .into_iter()
+            .map(|s| s.object_key)
+            .collect();
+        let committed = p.committed();
+        for object in self
+            .store
+            .list(&format!("{}/{}/", p.topic, p.partition))
+            .await
+            .map_err(|e| Error::Retryable(e.to_string()))?
+        {
+            if referenced.contains(&object.key) {
+                continue;
+            }
+            let Some((base, epoch)) = parse_segment_key(&object.key) else {
+                continue;
+            };
+            if epoch != held.epoch || base < committed {
+                if let Err(error) = self.store.delete(&object.key).await {
+                    tracing::warn!(key = %object.key, %error, "deleting an orphaned object failed");
+                } else {
+                    tracing::info!(key = %object.key, "deleted an orphaned segment object");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Uploads `[committed, high watermark)` as one segment if it is due, then
@@ -605,6 +701,30 @@ impl Node {
     }
 }
 
+/// `(base offset, epoch)` from a key `topic/partition/BASE-NEXT-eEPOCH.seg`.
+fn parse_segment_key(key: &str) -> Option<(u64, u64)> {
+    let name = key.rsplit('/').next()?.strip_suffix(".seg")?;
+    let (offsets, epoch) = name.split_once("-e")?;
+    let (base, _next) = offsets.split_once('-')?;
+    Some((base.parse().ok()?, epoch.parse().ok()?))
+}
+
 fn spread(agent: &str, topic: &str, partition: u32) -> u32 {
     crc32fast::hash(format!("{agent}/{topic}/{partition}").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_keys_parse() {
+        assert_eq!(
+            parse_segment_key("t/0/00000000000000000100-00000000000000000200-e7.seg"),
+            Some((100, 7))
+        );
+        for bad in ["t/0/x.seg", "t/0/1-2.seg", "t/0/1-2-e.seg", "t/0/1-2-e3.txt", ""] {
+            assert_eq!(parse_segment_key(bad), None, "{bad}");
+        }
+    }
 }

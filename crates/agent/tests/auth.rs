@@ -79,7 +79,7 @@ async fn produce_fetch_and_topic_admin_need_their_scopes() {
     let none = topics(&a.addr).await.create_topic(create.clone()).await.unwrap_err();
     assert_eq!(none.code(), Code::Unauthenticated);
     topics(&a.addr).await.create_topic(with(create, &ops)).await.unwrap();
-    wait_leader_with(&a.addr, &ops).await;
+    wait_leader_with(&a.addr, &reader).await;
 
     let produce = |t: &str| pb::ProduceRequest {
         topic: t.into(),
@@ -125,7 +125,8 @@ async fn produce_fetch_and_topic_admin_need_their_scopes() {
     );
 }
 
-async fn wait_leader_with(addr: &str, key: &str) {
+/// Waits until `addr` leads and serves clicks/0 (probing with a fetch as `reader`).
+async fn wait_leader_with(addr: &str, reader: &str) {
     for _ in 0..200 {
         let meta = agent(addr)
             .await
@@ -133,10 +134,18 @@ async fn wait_leader_with(addr: &str, key: &str) {
                 pb::GetMetadataRequest {
                     topics: vec!["clicks".into()],
                 },
-                key,
+                reader,
             ))
             .await;
-        if meta.is_ok_and(|m| m.into_inner().topics[0].partitions[0].leader_address == addr) {
+        let leads = meta.is_ok_and(|m| m.into_inner().topics[0].partitions[0].leader_address == addr);
+        let probe = pb::FetchRequest {
+            topic: "clicks".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1,
+            max_wait_ms: 0,
+        };
+        if leads && agent(addr).await.fetch(with(probe, reader)).await.is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -327,3 +327,156 @@ async fn sigterm_hands_partitions_off_clean_and_the_next_agent_continues() {
     assert_eq!(retry.base_offset, 9);
     assert_eq!(read_all(&b.addr, "t", 0).await.len(), 11);
 }
+
+#[tokio::test]
+async fn retention_deletes_whole_old_segments_and_orphaned_objects() {
+    let cluster = Cluster::new();
+    let objects = cluster.dir.path().join("objects");
+    let url = format!("object_store.url=file://{}", objects.display());
+    let a = cluster
+        .start("a", &["--set", &url, "--set", "agent.retention_interval_ms=200"])
+        .await;
+    topics(&a.addr)
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: "t".into(),
+            config: Some(pb::TopicConfig {
+                partitions: 1,
+                retention_bytes: 6_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    wait_leader(&a.addr, "t", 0).await;
+    let store = LocalStore::new(&objects).unwrap();
+    // An object no metadata row refers to, as a fenced holder (epoch 0) would leave.
+    let orphan = "t/0/00000000000000000900-00000000000000000901-e0.seg";
+    store
+        .put_if_absent(orphan, bytes::Bytes::from_static(b"stale"))
+        .await
+        .unwrap();
+
+    let mut client = agent(&a.addr).await;
+    let mut seed = 12345u64;
+    for i in 0..10 {
+        // Incompressible values, so each segment is about 2 KB.
+        let value: String = (0..2000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'a' + (seed % 26) as u8)
+            })
+            .collect();
+        client
+            .produce(produce(&[format!("{i}:{value}")], pb::AckMode::Committed))
+            .await
+            .unwrap();
+    }
+    let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
+    let mut segments = meta.segments("t", 0).await.unwrap();
+    for _ in 0..50 {
+        if segments.iter().map(|s| s.size_bytes).sum::<u64>() <= 6_000 && store.get(orphan).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        segments = meta.segments("t", 0).await.unwrap();
+    }
+    let kept: u64 = segments.iter().map(|s| s.size_bytes).sum();
+    assert!(
+        kept <= 6_000 && !segments.is_empty(),
+        "kept {kept} bytes in {} segments",
+        segments.len()
+    );
+    assert_eq!(segments.last().unwrap().next_offset, 10, "the newest segments stay");
+    let start = segments[0].base_offset;
+    assert!(start > 0, "old segments went");
+
+    // Objects: exactly the rows' keys remain, and the orphan is gone.
+    let mut listed: Vec<String> = store.list("t/0/").await.unwrap().into_iter().map(|o| o.key).collect();
+    listed.sort();
+    let mut keys: Vec<String> = segments.iter().map(|s| s.object_key.clone()).collect();
+    keys.sort();
+    assert_eq!(listed, keys);
+
+    // Reads: below the log start is out of range; from it, records are there.
+    let below = client
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(below.code(), Code::OutOfRange);
+    let page = client
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: start,
+            max_bytes: 0,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.records[0].offset, start);
+    assert_eq!(page.log_start_offset, start);
+}
+
+#[tokio::test]
+async fn retention_by_time_drops_segments_whose_records_are_all_too_old() {
+    let cluster = Cluster::new();
+    let objects = cluster.dir.path().join("objects");
+    let url = format!("object_store.url=file://{}", objects.display());
+    let a = cluster
+        .start("a", &["--set", &url, "--set", "agent.retention_interval_ms=200"])
+        .await;
+    topics(&a.addr)
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: "t".into(),
+            config: Some(pb::TopicConfig {
+                partitions: 1,
+                retention_ms: 60_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let now = cairn_agent::partition::now_ms();
+    // Two old records (by their own timestamps), then a fresh one.
+    for ts in [now - 3_600_000, now - 3_500_000, now] {
+        let record = pb::Record {
+            value: ts.to_string().into_bytes(),
+            timestamp_ms: ts,
+            ..Default::default()
+        };
+        let request = pb::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            records: vec![record],
+            ack_mode: pb::AckMode::Committed as i32,
+            ..Default::default()
+        };
+        client.produce(request).await.unwrap();
+    }
+    let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
+    let mut segments = meta.segments("t", 0).await.unwrap();
+    for _ in 0..50 {
+        if segments.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        segments = meta.segments("t", 0).await.unwrap();
+    }
+    assert_eq!(segments.len(), 1, "only the segment with a recent record stays");
+    assert_eq!((segments[0].base_offset, segments[0].next_offset), (2, 3));
+    let store = LocalStore::new(&objects).unwrap();
+    assert_eq!(store.list("t/0/").await.unwrap().len(), 1);
+}
