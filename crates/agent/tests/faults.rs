@@ -25,10 +25,20 @@ fn rounds() -> u32 {
 
 #[tokio::test]
 async fn kill_9_during_produce_loses_nothing_acknowledged() {
-    let cluster = Cluster::new();
+    kill_9_rounds(Cluster::new(), rounds()).await;
+}
+
+#[tokio::test]
+async fn kill_9_with_postgres_metadata_loses_nothing_acknowledged() {
+    let Some(cluster) = Cluster::on_postgres().await else {
+        return;
+    };
+    kill_9_rounds(cluster, 5).await;
+}
+
+async fn kill_9_rounds(cluster: Cluster, rounds: u32) {
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
     let mut sent = 0u64;
-    let rounds = rounds();
     for round in 0..rounds {
         let mut a = cluster.start("a", &[]).await;
         if round == 0 {

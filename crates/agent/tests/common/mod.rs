@@ -24,6 +24,16 @@ impl Cluster {
         Cluster { dir, meta_url }
     }
 
+    /// A cluster whose agents share a fresh database on the test Postgres
+    /// server, or `None` (test skipped) when there is none.
+    pub async fn on_postgres() -> Option<Cluster> {
+        let meta_url = cairn_testkit::postgres_url().await?;
+        Some(Cluster {
+            dir: TempDir::new("agents-pg"),
+            meta_url,
+        })
+    }
+
     pub fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
