@@ -650,6 +650,9 @@ impl Node {
                 tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
             }
         }
+        if let Err(error) = self.meta.deregister(&self.id).await {
+            tracing::warn!(%error, "leaving the membership failed; others will notice when the heartbeat ages out");
+        }
     }
 
     /// Commits the partition's last records and releases it clean, so another

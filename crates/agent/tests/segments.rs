@@ -305,6 +305,12 @@ async fn sigterm_hands_partitions_off_clean_and_the_next_agent_continues() {
     // Durable, not committed: without a handoff no other agent could take it.
     assert_eq!(a.terminate(Duration::from_secs(30)), Some(0), "{}", a.log_text());
     assert!(a.log_text().contains("handed off clean"), "{}", a.log_text());
+    let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
+    let live = meta.live_agents(Duration::from_secs(60)).await.unwrap();
+    assert!(
+        live.iter().all(|agent| agent.address != a.addr),
+        "a stopped agent leaves the membership at once"
+    );
 
     let b = cluster.start("b", &["--set", &url]).await;
     wait_leader(&b.addr, "t", 0).await;
