@@ -47,8 +47,7 @@ async fn records_in_store(store: &dyn ObjectStore) -> Vec<(u64, Vec<u8>)> {
 #[tokio::test]
 async fn a_committed_ack_means_the_records_are_in_a_committed_segment() {
     let cluster = Cluster::new();
-    let objects = cluster.dir.path().join("objects");
-    let url = format!("object_store.url=file://{}", objects.display());
+    let (objects, url) = cluster.objects();
     let a = cluster.start("a", &["--set", &url]).await;
     create_topic(&a.addr, "t", 1).await;
     wait_leader(&a.addr, "t", 0).await;
@@ -204,8 +203,7 @@ async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follo
 #[tokio::test]
 async fn committed_records_survive_losing_the_agents_disk() {
     let cluster = Cluster::new();
-    let objects = cluster.dir.path().join("objects");
-    let url = format!("object_store.url=file://{}", objects.display());
+    let (_, url) = cluster.objects();
     let args = ["--set", &url, "--set", "agent.id=agent-a"];
     let mut a = cluster.start("a", &args).await;
     create_topic(&a.addr, "t", 1).await;
@@ -248,8 +246,7 @@ async fn committed_records_survive_losing_the_agents_disk() {
 #[tokio::test]
 async fn the_wal_is_truncated_once_segments_cover_it() {
     let cluster = Cluster::new();
-    let objects = cluster.dir.path().join("objects");
-    let url = format!("object_store.url=file://{}", objects.display());
+    let (_, url) = cluster.objects();
     let args = ["--set", &url, "--set", "agent.wal_file_bytes=4096"];
     let mut a = cluster.start("a", &args).await;
     create_topic(&a.addr, "t", 1).await;
@@ -282,8 +279,7 @@ async fn the_wal_is_truncated_once_segments_cover_it() {
 #[tokio::test]
 async fn sigterm_hands_partitions_off_clean_and_the_next_agent_continues() {
     let cluster = Cluster::new();
-    let objects = cluster.dir.path().join("objects");
-    let url = format!("object_store.url=file://{}", objects.display());
+    let (_, url) = cluster.objects();
     let mut a = cluster.start("a", &["--set", &url]).await;
     create_topic(&a.addr, "t", 1).await;
     wait_leader(&a.addr, "t", 0).await;
@@ -337,23 +333,20 @@ async fn sigterm_hands_partitions_off_clean_and_the_next_agent_continues() {
 #[tokio::test]
 async fn retention_deletes_whole_old_segments_and_orphaned_objects() {
     let cluster = Cluster::new();
-    let objects = cluster.dir.path().join("objects");
-    let url = format!("object_store.url=file://{}", objects.display());
+    let (objects, url) = cluster.objects();
     let a = cluster
         .start("a", &["--set", &url, "--set", "agent.retention_interval_ms=200"])
         .await;
-    topics(&a.addr)
-        .await
-        .create_topic(pb::CreateTopicRequest {
-            name: "t".into(),
-            config: Some(pb::TopicConfig {
-                partitions: 1,
-                retention_bytes: 6_000,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    create_topic_with(
+        &a.addr,
+        "t",
+        pb::TopicConfig {
+            partitions: 1,
+            retention_bytes: 6_000,
+            ..Default::default()
+        },
+    )
+    .await;
     wait_leader(&a.addr, "t", 0).await;
     let store = LocalStore::new(&objects).unwrap();
     // An object no metadata row refers to, as a fenced holder (epoch 0) would leave.
@@ -436,23 +429,20 @@ async fn retention_deletes_whole_old_segments_and_orphaned_objects() {
 #[tokio::test]
 async fn retention_by_time_drops_segments_whose_records_are_all_too_old() {
     let cluster = Cluster::new();
-    let objects = cluster.dir.path().join("objects");
-    let url = format!("object_store.url=file://{}", objects.display());
+    let (objects, url) = cluster.objects();
     let a = cluster
         .start("a", &["--set", &url, "--set", "agent.retention_interval_ms=200"])
         .await;
-    topics(&a.addr)
-        .await
-        .create_topic(pb::CreateTopicRequest {
-            name: "t".into(),
-            config: Some(pb::TopicConfig {
-                partitions: 1,
-                retention_ms: 60_000,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    create_topic_with(
+        &a.addr,
+        "t",
+        pb::TopicConfig {
+            partitions: 1,
+            retention_ms: 60_000,
+            ..Default::default()
+        },
+    )
+    .await;
     wait_leader(&a.addr, "t", 0).await;
     let mut client = agent(&a.addr).await;
     let now = cairn_agent::partition::now_ms();

@@ -34,6 +34,14 @@ impl Cluster {
         })
     }
 
+    /// A local object store directory shared by this cluster's agents, and the
+    /// `--set` value that points an agent at it.
+    pub fn objects(&self) -> (PathBuf, String) {
+        let dir = self.dir.path().join("objects");
+        let arg = format!("object_store.url=file://{}", dir.display());
+        (dir, arg)
+    }
+
     pub fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -81,17 +89,23 @@ pub async fn topics(addr: &str) -> TopicServiceClient<Channel> {
 }
 
 pub async fn create_topic(addr: &str, name: &str, partitions: u32) {
-    topics(addr)
-        .await
-        .create_topic(pb::CreateTopicRequest {
-            name: name.into(),
-            config: Some(pb::TopicConfig {
-                partitions,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    create_topic_with(
+        addr,
+        name,
+        pb::TopicConfig {
+            partitions,
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+pub async fn create_topic_with(addr: &str, name: &str, config: pb::TopicConfig) {
+    let request = pb::CreateTopicRequest {
+        name: name.into(),
+        config: Some(config),
+    };
+    topics(addr).await.create_topic(request).await.unwrap();
 }
 
 pub fn records(values: &[String]) -> Vec<pb::Record> {
