@@ -90,7 +90,8 @@ impl Wal {
     /// Opens (creating if needed) the WAL in `dir` and recovers it. `floor` is
     /// the partition's committed offset: an empty WAL starts there (the disk
     /// was lost or replaced; segments hold everything below), and a WAL that
-    /// ends below it is refused (it would hand out offsets segments already hold).
+    /// ends below it is discarded and started afresh there (its records are
+    /// all in segments; keeping it would hand out offsets segments already hold).
     pub fn open(dir: &Path, floor: u64) -> Result<Recovered> {
         std::fs::create_dir_all(dir)?;
         let mut bases = wal_files(dir)?;
@@ -148,10 +149,16 @@ impl Wal {
         let last_base = *bases.last().unwrap_or(&floor);
         let next_offset = entries.last().map_or(last_base.max(floor), |e| e.next_offset);
         if next_offset < floor {
-            return Err(Error::Corrupt(format!(
-                "{}: the WAL ends at offset {next_offset} but segments are committed up to {floor}",
-                dir.display()
-            )));
+            // Everything here is below the committed offset: a WAL left from an
+            // earlier tenure (another agent has written and committed since) or
+            // from a partly lost disk. Segments hold all of it; start afresh at
+            // the committed offset so no offset is handed out twice.
+            tracing::warn!(dir = %dir.display(), wal_end = next_offset, committed = floor, "discarding a WAL wholly below the committed offset");
+            drop(files);
+            for base in &bases {
+                std::fs::remove_file(dir.join(file_name(*base)))?;
+            }
+            return Wal::open(dir, floor);
         }
         let start = entries.first().map_or(next_offset, |e| e.base_offset);
         let file = OpenOptions::new().append(true).open(dir.join(file_name(last_base)))?;
@@ -574,10 +581,14 @@ mod tests {
         let recovered = Wal::open(dir.path(), 7).unwrap();
         assert_eq!(recovered.wal.next_offset(), 8);
         assert_eq!(recovered.wal.reader().start(), 7);
-        assert!(
-            matches!(Wal::open(dir.path(), 9), Err(Error::Corrupt(_))),
-            "a WAL behind the committed offset"
+        let stale = Wal::open(dir.path(), 9).unwrap();
+        assert_eq!(
+            stale.wal.next_offset(),
+            9,
+            "a WAL wholly below the committed offset starts afresh there"
         );
+        assert!(stale.batches.is_empty());
+        assert_eq!(wal_files(dir.path()).unwrap(), vec![9]);
     }
 
     #[test]

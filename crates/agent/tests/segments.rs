@@ -476,3 +476,36 @@ async fn retention_by_time_drops_segments_whose_records_are_all_too_old() {
     let store = LocalStore::new(&objects).unwrap();
     assert_eq!(store.list("t/0/").await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_partition_handed_back_and_forth_continues_on_each_agent() {
+    let cluster = Cluster::new();
+    let (_, url) = cluster.objects();
+    let mut expected: Vec<String> = Vec::new();
+    // a leads, hands off; b leads, hands off; a leads again with its old WAL on disk.
+    for (round, name) in ["a", "b", "a"].into_iter().enumerate() {
+        let mut agent_process = cluster
+            .start(name, &["--set", &url, "--set", &format!("agent.id=agent-{name}")])
+            .await;
+        if round == 0 {
+            create_topic(&agent_process.addr, "t", 1).await;
+        }
+        wait_leader(&agent_process.addr, "t", 0).await;
+        let values: Vec<String> = (round * 5..round * 5 + 5).map(|i| format!("v{i}")).collect();
+        let mut client = agent(&agent_process.addr).await;
+        for v in &values {
+            client
+                .produce(produce(std::slice::from_ref(v), pb::AckMode::Durable))
+                .await
+                .unwrap();
+        }
+        expected.extend(values);
+        let log = read_all(&agent_process.addr, "t", 0).await;
+        let values: Vec<String> = log
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone()).unwrap())
+            .collect();
+        assert_eq!(values, expected, "round {round} on {name}");
+        assert_eq!(agent_process.terminate(Duration::from_secs(30)), Some(0));
+    }
+}
