@@ -177,7 +177,8 @@ impl Meta {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        // The objects stay behind until an orphan sweep (not built yet) removes them.
+        // The objects stay behind: the orphan sweep only covers partitions an agent
+        // leads, so a deleted topic's objects need a cleanup that is not built yet.
         sqlx::query("DELETE FROM segments WHERE topic = $1")
             .bind(name)
             .execute(&mut *tx)

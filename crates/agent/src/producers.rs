@@ -36,6 +36,18 @@ pub enum Verdict {
     Duplicate(Appended),
 }
 
+fn starts_at_zero(p: ProducerInfo) -> Result<Verdict> {
+    if p.base_sequence == 0 {
+        Ok(Verdict::Append)
+    } else {
+        Err(Error::OutOfOrderSequence {
+            producer_id: p.producer_id,
+            expected: 0,
+            got: p.base_sequence,
+        })
+    }
+}
+
 /// The idempotence state of one partition.
 #[derive(Debug, Clone, Default)]
 pub struct Producers {
@@ -108,16 +120,11 @@ impl Producers {
         if p.producer_id == 0 {
             return Ok(Verdict::Append);
         }
-        let Some(known) = self.by_id.get(&p.producer_id) else {
-            return if p.base_sequence == 0 {
-                Ok(Verdict::Append)
-            } else {
-                Err(Error::OutOfOrderSequence {
-                    producer_id: p.producer_id,
-                    expected: 0,
-                    got: p.base_sequence,
-                })
-            };
+        let known = match self.by_id.get(&p.producer_id) {
+            // A producer new here, or a new epoch of one, starts its sequence at 0.
+            None => return starts_at_zero(p),
+            Some(known) if p.epoch > known.epoch => return starts_at_zero(p),
+            Some(known) => known,
         };
         if p.epoch < known.epoch {
             return Err(Error::ProducerFenced {
@@ -125,18 +132,6 @@ impl Producers {
                 epoch: p.epoch,
                 current: known.epoch,
             });
-        }
-        if p.epoch > known.epoch {
-            // A new epoch starts its sequence again.
-            return if p.base_sequence == 0 {
-                Ok(Verdict::Append)
-            } else {
-                Err(Error::OutOfOrderSequence {
-                    producer_id: p.producer_id,
-                    expected: 0,
-                    got: p.base_sequence,
-                })
-            };
         }
         if let Some(original) = known
             .batches
