@@ -92,9 +92,12 @@ impl From<Error> for Status {
                 with_reason(Code::FailedPrecondition, message, "NOT_LEADER", metadata)
             }
             Error::ProducerFenced { .. } => with_reason(Code::FailedPrecondition, message, "PRODUCER_FENCED", vec![]),
-            Error::OutOfOrderSequence { .. } => {
-                with_reason(Code::FailedPrecondition, message, "OUT_OF_ORDER_SEQUENCE", vec![])
-            }
+            Error::OutOfOrderSequence { expected, .. } => with_reason(
+                Code::FailedPrecondition,
+                message,
+                "OUT_OF_ORDER_SEQUENCE",
+                vec![("expected_sequence".to_owned(), expected.to_string())],
+            ),
             Error::UnknownProducer(_) => with_reason(Code::FailedPrecondition, message, "UNKNOWN_PRODUCER", vec![]),
             Error::OffsetOutOfRange { .. } => Status::out_of_range(message),
             Error::Retryable(_) => status::unavailable(message, Duration::from_millis(200)),

@@ -1,0 +1,66 @@
+//! The calls the producer makes: every one carries the API key, a deadline
+//! (never later than the caller's) and the trace context.
+
+use std::time::Duration;
+
+use cairn_proto::cairn::agent::v1::{self as pb, agent_service_client::AgentServiceClient};
+use cairn_service::{auth::attach_key, client};
+use tonic::{Request, Status};
+
+use crate::{pool::Pool, record::EncodedProduce};
+
+const PRODUCE_PATH: &str = "/cairn.agent.v1.AgentService/Produce";
+
+/// Connections plus what every request carries.
+#[derive(Debug)]
+pub struct Rpc {
+    pub pool: Pool,
+    api_key: Option<String>,
+    request_timeout: Duration,
+}
+
+impl Rpc {
+    pub fn new(pool: Pool, api_key: Option<String>, request_timeout: Duration) -> Self {
+        Rpc {
+            pool,
+            api_key,
+            request_timeout,
+        }
+    }
+
+    /// `message` with the key, trace context and a deadline of `timeout`
+    /// (`Duration::ZERO`: the request timeout), capped by the caller's.
+    pub fn request<T>(&self, message: T, timeout: Duration) -> Result<Request<T>, Status> {
+        let timeout = if timeout.is_zero() { self.request_timeout } else { timeout };
+        let mut request = client::request(message, timeout);
+        if let Some(key) = &self.api_key {
+            attach_key(&mut request, key)?;
+        }
+        Ok(request)
+    }
+
+    /// One Produce call to `address` with records already encoded.
+    pub async fn produce(
+        &self,
+        address: &str,
+        message: EncodedProduce,
+        timeout: Duration,
+    ) -> Result<pb::ProduceResponse, Status> {
+        let channel = self.pool.channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+        let request = self.request(message, timeout)?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("connecting to {address}: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<EncodedProduce, pb::ProduceResponse>::default();
+        let path = http::uri::PathAndQuery::from_static(PRODUCE_PATH);
+        Ok(grpc.unary(request, path, codec).await?.into_inner())
+    }
+
+    /// A producer id and epoch from the agent at `address`.
+    pub async fn init_producer(&self, address: &str, name: &str) -> Result<pb::InitProducerResponse, Status> {
+        let channel = self.pool.channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+        let request = self.request(pb::InitProducerRequest { name: name.to_owned() }, Duration::ZERO)?;
+        Ok(AgentServiceClient::new(channel).init_producer(request).await?.into_inner())
+    }
+}
