@@ -47,8 +47,18 @@ impl Pool {
         }
     }
 
-    /// A connection to `address`, opened on first use.
+    /// A connection to `address`, opened on first use; calls rotate over the agent's connections.
     pub fn channel(&self, address: &str) -> Result<Channel, ProduceError> {
+        self.pick(address, None)
+    }
+
+    /// The connection to `address` that calls with this `affinity` always use
+    /// (one partition's requests share a connection, so they usually arrive in order).
+    pub fn channel_for(&self, address: &str, affinity: u32) -> Result<Channel, ProduceError> {
+        self.pick(address, Some(affinity as usize))
+    }
+
+    fn pick(&self, address: &str, affinity: Option<usize>) -> Result<Channel, ProduceError> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if !slots.contains_key(address) {
             let channels = (0..self.per_agent)
@@ -69,8 +79,14 @@ impl Pool {
         }
         let slot = slots.get_mut(address).ok_or(ProduceError::Closed)?;
         slot.last_used = Instant::now();
-        slot.next = (slot.next + 1) % slot.channels.len();
-        Ok(slot.channels[slot.next].clone())
+        let index = match affinity {
+            Some(a) => a % slot.channels.len(),
+            None => {
+                slot.next = (slot.next + 1) % slot.channels.len();
+                slot.next
+            }
+        };
+        Ok(slot.channels[index].clone())
     }
 
     /// Closes the connections of agents unused for the idle timeout; returns how many agents.

@@ -39,14 +39,18 @@ impl Rpc {
         Ok(request)
     }
 
-    /// One Produce call to `address` with records already encoded.
+    /// One Produce call to `address` with records already encoded, on the
+    /// connection the partition uses.
     pub async fn produce(
         &self,
         address: &str,
         message: EncodedProduce,
         timeout: Duration,
     ) -> Result<pb::ProduceResponse, Status> {
-        let channel = self.pool.channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = self
+            .pool
+            .channel_for(address, message.head.partition)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let request = self.request(message, timeout)?;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()

@@ -5,20 +5,26 @@
 //! directly; [`run`] drives it for one partition.
 //!
 //! The rules:
-//! - Batches go out in order, up to `max_in_flight` at once. A sequence number
-//!   is given to a batch when it is first sent and kept across its retries.
+//! - Batches go out in order, and only the `max_in_flight` oldest
+//!   unacknowledged batches may be on the wire: answers can arrive out of order
+//!   (requests race inside the agent), and this keeps every batch that may have
+//!   been appended within the agent's five-batch deduplication window. A
+//!   sequence number is given to a batch when it is first sent and kept across
+//!   its retries.
 //! - Any retryable answer (overload, a leader change, a lost connection) stops
 //!   new sends until every batch on the wire has answered, then resends the
 //!   unacknowledged ones in order after a backoff. A batch that was appended
 //!   but whose answer was lost comes back as a duplicate with its original
 //!   offsets; one that was not is appended now. Order is never changed.
-//! - "Out of order sequence" for a batch behind an unanswered one means it was
-//!   not appended (its predecessor was not); it is resent with the others. For
-//!   the first unacknowledged batch it carries the sequence the agent expects:
-//!   everything from there on was not appended, so the pipeline renumbers the
-//!   unacknowledged batches from that sequence. A batch that failed for good or
-//!   timed out therefore never leaves a gap, and no sequence number is spent
-//!   on a batch that was not appended.
+//! - "Out of order sequence" means the batch was not appended. Usually a
+//!   predecessor had not arrived yet (two requests raced), so it is resent in
+//!   turn. When the sequence the agent expects is where a batch of ours ended
+//!   without being appended (refused for good, or timed out), the pipeline
+//!   waits for the wire to empty and renumbers the unacknowledged batches from
+//!   there, so a failed batch never leaves a gap. The numbers of a refused last
+//!   batch go straight to the next one. No other answer moves numbers back: a
+//!   stale "expected" (sent before a racing predecessor landed) must not make
+//!   a new batch look like a duplicate of an appended one.
 //! - A batch whose delivery timeout passes while it is not on the wire fails
 //!   with "timed out" (its fate is unknown if an attempt may have landed).
 
@@ -162,6 +168,9 @@ pub struct Pipeline {
     recovering: bool,
     /// Renumber unacknowledged batches from here once the wire is empty.
     rewind: Option<u64>,
+    /// First sequence numbers of batches that ended without an acknowledgement
+    /// and whose numbers were not reused: the only places a rewind may go to.
+    gaps: VecDeque<u64>,
     not_before: Option<Instant>,
 }
 
@@ -175,6 +184,7 @@ impl Pipeline {
             in_flight: 0,
             recovering: false,
             rewind: None,
+            gaps: VecDeque::new(),
             not_before: None,
         }
     }
@@ -234,6 +244,9 @@ impl Pipeline {
         let mut kept = VecDeque::with_capacity(self.pending.len());
         for p in self.pending.drain(..) {
             if !p.in_flight && p.batch.created + timeout <= now {
+                if let Some(seq) = p.sequence {
+                    remember_gap(&mut self.gaps, seq);
+                }
                 p.batch.complete(Err(ProduceError::TimedOut {
                     after: timeout,
                     maybe_written: p.maybe_written,
@@ -259,13 +272,17 @@ impl Pipeline {
             self.recovering = false;
             if let Some(from) = self.rewind.take() {
                 self.next_sequence = from;
+                self.gaps.retain(|g| *g < from);
                 for p in &mut self.pending {
                     p.sequence = None;
                 }
             }
         }
         let mut out = Vec::new();
-        for p in self.pending.iter_mut() {
+        // Ids count every batch pushed, acknowledged ones included, so this bounds
+        // the span from the oldest unacknowledged batch to the newest sent.
+        let window_end = self.pending.front().map_or(0, |p| p.id) + self.limits.max_in_flight as u64;
+        for p in self.pending.iter_mut().take_while(|p| p.id < window_end) {
             if self.in_flight >= self.limits.max_in_flight {
                 break;
             }
@@ -301,15 +318,21 @@ impl Pipeline {
         self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
     }
 
-    fn fail_at(&mut self, index: usize, error: ProduceError) {
+    /// Ends batch `index` unacknowledged. `appended_not`: the agent refused it,
+    /// so its numbers may be reused.
+    fn fail_at(&mut self, index: usize, error: ProduceError, appended_not: bool) {
         if let Some(p) = self.pending.remove(index) {
-            // A batch that failed for good was not appended: when nothing after it
-            // was numbered yet, its numbers go to the next batch.
             if let Some(seq) = p.sequence
-                && seq + u64::from(p.batch.count) == self.next_sequence
-                && !self.pending.iter().skip(index).any(|q| q.sequence.is_some())
+                && appended_not
             {
-                self.next_sequence = seq;
+                let last = seq + u64::from(p.batch.count) == self.next_sequence
+                    && !self.pending.iter().skip(index).any(|q| q.sequence.is_some());
+                if last {
+                    // Nothing after it was numbered: the next batch takes its numbers.
+                    self.next_sequence = seq;
+                } else {
+                    remember_gap(&mut self.gaps, seq);
+                }
             }
             p.batch.complete(Err(error));
         }
@@ -333,6 +356,10 @@ impl Pipeline {
                         .unwrap_or(0),
                 };
                 if let Some(p) = self.pending.remove(index) {
+                    // Numbers at or below an appended batch are filled, not gaps.
+                    if let Some(seq) = p.sequence {
+                        self.gaps.retain(|g| *g > seq);
+                    }
                     p.batch.complete(Ok(acked));
                 }
                 return effects;
@@ -360,15 +387,25 @@ impl Pipeline {
                 let first = index == 0;
                 let sequence = self.pending[index].sequence.unwrap_or_default();
                 match expected {
-                    // Behind an unanswered batch: not appended, resend in turn.
-                    _ if !first => {}
-                    Some(e) if e < sequence => self.rewind = Some(e),
-                    _ => {
+                    // The agent waits where one of ours ended unappended: renumber from there.
+                    Some(e) if first && e < sequence && self.gaps.contains(&e) => self.rewind = Some(e),
+                    // The agent is past this batch yet does not remember it: its state
+                    // is not ours (it cannot happen within the window). Give this batch
+                    // up and continue where the agent is.
+                    Some(e) if first && e > sequence => {
                         let error = ProduceError::Rejected {
                             code: status.code(),
                             message: status.message().to_owned(),
                         };
-                        self.fail_at(index, error);
+                        self.fail_at(index, error, false);
+                        self.rewind = Some(e);
+                    }
+                    // A predecessor had not landed yet: resend in turn, after a pause
+                    // if this keeps happening.
+                    _ => {
+                        if attempts > 2 {
+                            self.back_off(now, attempts - 2, None);
+                        }
                     }
                 }
             }
@@ -378,7 +415,7 @@ impl Pipeline {
             }
             Class::Fatal(code, message) => {
                 self.recovering = true;
-                self.fail_at(index, ProduceError::Rejected { code, message });
+                self.fail_at(index, ProduceError::Rejected { code, message }, true);
             }
         }
         effects
@@ -392,6 +429,17 @@ impl Pipeline {
         self.in_flight = 0;
         self.recovering = false;
         self.rewind = None;
+    }
+}
+
+const REMEMBERED_GAPS: usize = 16;
+
+fn remember_gap(gaps: &mut VecDeque<u64>, sequence: u64) {
+    if !gaps.contains(&sequence) {
+        gaps.push_back(sequence);
+    }
+    while gaps.len() > REMEMBERED_GAPS {
+        gaps.pop_front();
     }
 }
 
@@ -559,7 +607,7 @@ mod tests {
         let sends = p.ready(now);
         assert_eq!(sends.iter().map(|s| s.base_sequence).collect::<Vec<_>>(), [0, 3]);
         assert!(p.ready(now).is_empty(), "two in flight is the limit");
-        p.on_answer(sends[1].id, ok(13, 2), now);
+        p.on_answer(sends[0].id, ok(10, 3), now);
         let third = p.ready(now);
         assert_eq!(third.len(), 1);
         assert_eq!(third[0].base_sequence, 5);
@@ -614,6 +662,40 @@ mod tests {
         ));
         p.on_answer(again[0].id, ok(0, 2), now);
         assert_eq!(p.next_sequence(), 2);
+    }
+
+    #[test]
+    fn only_the_oldest_unacknowledged_batches_may_be_on_the_wire() {
+        let mut p = Pipeline::new(limits(2));
+        for _ in 0..4 {
+            p.push(batch(1).0);
+        }
+        let now = Instant::now();
+        let s = p.ready(now);
+        // The second is acknowledged before the first: the third may not go out
+        // yet, or an appended first batch could fall out of the agent's window.
+        p.on_answer(s[1].id, ok(1, 1), now);
+        assert!(p.ready(now).is_empty());
+        p.on_answer(s[0].id, ok(0, 1), now);
+        assert_eq!(p.ready(now).len(), 2);
+    }
+
+    #[test]
+    fn a_stale_expected_sequence_from_a_race_does_not_renumber() {
+        let mut p = Pipeline::new(limits(5));
+        p.push(batch(2).0);
+        let (b1, d1) = batch(2);
+        p.push(b1);
+        let now = Instant::now();
+        let s = p.ready(now);
+        // The agent handled the second request first (expected 0), then the first.
+        p.on_answer(s[0].id, ok(0, 2), now);
+        p.on_answer(s[1].id, out_of_order(0), now);
+        let again = p.ready(later(now));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].base_sequence, 2, "keeps its number: 0 was appended, not a gap");
+        p.on_answer(again[0].id, ok(2, 2), now);
+        assert_eq!(resolved(d1.into_iter().next().unwrap()).unwrap().unwrap().offset, Some(2));
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! - [`sqlite_url`]: a SQLite file in a directory the test owns.
 //! - [`Process`]: a service binary started as a child process on a free port,
 //!   waited on until SERVING, stopped with SIGTERM, SIGKILL or SIGSTOP.
+//! - [`cluster`]: agents sharing a metadata database, and the calls tests make to them.
 //!
 //! When `CAIRN_TEST_REQUIRE_PEERS` is set (as `scripts/test` does), a missing
 //! peer fails the test instead of skipping it.
 
 #![allow(clippy::unwrap_used)]
+
+pub mod cluster;
 
 use std::{
     net::TcpListener,

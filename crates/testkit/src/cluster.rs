@@ -1,0 +1,173 @@
+//! Real `cairn-agent` processes against a shared metadata database, and the
+//! plain gRPC calls tests make to them (auth disabled).
+
+#![allow(clippy::unwrap_used)]
+
+use std::{path::PathBuf, time::Duration};
+
+use cairn_proto::cairn::agent::v1::{
+    self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
+};
+use cairn_service::ClientConfig;
+use crate::{Process, TempDir};
+use tonic::transport::Channel;
+
+/// A metadata database and a place for agents' data.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub meta_url: String,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let dir = TempDir::new("agents");
+        let meta_url = crate::sqlite_url(dir.path());
+        Cluster { dir, meta_url }
+    }
+
+    /// A cluster whose agents share a fresh database on the test Postgres
+    /// server, or `None` (test skipped) when there is none.
+    pub async fn on_postgres() -> Option<Cluster> {
+        let meta_url = crate::postgres_url().await?;
+        Some(Cluster {
+            dir: TempDir::new("agents-pg"),
+            meta_url,
+        })
+    }
+
+    /// A local object store directory shared by this cluster's agents, and the
+    /// `--set` value that points an agent at it.
+    pub fn objects(&self) -> (PathBuf, String) {
+        let dir = self.dir.path().join("objects");
+        let arg = format!("object_store.url=file://{}", dir.display());
+        (dir, arg)
+    }
+
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts agent `name` (its data dir is kept across restarts) and waits for SERVING.
+    pub async fn start(&self, name: &str, extra: &[&str]) -> Process {
+        let data = self.data_dir(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut args: Vec<String> = vec![
+            "--set".into(),
+            "auth.enabled=false".into(),
+            "--set".into(),
+            format!("metadata.url={}", self.meta_url),
+            "--set".into(),
+            format!("agent.data_dir={}", data.display()),
+            "--set".into(),
+            "agent.lease_ms=3000".into(),
+            "--set".into(),
+            "agent.renew_interval_ms=500".into(),
+            "--set".into(),
+            "agent.lease_safety_margin_ms=1000".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = Process::start("cairn-agent", &args, &[], &data);
+        agent.wait_serving(Duration::from_secs(60)).await;
+        agent
+    }
+}
+
+pub async fn channel(addr: &str) -> Channel {
+    cairn_service::client::endpoint(addr, &ClientConfig::default())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub async fn agent(addr: &str) -> AgentServiceClient<Channel> {
+    AgentServiceClient::new(channel(addr).await)
+}
+
+pub async fn topics(addr: &str) -> TopicServiceClient<Channel> {
+    TopicServiceClient::new(channel(addr).await)
+}
+
+pub async fn create_topic(addr: &str, name: &str, partitions: u32) {
+    create_topic_with(
+        addr,
+        name,
+        pb::TopicConfig {
+            partitions,
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+pub async fn create_topic_with(addr: &str, name: &str, config: pb::TopicConfig) {
+    let request = pb::CreateTopicRequest {
+        name: name.into(),
+        config: Some(config),
+    };
+    topics(addr).await.create_topic(request).await.unwrap();
+}
+
+pub fn records(values: &[String]) -> Vec<pb::Record> {
+    values
+        .iter()
+        .map(|v| pb::Record {
+            value: v.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Waits until this agent leads `partition` (it acquires leases in the background).
+pub async fn wait_leader(addr: &str, topic: &str, partition: u32) {
+    for _ in 0..200 {
+        let meta = agent(addr)
+            .await
+            .get_metadata(pb::GetMetadataRequest {
+                topics: vec![topic.into()],
+            })
+            .await;
+        if let Ok(meta) = meta {
+            let p = &meta.into_inner().topics[0].partitions[partition as usize];
+            // The lease row names the leader before it has opened the partition:
+            // wait until it actually serves it.
+            let probe = pb::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset: p.high_watermark,
+                max_bytes: 1,
+                max_wait_ms: 0,
+            };
+            if p.leader_address == addr && agent(addr).await.fetch(probe).await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} never became leader of {topic}/{partition}");
+}
+
+/// Every record of a partition, from offset 0 to the high watermark.
+pub async fn read_all(addr: &str, topic: &str, partition: u32) -> Vec<pb::StoredRecord> {
+    let mut client = agent(addr).await;
+    let mut out = Vec::new();
+    loop {
+        let page = client
+            .fetch(pb::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset: out.len() as u64,
+                max_bytes: 0,
+                max_wait_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.records.is_empty() {
+            assert_eq!(page.high_watermark, out.len() as u64);
+            return out;
+        }
+        out.extend(page.records);
+    }
+}
