@@ -32,7 +32,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -88,6 +88,26 @@ pub struct Shared {
     refresh_scheduled: AtomicBool,
     pub(crate) stop: watch::Sender<bool>,
     outstanding: Arc<Outstanding>,
+    pub(crate) counters: Counters,
+}
+
+/// Running totals of what the producer did on the wire.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+/// What the producer has done on the wire so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProducerStats {
+    /// Produce requests sent, retries included.
+    pub requests: u64,
+    /// Requests answered with an error (each is retried or ends its batch).
+    pub errors: u64,
+    /// Retries the agent recognised as already appended (their first answer was lost).
+    pub duplicates: u64,
 }
 
 impl Producer {
@@ -115,6 +135,7 @@ impl Producer {
             refresh_scheduled: AtomicBool::new(false),
             stop: watch::Sender::new(false),
             outstanding: Arc::new(Outstanding::default()),
+            counters: Counters::default(),
             config,
         });
         tokio::spawn(housekeeping(shared.clone()));
@@ -158,6 +179,16 @@ impl Producer {
     /// The producer id and epoch in use, once one was obtained.
     pub fn identity(&self) -> Option<(u64, u32)> {
         self.shared.identity.get().copied()
+    }
+
+    /// Requests, errors and recognised duplicates so far.
+    pub fn stats(&self) -> ProducerStats {
+        let c = &self.shared.counters;
+        ProducerStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+        }
     }
 
     /// The settings this producer runs with.

@@ -9,10 +9,9 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
-use cairn_proto::cairn::agent::v1::{self as pb, agent_service_client::AgentServiceClient};
+use cairn_proto::cairn::agent::v1 as pb;
 use tonic::{Code, Status};
 
 use crate::{error::ProduceError, rpc::Rpc};
@@ -187,18 +186,10 @@ impl Metadata {
         candidates.retain(|c| seen.insert(c.clone()));
         let mut last = Status::unavailable("no agent to ask for metadata");
         for address in candidates {
-            let channel = match rpc.pool.channel(&address) {
-                Ok(c) => c,
-                Err(e) => {
-                    last = Status::unavailable(e.to_string());
-                    continue;
-                }
-            };
-            let request = rpc.request(pb::GetMetadataRequest { topics: topics.clone() }, Duration::ZERO)?;
-            match AgentServiceClient::new(channel).get_metadata(request).await {
+            match rpc.metadata(&address, topics.clone()).await {
                 Ok(response) => {
                     *self.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(address);
-                    return Ok(response.into_inner());
+                    return Ok(response);
                 }
                 // The answer is authoritative: any agent would say the same.
                 Err(s) if matches!(

@@ -39,6 +39,28 @@ impl Rpc {
         Ok(request)
     }
 
+    /// Runs `call` under `timeout` enforced here too: the deadline header asks
+    /// the server to give up, but a frozen server never answers at all.
+    async fn bounded<T>(
+        &self,
+        timeout: Duration,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let timeout = if timeout.is_zero() { self.request_timeout } else { timeout };
+        match tokio::time::timeout(timeout + Duration::from_millis(50), call).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded(format!("no answer within {timeout:?}"))),
+        }
+    }
+
+    /// GetMetadata at `address`.
+    pub async fn metadata(&self, address: &str, topics: Vec<String>) -> Result<pb::GetMetadataResponse, Status> {
+        let channel = self.pool.channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+        let request = self.request(pb::GetMetadataRequest { topics }, Duration::ZERO)?;
+        let mut client = AgentServiceClient::new(channel);
+        Ok(self.bounded(Duration::ZERO, client.get_metadata(request)).await?.into_inner())
+    }
+
     /// One Produce call to `address` with records already encoded, on the
     /// connection the partition uses.
     pub async fn produce(
@@ -52,19 +74,23 @@ impl Rpc {
             .channel_for(address, message.head.partition)
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let request = self.request(message, timeout)?;
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("connecting to {address}: {e}")))?;
-        let codec = tonic_prost::ProstCodec::<EncodedProduce, pb::ProduceResponse>::default();
-        let path = http::uri::PathAndQuery::from_static(PRODUCE_PATH);
-        Ok(grpc.unary(request, path, codec).await?.into_inner())
+        self.bounded(timeout, async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("connecting to {address}: {e}")))?;
+            let codec = tonic_prost::ProstCodec::<EncodedProduce, pb::ProduceResponse>::default();
+            let path = http::uri::PathAndQuery::from_static(PRODUCE_PATH);
+            Ok(grpc.unary(request, path, codec).await?.into_inner())
+        })
+        .await
     }
 
     /// A producer id and epoch from the agent at `address`.
     pub async fn init_producer(&self, address: &str, name: &str) -> Result<pb::InitProducerResponse, Status> {
         let channel = self.pool.channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
         let request = self.request(pb::InitProducerRequest { name: name.to_owned() }, Duration::ZERO)?;
-        Ok(AgentServiceClient::new(channel).init_producer(request).await?.into_inner())
+        let mut client = AgentServiceClient::new(channel);
+        Ok(self.bounded(Duration::ZERO, client.init_producer(request)).await?.into_inner())
     }
 }

@@ -30,7 +30,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -205,7 +205,8 @@ impl Pipeline {
 
     /// Whether another batch could go out right now (so sealing one is worth it).
     pub fn has_room(&self) -> bool {
-        !self.recovering && self.in_flight < self.limits.max_in_flight && self.pending.iter().all(|p| p.in_flight)
+        self.pending.is_empty()
+            || !self.recovering && self.in_flight < self.limits.max_in_flight && self.pending.iter().all(|p| p.in_flight)
     }
 
     /// Batches not yet acknowledged or failed.
@@ -489,6 +490,7 @@ pub async fn run(shared: Arc<Shared>, queue: Arc<PartitionQueue>) {
                             .request_timeout
                             .min(send.expires.saturating_duration_since(now))
                             .max(Duration::from_millis(1));
+                        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
                         let shared = shared.clone();
                         let address = address.clone();
                         wire.spawn(async move { (send.id, shared.rpc.produce(&address, message, timeout).await) });
@@ -520,6 +522,11 @@ pub async fn run(shared: Arc<Shared>, queue: Arc<PartitionQueue>) {
             _ = queue.wake.notified() => {}
             Some(joined) = wire.join_next(), if !wire.is_empty() => {
                 if let Ok((id, answer)) = joined {
+                    match &answer {
+                        Ok(r) if r.duplicate => shared.counters.duplicates.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => 0,
+                        Err(_) => shared.counters.errors.fetch_add(1, Ordering::Relaxed),
+                    };
                     let effects = pipeline.on_answer(id, answer, Instant::now());
                     shared.apply(&queue, effects);
                 }
@@ -751,6 +758,20 @@ mod tests {
         assert_eq!(s[0].base_sequence, 2);
         p.on_answer(s[0].id, out_of_order(0), now);
         assert_eq!(p.ready(now + Duration::from_millis(300))[0].base_sequence, 0);
+    }
+
+    #[test]
+    fn an_emptied_pipeline_has_room_even_while_recovering() {
+        let mut l = limits(5);
+        l.delivery_timeout = Duration::from_millis(100);
+        let mut p = Pipeline::new(l);
+        p.push(batch(1).0);
+        let now = Instant::now();
+        let s = p.ready(now);
+        p.on_answer(s[0].id, Err(Status::unavailable("down")), now);
+        assert!(!p.has_room());
+        p.expire(now + Duration::from_millis(150));
+        assert!(p.has_room(), "a batch lingering in the queue must be sealed and sent");
     }
 
     #[test]

@@ -49,6 +49,11 @@ impl Cluster {
 
     /// Starts agent `name` (its data dir is kept across restarts) and waits for SERVING.
     pub async fn start(&self, name: &str, extra: &[&str]) -> Process {
+        self.start_on(crate::free_port(), name, extra).await
+    }
+
+    /// [`Cluster::start`] on a given port, so a restarted agent keeps its address.
+    pub async fn start_on(&self, port: u16, name: &str, extra: &[&str]) -> Process {
         let data = self.data_dir(name);
         std::fs::create_dir_all(&data).unwrap();
         let mut args: Vec<String> = vec![
@@ -67,7 +72,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut agent = Process::start("cairn-agent", &args, &[], &data);
+        let mut agent = Process::start_on(port, "cairn-agent", &args, &[], &data);
         agent.wait_serving(Duration::from_secs(60)).await;
         agent
     }

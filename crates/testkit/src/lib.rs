@@ -111,12 +111,16 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary --listen 127.0.0.1:PORT ARGS…` with extra environment, in `dir`.
+    /// Starts `binary --listen 127.0.0.1:PORT ARGS…` on a free port with extra environment, in `dir`.
     pub fn start(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
-        let port = free_port();
+        Process::start_on(free_port(), binary_name, args, env, dir)
+    }
+
+    /// [`Process::start`] on a given port (a restart that keeps its address).
+    pub fn start_on(port: u16, binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{binary_name}-{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(binary(binary_name))
             .arg("--listen")
