@@ -573,18 +573,29 @@ impl Node {
         if !force && bytes < held.segment_bytes && !old && !p.has_commit_waiters() {
             return Ok(());
         }
-        let batches = tokio::task::spawn_blocking(move || reader.read_batches(from, to))
-            .await
-            .map_err(|e| Error::Retryable(format!("segment read task failed: {e}")))??;
-        let mut builder = SegmentBuilder::new(held.epoch);
-        for (header, records) in &batches {
-            builder
-                .push(header, records)
-                .map_err(|e| Error::Corrupt(e.to_string()))?;
-        }
-        let Some(range) = builder.offsets() else { return Ok(()) };
-        let Some(bytes) = builder.finish() else { return Ok(()) };
-        let footer = segment::read_footer(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+        // Reading the WAL and compressing a segment take a while: off the async
+        // workers, or every request on this agent waits behind them.
+        let epoch = held.epoch;
+        let built = tokio::task::spawn_blocking(move || -> Result<_> {
+            let batches = reader.read_batches(from, to)?;
+            let mut builder = SegmentBuilder::new(epoch);
+            for (header, records) in &batches {
+                builder
+                    .push(header, records)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+            }
+            let headers: Vec<crate::batch::BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
+            let (Some(range), Some(bytes)) = (builder.offsets(), builder.finish()) else {
+                return Ok(None);
+            };
+            let footer = segment::read_footer(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+            Ok(Some((headers, range, bytes, footer)))
+        })
+        .await
+        .map_err(|e| Error::Retryable(format!("segment build task failed: {e}")))??;
+        let Some((headers, range, bytes, footer)) = built else {
+            return Ok(());
+        };
         // The epoch is in the key: a fenced holder's upload never lands on a key
         // the current holder writes, and writes are create-only anyway.
         let key = format!(
@@ -617,7 +628,6 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let headers: Vec<crate::batch::BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
         producers.replay(&headers, range.start);
         if self.meta.commit_segment(&row, &self.id, &producers.to_rows()).await? {
             *held.committed_producers.lock().unwrap_or_else(|p| p.into_inner()) = producers;

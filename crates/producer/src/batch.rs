@@ -220,7 +220,13 @@ impl OpenBatch {
     }
 
     /// Adds a record (its memory already reserved) and returns what to wait on.
-    pub fn push(&mut self, record: &ProducerRecord, reservation: Reservation, topic: &Arc<str>, partition: u32) -> Delivery {
+    pub fn push(
+        &mut self,
+        record: &ProducerRecord,
+        reservation: Reservation,
+        topic: &Arc<str>,
+        partition: u32,
+    ) -> Delivery {
         self.reservation.absorb(reservation);
         record::encode(record, &mut self.records);
         let index = self.count;

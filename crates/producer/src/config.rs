@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cairn_proto::cairn::agent::v1 as pb;
 
-use crate::{Producer, ProduceError};
+use crate::{ProduceError, Producer};
 
 /// How far a write must get before the agent acknowledges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,11 +94,11 @@ impl Default for ProducerConfig {
             acks: Acks::Durable,
             idempotence: true,
             name: None,
-            batch_bytes: 256 * 1024,
-            batch_records: 4096,
+            batch_bytes: 1024 * 1024,
+            batch_records: 10_000,
             linger: Duration::from_millis(5),
             max_in_flight: 5,
-            buffer_bytes: 64 * 1024 * 1024,
+            buffer_bytes: 32 * 1024 * 1024,
             max_block: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(60),

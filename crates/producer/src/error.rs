@@ -19,7 +19,11 @@ pub enum Fate {
 pub enum ProduceError {
     /// The record is larger than a request or the whole buffer may be.
     #[error("record of {size} bytes exceeds the {limit} byte limit ({what})")]
-    RecordTooLarge { size: usize, limit: usize, what: &'static str },
+    RecordTooLarge {
+        size: usize,
+        limit: usize,
+        what: &'static str,
+    },
     /// The buffer stayed full for the whole bounded wait.
     #[error("buffer memory stayed full for {0:?}; the agents are not keeping up (or are unreachable)")]
     BufferFull(Duration),
@@ -28,7 +32,11 @@ pub enum ProduceError {
     UnknownTopic(String),
     /// The topic has no such partition.
     #[error("topic {topic} has no partition {partition} (it has {partitions})")]
-    UnknownPartition { topic: String, partition: u32, partitions: u32 },
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
     /// The producer was closed before the record was handed over.
     #[error("the producer is closed")]
     Closed,
@@ -53,7 +61,9 @@ impl ProduceError {
     /// What became of the record.
     pub fn fate(&self) -> Fate {
         match self {
-            ProduceError::TimedOut { maybe_written: true, .. } => Fate::Unknown,
+            ProduceError::TimedOut {
+                maybe_written: true, ..
+            } => Fate::Unknown,
             _ => Fate::NotWritten,
         }
     }

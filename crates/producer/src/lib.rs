@@ -275,7 +275,12 @@ impl Shared {
         }
     }
 
-    async fn check_partition(self: &Arc<Self>, topic: &str, partition: u32, info: Arc<TopicInfo>) -> Result<u32, ProduceError> {
+    async fn check_partition(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        info: Arc<TopicInfo>,
+    ) -> Result<u32, ProduceError> {
         let mut info = info;
         if partition >= info.partitions() {
             // Partitions may have been added since the cache was filled.
@@ -383,7 +388,11 @@ impl Shared {
             .identity
             .get_or_try_init(|| async {
                 let r = self.rpc.init_producer(&address, &name).await?;
-                tracing::debug!(producer_id = r.producer_id, epoch = r.producer_epoch, "producer identity");
+                tracing::debug!(
+                    producer_id = r.producer_id,
+                    epoch = r.producer_epoch,
+                    "producer identity"
+                );
                 Ok::<_, Status>((r.producer_id, r.producer_epoch))
             })
             .await?;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
-use cairn_producer::{Acks, Delivery, Producer, ProducerBuilder, ProducerRecord};
+use cairn_producer::{Acks, Delivery, Producer, ProducerBuilder, ProducerConfig, ProducerRecord};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Produce records to Cairn from stdin, or generate load.
@@ -33,7 +33,13 @@ enum Command {
 #[derive(Args, Clone)]
 pub struct ProducerArgs {
     /// Agent addresses to bootstrap from (comma-separated or repeated).
-    #[arg(long = "bootstrap", alias = "addr", env = "CAIRN_AGENT_ADDR", value_delimiter = ',', default_value = "127.0.0.1:50052")]
+    #[arg(
+        long = "bootstrap",
+        alias = "addr",
+        env = "CAIRN_AGENT_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:50052"
+    )]
     bootstrap: Vec<String>,
     /// API key (or CAIRN_API_KEY).
     #[arg(long, env = "CAIRN_API_KEY", hide_env_values = true)]
@@ -48,22 +54,22 @@ pub struct ProducerArgs {
     #[arg(long)]
     name: Option<String>,
     /// Batch size limit in bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = ProducerConfig::default().batch_bytes)]
     batch_bytes: usize,
     /// Batch size limit in records.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = ProducerConfig::default().batch_records)]
     batch_records: usize,
     /// Milliseconds a batch waits for more records.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = ProducerConfig::default().linger.as_millis() as u64)]
     linger_ms: u64,
     /// Batches in flight per partition.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = ProducerConfig::default().max_in_flight)]
     max_in_flight: usize,
     /// Buffer memory in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = ProducerConfig::default().buffer_bytes >> 20)]
     buffer_mib: usize,
     /// Delivery timeout in milliseconds.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = ProducerConfig::default().delivery_timeout.as_millis() as u64)]
     delivery_timeout_ms: u64,
 }
 
@@ -164,7 +170,9 @@ fn next_record(input: &mut impl BufRead, format: Format, line: &mut Vec<u8>) -> 
                 Err(e) => return Err(e.into()),
             }
             let mut record = vec![0u8; u32::from_be_bytes(len) as usize];
-            input.read_exact(&mut record).context("a record shorter than its length prefix")?;
+            input
+                .read_exact(&mut record)
+                .context("a record shorter than its length prefix")?;
             Ok(Some(record))
         }
     }
@@ -217,7 +225,11 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     }
     producer.close().await;
     report.print(&args.topic);
-    Ok(if report.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -241,7 +253,12 @@ impl Report {
         eprintln!("record {n}: not delivered ({:?}): {error}", error.fate());
     }
 
-    fn settle(&mut self, n: u64, result: Result<cairn_producer::RecordMetadata, cairn_producer::ProduceError>, verbose: bool) {
+    fn settle(
+        &mut self,
+        n: u64,
+        result: Result<cairn_producer::RecordMetadata, cairn_producer::ProduceError>,
+        verbose: bool,
+    ) {
         match result {
             Ok(m) => {
                 self.delivered += 1;
@@ -261,7 +278,10 @@ impl Report {
     }
 
     fn print(&self, topic: &str) {
-        eprintln!("delivered {} records to {topic}; {} failed", self.delivered, self.failures);
+        eprintln!(
+            "delivered {} records to {topic}; {} failed",
+            self.delivered, self.failures
+        );
         for (p, (count, first, last)) in &self.partitions {
             match (first, last) {
                 (Some(f), Some(l)) => eprintln!("  {topic}/{p}: {count} records at offsets {f}..={l}"),

@@ -81,7 +81,11 @@ impl Metadata {
 
     /// The cached view of `topic`.
     pub fn cached(&self, topic: &str) -> Option<Arc<TopicInfo>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(topic).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .cloned()
     }
 
     /// The view of `topic`, fetched when not cached. Unknown topics fail.
@@ -90,7 +94,8 @@ impl Metadata {
             return Ok(info);
         }
         self.refresh(rpc, Some(topic)).await?;
-        self.cached(topic).ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))
+        self.cached(topic)
+            .ok_or_else(|| ProduceError::UnknownTopic(topic.to_owned()))
     }
 
     /// How many refreshes have completed (a refresh started after a reading of
@@ -192,10 +197,11 @@ impl Metadata {
                     return Ok(response);
                 }
                 // The answer is authoritative: any agent would say the same.
-                Err(s) if matches!(
-                    s.code(),
-                    Code::NotFound | Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
-                ) =>
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::NotFound | Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+                    ) =>
                 {
                     return Err(s);
                 }

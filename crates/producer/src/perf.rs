@@ -131,8 +131,8 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
     let mut send_errors = 0u64;
     let mut first_send_error: Option<ProduceError> = None;
     for i in 0..args.records {
-        let due = if args.rate > 0 {
-            let due = start + Duration::from_nanos(i * 1_000_000_000 / args.rate);
+        let due = if let Some(nanos) = (i * 1_000_000_000).checked_div(args.rate) {
+            let due = start + Duration::from_nanos(nanos);
             let now = Instant::now();
             if due > now + Duration::from_micros(200) {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
@@ -154,7 +154,8 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
                 first_send_error.get_or_insert(e);
             }
         }
-        if args.progress_secs > 0 && i % 1024 == 0 && last_progress.elapsed() >= Duration::from_secs(args.progress_secs) {
+        if args.progress_secs > 0 && i % 1024 == 0 && last_progress.elapsed() >= Duration::from_secs(args.progress_secs)
+        {
             let now_acked = acked.load(Ordering::Relaxed);
             let rate = (now_acked - last_acked) as f64 / last_progress.elapsed().as_secs_f64();
             eprintln!(

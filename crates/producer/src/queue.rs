@@ -156,10 +156,7 @@ mod tests {
         let q = PartitionQueue::new(Arc::from("t"), 0);
         let memory = Arc::new(Semaphore::new(0));
         let outstanding = Arc::new(Outstanding::default());
-        let limits = BatchLimits {
-            bytes: 100,
-            records: 3,
-        };
+        let limits = BatchLimits { bytes: 100, records: 3 };
         let r = ProducerRecord::new("t", vec![1u8; 20]);
         let size = record::encoded_len(&r);
         let mut sealed_at = Vec::new();

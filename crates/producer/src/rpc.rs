@@ -31,7 +31,11 @@ impl Rpc {
     /// `message` with the key, trace context and a deadline of `timeout`
     /// (`Duration::ZERO`: the request timeout), capped by the caller's.
     pub fn request<T>(&self, message: T, timeout: Duration) -> Result<Request<T>, Status> {
-        let timeout = if timeout.is_zero() { self.request_timeout } else { timeout };
+        let timeout = if timeout.is_zero() {
+            self.request_timeout
+        } else {
+            timeout
+        };
         let mut request = client::request(message, timeout);
         if let Some(key) = &self.api_key {
             attach_key(&mut request, key)?;
@@ -46,7 +50,11 @@ impl Rpc {
         timeout: Duration,
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
-        let timeout = if timeout.is_zero() { self.request_timeout } else { timeout };
+        let timeout = if timeout.is_zero() {
+            self.request_timeout
+        } else {
+            timeout
+        };
         match tokio::time::timeout(timeout + Duration::from_millis(50), call).await {
             Ok(result) => result,
             Err(_) => Err(Status::deadline_exceeded(format!("no answer within {timeout:?}"))),
@@ -55,10 +63,16 @@ impl Rpc {
 
     /// GetMetadata at `address`.
     pub async fn metadata(&self, address: &str, topics: Vec<String>) -> Result<pb::GetMetadataResponse, Status> {
-        let channel = self.pool.channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = self
+            .pool
+            .channel(address)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let request = self.request(pb::GetMetadataRequest { topics }, Duration::ZERO)?;
         let mut client = AgentServiceClient::new(channel);
-        Ok(self.bounded(Duration::ZERO, client.get_metadata(request)).await?.into_inner())
+        Ok(self
+            .bounded(Duration::ZERO, client.get_metadata(request))
+            .await?
+            .into_inner())
     }
 
     /// One Produce call to `address` with records already encoded, on the
@@ -88,9 +102,15 @@ impl Rpc {
 
     /// A producer id and epoch from the agent at `address`.
     pub async fn init_producer(&self, address: &str, name: &str) -> Result<pb::InitProducerResponse, Status> {
-        let channel = self.pool.channel(address).map_err(|e| Status::unavailable(e.to_string()))?;
+        let channel = self
+            .pool
+            .channel(address)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let request = self.request(pb::InitProducerRequest { name: name.to_owned() }, Duration::ZERO)?;
         let mut client = AgentServiceClient::new(channel);
-        Ok(self.bounded(Duration::ZERO, client.init_producer(request)).await?.into_inner())
+        Ok(self
+            .bounded(Duration::ZERO, client.init_producer(request))
+            .await?
+            .into_inner())
     }
 }

@@ -53,7 +53,10 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
     /// Try again after a backoff. `maybe_written`: the attempt may have landed.
-    Retry { maybe_written: bool, hint: Option<Duration> },
+    Retry {
+        maybe_written: bool,
+        hint: Option<Duration>,
+    },
     /// Another agent leads the partition (named when the answer said so).
     NotLeader { address: Option<String> },
     /// The batch does not continue the sequence; the agent expects `expected`.
@@ -83,12 +86,15 @@ pub fn classify(status: &Status) -> Class {
             hint: cairn_service::status::retry_after(status),
         },
         // The call may have been carried out before the answer was lost.
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal | Code::Aborted => {
-            Class::Retry {
-                maybe_written: true,
-                hint: cairn_service::status::retry_after(status),
-            }
-        }
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Internal
+        | Code::Aborted => Class::Retry {
+            maybe_written: true,
+            hint: cairn_service::status::retry_after(status),
+        },
         code => Class::Fatal(code, status.message().to_owned()),
     }
 }
@@ -206,7 +212,9 @@ impl Pipeline {
     /// Whether another batch could go out right now (so sealing one is worth it).
     pub fn has_room(&self) -> bool {
         self.pending.is_empty()
-            || !self.recovering && self.in_flight < self.limits.max_in_flight && self.pending.iter().all(|p| p.in_flight)
+            || !self.recovering
+                && self.in_flight < self.limits.max_in_flight
+                && self.pending.iter().all(|p| p.in_flight)
     }
 
     /// Batches not yet acknowledged or failed.
@@ -567,7 +575,14 @@ mod tests {
         let topic: Arc<str> = Arc::from("t");
         let mut open = OpenBatch::new(Reservation::new(memory.clone(), 0), 64, None);
         let deliveries = (0..n)
-            .map(|i| open.push(&ProducerRecord::new("t", format!("{i}")), Reservation::new(memory.clone(), 0), &topic, 0))
+            .map(|i| {
+                open.push(
+                    &ProducerRecord::new("t", format!("{i}")),
+                    Reservation::new(memory.clone(), 0),
+                    &topic,
+                    0,
+                )
+            })
             .collect();
         (open.seal(), deliveries)
     }
@@ -633,14 +648,20 @@ mod tests {
         assert_eq!(sends.len(), 3);
         // The first answer is lost; the others arrive (appended behind it).
         p.on_answer(sends[0].id, Err(Status::unavailable("connection reset")), now);
-        assert!(p.ready(later(now)).is_empty(), "nothing new while batches are on the wire");
+        assert!(
+            p.ready(later(now)).is_empty(),
+            "nothing new while batches are on the wire"
+        );
         p.on_answer(sends[1].id, ok(2, 2), now);
         p.on_answer(sends[2].id, ok(4, 2), now);
         let again = p.ready(later(now));
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].base_sequence, 0, "the retry keeps its sequence");
         p.on_answer(again[0].id, ok(0, 2), now);
-        let delivered = d0.into_iter().map(|d| resolved(d).unwrap().unwrap().offset).collect::<Vec<_>>();
+        let delivered = d0
+            .into_iter()
+            .map(|d| resolved(d).unwrap().unwrap().offset)
+            .collect::<Vec<_>>();
         assert_eq!(delivered, [Some(0), Some(1)]);
         assert!(p.is_empty());
         assert_eq!(p.next_sequence(), 6);
@@ -702,7 +723,10 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].base_sequence, 2, "keeps its number: 0 was appended, not a gap");
         p.on_answer(again[0].id, ok(2, 2), now);
-        assert_eq!(resolved(d1.into_iter().next().unwrap()).unwrap().unwrap().offset, Some(2));
+        assert_eq!(
+            resolved(d1.into_iter().next().unwrap()).unwrap().unwrap().offset,
+            Some(2)
+        );
     }
 
     #[test]
@@ -751,7 +775,11 @@ mod tests {
         let e0 = resolved(d0.into_iter().next().unwrap()).unwrap().unwrap_err();
         let e1 = resolved(d1.into_iter().next().unwrap()).unwrap().unwrap_err();
         assert_eq!(e0.fate(), crate::Fate::Unknown);
-        assert_eq!(e1.fate(), crate::Fate::NotWritten, "batch 1 was refused before anything was done");
+        assert_eq!(
+            e1.fate(),
+            crate::Fate::NotWritten,
+            "batch 1 was refused before anything was done"
+        );
         // The next batch continues the sequence; if batch 0 never landed the agent says so.
         p.push(batch(1).0);
         let s = p.ready(now + Duration::from_millis(150));
@@ -806,7 +834,11 @@ mod tests {
         );
         let effects = p.on_answer(
             s[0].id,
-            Err(Status::with_error_details(Code::FailedPrecondition, "not the leader", info)),
+            Err(Status::with_error_details(
+                Code::FailedPrecondition,
+                "not the leader",
+                info,
+            )),
             now,
         );
         assert!(effects.refresh_metadata);

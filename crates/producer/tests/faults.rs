@@ -126,32 +126,24 @@ async fn leaders(any: &str, partitions: u32) -> Vec<String> {
 async fn verify(any: &str, partitions: u32, outcome: &Outcome, what: &str) {
     let mut seen: BTreeMap<u64, (u32, u64)> = BTreeMap::new();
     let mut total = 0;
-    let leaders = leaders(any, partitions).await;
-    for (p, leader) in leaders.iter().enumerate() {
-        let p = p as u32;
-        // The leader may still be opening the partition after a move.
+    for p in 0..partitions {
+        // Leadership may still be settling after a move: ask again until a whole read succeeds.
         let mut log = None;
-        for _ in 0..100 {
-            let probe = agent(leader)
-                .await
-                .fetch(pb::FetchRequest {
-                    topic: TOPIC.into(),
-                    partition: p,
-                    offset: 0,
-                    max_bytes: 1,
-                    max_wait_ms: 0,
-                })
-                .await;
-            if probe.is_ok() {
-                log = Some(read_all(leader, TOPIC, p).await);
+        for _ in 0..300 {
+            let leader = leaders(any, partitions).await[p as usize].clone();
+            if let Ok(records) = try_read_all(&leader, p).await {
+                log = Some(records);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let log = log.unwrap_or_else(|| panic!("{what}: partition {p} never readable at {leader}"));
+        let log = log.unwrap_or_else(|| panic!("{what}: partition {p} never readable"));
         let mut last: Option<u64> = None;
         for (index, record) in log.iter().enumerate() {
-            assert_eq!(record.offset, index as u64, "{what}: offsets of partition {p} are dense");
+            assert_eq!(
+                record.offset, index as u64,
+                "{what}: offsets of partition {p} are dense"
+            );
             let n: u64 = String::from_utf8(record.value.clone()).unwrap().parse().unwrap();
             assert!(
                 last.is_none_or(|l| n > l),
@@ -159,18 +151,28 @@ async fn verify(any: &str, partitions: u32, outcome: &Outcome, what: &str) {
             );
             last = Some(n);
             if let Some(earlier) = seen.insert(n, (p, record.offset)) {
-                panic!("{what}: record {n} appears twice: at {earlier:?} and at ({p}, {})", record.offset);
+                panic!(
+                    "{what}: record {n} appears twice: at {earlier:?} and at ({p}, {})",
+                    record.offset
+                );
             }
         }
         total += log.len();
     }
     for (n, at) in &outcome.acked {
-        assert_eq!(seen.get(n), Some(at), "{what}: acknowledged record {n} is not where its ack said");
+        assert_eq!(
+            seen.get(n),
+            Some(at),
+            "{what}: acknowledged record {n} is not where its ack said"
+        );
     }
     // Not delivered for sure means not in the log.
     for (n, e) in &outcome.failed {
         if e.fate() == Fate::NotWritten {
-            assert!(!seen.contains_key(n), "{what}: record {n} failed as not written ({e}) but is in the log");
+            assert!(
+                !seen.contains_key(n),
+                "{what}: record {n} failed as not written ({e}) but is in the log"
+            );
         }
     }
     eprintln!(
@@ -178,6 +180,29 @@ async fn verify(any: &str, partitions: u32, outcome: &Outcome, what: &str) {
         outcome.acked.len(),
         outcome.failed.len()
     );
+}
+
+/// Every record of partition `p` from its leader, or the error that stopped the read.
+async fn try_read_all(leader: &str, p: u32) -> Result<Vec<pb::StoredRecord>, tonic::Status> {
+    let mut client = agent(leader).await;
+    let mut out = Vec::new();
+    loop {
+        let page = client
+            .fetch(pb::FetchRequest {
+                topic: TOPIC.into(),
+                partition: p,
+                offset: out.len() as u64,
+                max_bytes: 0,
+                max_wait_ms: 0,
+            })
+            .await?
+            .into_inner();
+        if page.records.is_empty() {
+            assert_eq!(page.high_watermark, out.len() as u64, "read up to the high watermark");
+            return Ok(out);
+        }
+        out.extend(page.records);
+    }
 }
 
 fn rand_ms(low: u64, high: u64) -> Duration {
@@ -209,7 +234,11 @@ async fn kill_9_and_restart_of_the_agent_loses_and_duplicates_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let outcome = writer.finish().await;
-    assert!(outcome.failed.is_empty(), "records failed: {:?}", &outcome.failed[..outcome.failed.len().min(5)]);
+    assert!(
+        outcome.failed.is_empty(),
+        "records failed: {:?}",
+        &outcome.failed[..outcome.failed.len().min(5)]
+    );
     assert!(outcome.acked.len() > 1000, "too little was produced to mean anything");
     verify(&addr, 4, &outcome, &format!("{rounds} kill -9 rounds")).await;
 }
@@ -227,7 +256,7 @@ async fn leadership_moves_by_handoff_and_after_a_crash_without_loss_or_duplicate
 
     // b joins: a hands it a fair share.
     let mut b = cluster.start_on(pb, "b", &[]).await;
-    wait_for_leaders(&addr_a, |l| l.iter().any(|x| *x == addr_b)).await;
+    wait_for_leaders(&addr_a, |l| l.contains(&addr_b)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // a leaves gracefully: b takes everything.
     assert_eq!(a.terminate(Duration::from_secs(30)), Some(0));
@@ -235,7 +264,7 @@ async fn leadership_moves_by_handoff_and_after_a_crash_without_loss_or_duplicate
     tokio::time::sleep(Duration::from_millis(500)).await;
     // a comes back and gets its share again.
     a = cluster.start_on(pa, "a", &[]).await;
-    wait_for_leaders(&addr_b, |l| l.iter().any(|x| *x == addr_a)).await;
+    wait_for_leaders(&addr_b, |l| l.contains(&addr_a)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // b crashes; its partitions come back with it.
     b.kill();
@@ -244,7 +273,11 @@ async fn leadership_moves_by_handoff_and_after_a_crash_without_loss_or_duplicate
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let outcome = writer.finish().await;
-    assert!(outcome.failed.is_empty(), "records failed: {:?}", &outcome.failed[..outcome.failed.len().min(5)]);
+    assert!(
+        outcome.failed.is_empty(),
+        "records failed: {:?}",
+        &outcome.failed[..outcome.failed.len().min(5)]
+    );
     assert!(outcome.acked.len() > 500, "too little was produced to mean anything");
     verify(&addr_a, 4, &outcome, "leadership moves").await;
     drop(a);
@@ -331,10 +364,17 @@ async fn connections_cut_mid_request_are_retried_without_duplicates() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let outcome = writer.finish().await;
     let s = stats.stats();
-    eprintln!("{cut} connections cut; {} requests, {} errors, {} recognised duplicates", s.requests, s.errors, s.duplicates);
+    eprintln!(
+        "{cut} connections cut; {} requests, {} errors, {} recognised duplicates",
+        s.requests, s.errors, s.duplicates
+    );
     assert!(cut >= 10, "the proxy carried the traffic and was cut");
     assert!(s.errors > 0, "cuts surfaced as errors that were retried");
-    assert!(outcome.failed.is_empty(), "records failed: {:?}", &outcome.failed[..outcome.failed.len().min(5)]);
+    assert!(
+        outcome.failed.is_empty(),
+        "records failed: {:?}",
+        &outcome.failed[..outcome.failed.len().min(5)]
+    );
     verify(&a.addr, 2, &outcome, "30 connection cuts").await;
 }
 
@@ -358,7 +398,10 @@ async fn a_second_instance_with_the_same_name_fences_the_first() {
     assert!(matches!(err, ProduceError::Fenced(_)), "{err}");
     assert_eq!(err.fate(), Fate::NotWritten);
     let err = first.send(ProducerRecord::new(TOPIC, "4")).await.unwrap_err();
-    assert!(matches!(err, ProduceError::Fenced(_)), "a fenced producer refuses new records: {err}");
+    assert!(
+        matches!(err, ProduceError::Fenced(_)),
+        "a fenced producer refuses new records: {err}"
+    );
     second.send_and_wait(ProducerRecord::new(TOPIC, "5")).await.unwrap();
     let values: Vec<String> = read_all(&a.addr, TOPIC, 0)
         .await
@@ -377,10 +420,26 @@ async fn bad_records_fail_precisely_and_leave_no_gap_in_the_sequence() {
     let p = producer(&[&a.addr]).buffer_bytes(16 << 20).build().unwrap();
 
     let err = p.send(ProducerRecord::new("no-such-topic", "x")).await.unwrap_err();
-    assert!(matches!(err, ProduceError::UnknownTopic(ref t) if t == "no-such-topic"), "{err}");
+    assert!(
+        matches!(err, ProduceError::UnknownTopic(ref t) if t == "no-such-topic"),
+        "{err}"
+    );
     let err = p.send(ProducerRecord::new(TOPIC, "x").partition(7)).await.unwrap_err();
-    assert!(matches!(err, ProduceError::UnknownPartition { partition: 7, partitions: 2, .. }), "{err}");
-    let err = p.send(ProducerRecord::new(TOPIC, vec![0u8; 9 << 20])).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProduceError::UnknownPartition {
+                partition: 7,
+                partitions: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = p
+        .send(ProducerRecord::new(TOPIC, vec![0u8; 9 << 20]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ProduceError::RecordTooLarge { .. }), "{err}");
 
     // Larger than the agent's 1 MiB record limit: the agent refuses the batch;
@@ -394,7 +453,13 @@ async fn bad_records_fail_precisely_and_leave_no_gap_in_the_sequence() {
     let after = p.send(ProducerRecord::new(TOPIC, "after").partition(0)).await.unwrap();
     let err = big.await.unwrap_err();
     assert!(
-        matches!(err, ProduceError::Rejected { code: tonic::Code::InvalidArgument, .. }),
+        matches!(
+            err,
+            ProduceError::Rejected {
+                code: tonic::Code::InvalidArgument,
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(err.fate(), Fate::NotWritten);
@@ -454,7 +519,11 @@ async fn acks_none_and_committed_deliver() {
     let a = cluster.start("a", &["--set", &objects]).await;
     create_topic(&a.addr, TOPIC, 1).await;
     leaders(&a.addr, 1).await;
-    let none = producer(&[&a.addr]).acks(Acks::None).idempotence(false).build().unwrap();
+    let none = producer(&[&a.addr])
+        .acks(Acks::None)
+        .idempotence(false)
+        .build()
+        .unwrap();
     let m = none.send_and_wait(ProducerRecord::new(TOPIC, "fire")).await.unwrap();
     assert_eq!(m.offset, None, "no offset without acks");
     none.close().await;

@@ -5,11 +5,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::{Process, TempDir};
 use cairn_proto::cairn::agent::v1::{
     self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
 };
 use cairn_service::ClientConfig;
-use crate::{Process, TempDir};
 use tonic::transport::Channel;
 
 /// A metadata database and a place for agents' data.
@@ -18,7 +18,14 @@ pub struct Cluster {
     pub meta_url: String,
 }
 
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new()
+    }
+}
+
 impl Cluster {
+    /// Agents with SQLite metadata in a fresh directory.
     pub fn new() -> Cluster {
         let dir = TempDir::new("agents");
         let meta_url = crate::sqlite_url(dir.path());
@@ -69,6 +76,10 @@ impl Cluster {
             "agent.renew_interval_ms=500".into(),
             "--set".into(),
             "agent.lease_safety_margin_ms=1000".into(),
+            // One object store for the whole cluster (a partition's segments must be
+            // readable by whichever agent leads it next); `extra` may point elsewhere.
+            "--set".into(),
+            self.objects().1,
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

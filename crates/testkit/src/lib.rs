@@ -120,7 +120,11 @@ impl Process {
     pub fn start_on(port: u16, binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{binary_name}-{port}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(binary(binary_name))
             .arg("--listen")

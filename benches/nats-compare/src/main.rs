@@ -1,0 +1,94 @@
+//! Publishes `--records` messages of `--record-size` bytes to a JetStream file
+//! stream, closed loop (up to `--in-flight` unacknowledged publishes) or open
+//! loop at `--rate`, and prints throughput and latency like `cairn-producer
+//! perf --json` (latency counted from when each message was due).
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    url: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// Messages per second; 0 for as fast as acks allow.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Unacknowledged publishes allowed at once.
+    #[arg(long, default_value_t = 4096)]
+    in_flight: usize,
+}
+
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let client = async_nats::connect(&args.url).await?;
+    let js = jetstream::new(client);
+    let _ = js.delete_stream("BENCH").await;
+    js.create_stream(stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; args.record_size]);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut pending: VecDeque<(Instant, PublishAckFuture)> = VecDeque::new();
+    let start = Instant::now();
+    let mut acked = 0u64;
+    for i in 0..args.records {
+        let due = if args.rate > 0 {
+            let due = start + Duration::from_nanos(i * 1_000_000_000 / args.rate);
+            if due > Instant::now() + Duration::from_micros(200) {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            due
+        } else {
+            Instant::now()
+        };
+        // Acks come back in publish order on one connection.
+        while pending.len() >= args.in_flight {
+            let (at, ack) = pending.pop_front().ok_or("empty")?;
+            ack.await?;
+            histogram.record((at.elapsed().as_micros() as u64).max(1))?;
+            acked += 1;
+        }
+        pending.push_back((due, js.publish("bench", payload.clone()).await?));
+    }
+    for (at, ack) in pending {
+        ack.await?;
+        histogram.record((at.elapsed().as_micros() as u64).max(1))?;
+        acked += 1;
+    }
+    let elapsed = start.elapsed();
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let rps = acked as f64 / elapsed.as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "system": "nats-jetstream",
+            "records": args.records, "record_size": args.record_size, "offered_rate": args.rate,
+            "acked": acked, "elapsed_s": elapsed.as_secs_f64(), "records_per_s": rps,
+            "mb_per_s": rps * args.record_size as f64 / 1e6,
+            "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": histogram.max() as f64 / 1000.0},
+            "peak_rss_bytes": peak_rss(),
+        })
+    );
+    Ok(())
+}
