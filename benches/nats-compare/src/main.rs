@@ -3,10 +3,7 @@
 //! loop at `--rate`, and prints throughput and latency like `cairn-producer
 //! perf --json` (latency counted from when each message was due).
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use clap::Parser;
@@ -48,13 +45,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let payload = bytes::Bytes::from(vec![b'x'; args.record_size]);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let mut pending: VecDeque<(Instant, PublishAckFuture)> = VecDeque::new();
+    // Acks arrive in publish order on one connection: a collector awaits them in
+    // turn and stamps each as it lands; the bounded channel caps what is in flight.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, PublishAckFuture)>(args.in_flight);
+    let collector = tokio::spawn(async move {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        let mut acked = 0u64;
+        while let Some((due, ack)) = rx.recv().await {
+            if ack.await.is_ok() {
+                let _ = histogram.record((due.elapsed().as_micros() as u64).max(1));
+                acked += 1;
+            }
+        }
+        (histogram, acked)
+    });
     let start = Instant::now();
-    let mut acked = 0u64;
     for i in 0..args.records {
-        let due = if args.rate > 0 {
-            let due = start + Duration::from_nanos(i * 1_000_000_000 / args.rate);
+        let due = if let Some(nanos) = (i * 1_000_000_000).checked_div(args.rate) {
+            let due = start + Duration::from_nanos(nanos);
             if due > Instant::now() + Duration::from_micros(200) {
                 tokio::time::sleep_until(due.into()).await;
             }
@@ -62,20 +70,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Instant::now()
         };
-        // Acks come back in publish order on one connection.
-        while pending.len() >= args.in_flight {
-            let (at, ack) = pending.pop_front().ok_or("empty")?;
-            ack.await?;
-            histogram.record((at.elapsed().as_micros() as u64).max(1))?;
-            acked += 1;
-        }
-        pending.push_back((due, js.publish("bench", payload.clone()).await?));
+        let ack = js.publish("bench", payload.clone()).await?;
+        tx.send((due, ack)).await?;
     }
-    for (at, ack) in pending {
-        ack.await?;
-        histogram.record((at.elapsed().as_micros() as u64).max(1))?;
-        acked += 1;
-    }
+    drop(tx);
+    let (histogram, acked) = collector.await?;
     let elapsed = start.elapsed();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let rps = acked as f64 / elapsed.as_secs_f64();

@@ -97,8 +97,11 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
     let value = Bytes::from(vec![b'x'; args.record_size]);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Delivery)>();
     let acked = Arc::new(AtomicU64::new(0));
+    // The worst latency since the last progress line, in microseconds.
+    let worst = Arc::new(AtomicU64::new(0));
     let collector = {
         let acked = acked.clone();
+        let worst = worst.clone();
         tokio::spawn(async move {
             let mut tally = Tally {
                 histogram: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
@@ -115,6 +118,7 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
                         let micros = due.elapsed().as_micros() as u64;
                         let _ = tally.histogram.record(micros.max(1));
                         acked.fetch_add(1, Ordering::Relaxed);
+                        worst.fetch_max(micros, Ordering::Relaxed);
                     }
                     Err(e) => {
                         tally.failed += 1;
@@ -159,11 +163,12 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
             let now_acked = acked.load(Ordering::Relaxed);
             let rate = (now_acked - last_acked) as f64 / last_progress.elapsed().as_secs_f64();
             eprintln!(
-                "{:>6.1}s  sent {:>10}  acked {:>10}  {:>10.0} records/s",
+                "{:>6.1}s  sent {:>10}  acked {:>10}  {:>10.0} records/s  worst latency {:>8.2} ms",
                 start.elapsed().as_secs_f64(),
                 i + 1,
                 now_acked,
-                rate
+                rate,
+                worst.swap(0, Ordering::Relaxed) as f64 / 1000.0
             );
             last_progress = Instant::now();
             last_acked = now_acked;

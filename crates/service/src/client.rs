@@ -27,7 +27,9 @@ pub fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, tonic:
         .tcp_nodelay(true)
         .http2_keep_alive_interval(keepalive.unwrap_or(Duration::from_secs(3600)))
         .keep_alive_timeout(Duration::from_secs(config.keepalive_timeout_secs))
-        .keep_alive_while_idle(keepalive.is_some()))
+        .keep_alive_while_idle(keepalive.is_some())
+        .initial_stream_window_size(Some(crate::server::HTTP2_STREAM_WINDOW))
+        .initial_connection_window_size(Some(crate::server::HTTP2_CONNECTION_WINDOW)))
 }
 
 /// A channel that connects on first use and reconnects after failures.

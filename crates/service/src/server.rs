@@ -27,6 +27,12 @@ use tower::{Layer, Service};
 
 use crate::{auth::Auth, config::ServerConfig, context, status, telemetry};
 
+/// HTTP/2 flow-control windows for every Cairn server and client: large enough
+/// that a multi-megabyte request streams without waiting for window updates.
+pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// See [`HTTP2_STREAM_WINDOW`].
+pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
@@ -161,6 +167,10 @@ impl Server {
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
             .http2_max_header_list_size(64 * 1024)
+            // Large request bodies (batches of records) would otherwise stall on
+            // the 64 KiB default windows, waiting a round trip per window.
+            .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
             .layer(middleware)
             .add_routes(self.routes.routes());
 
