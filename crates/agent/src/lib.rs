@@ -70,6 +70,7 @@ pub async fn run(
     let mut server = Server::new(config.grpc.clone())
         .add_service(
             AgentServiceServer::new(api.clone())
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

@@ -38,7 +38,7 @@ use std::{
 };
 
 pub use batch::Delivery;
-pub use config::{Acks, ProducerBuilder, ProducerConfig};
+pub use config::{Acks, Compression, ProducerBuilder, ProducerConfig};
 pub use error::{Fate, ProduceError};
 pub use record::{ProducerRecord, RecordMetadata};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -123,7 +123,7 @@ impl Producer {
             config.connect_timeout,
         );
         let shared = Arc::new(Shared {
-            rpc: Rpc::new(pool, config.api_key.clone(), config.request_timeout),
+            rpc: Rpc::new(pool, config.api_key.clone(), config.request_timeout, config.compression),
             metadata: Metadata::new(config.bootstrap.clone()),
             memory: Arc::new(Semaphore::new(config.buffer_bytes)),
             queues: Mutex::new(HashMap::new()),

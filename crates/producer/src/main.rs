@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
-use cairn_producer::{Acks, Delivery, Producer, ProducerBuilder, ProducerConfig, ProducerRecord};
+use cairn_producer::{Acks, Compression, Delivery, Producer, ProducerBuilder, ProducerConfig, ProducerRecord};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Produce records to Cairn from stdin, or generate load.
@@ -68,6 +68,9 @@ pub struct ProducerArgs {
     /// Buffer memory in MiB.
     #[arg(long, default_value_t = ProducerConfig::default().buffer_bytes >> 20)]
     buffer_mib: usize,
+    /// Compression of Produce requests: none or gzip.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
     /// Delivery timeout in milliseconds.
     #[arg(long, default_value_t = ProducerConfig::default().delivery_timeout.as_millis() as u64)]
     delivery_timeout_ms: u64,
@@ -84,7 +87,8 @@ impl ProducerArgs {
             .linger(Duration::from_millis(self.linger_ms))
             .max_in_flight(self.max_in_flight)
             .buffer_bytes(self.buffer_mib * 1024 * 1024)
-            .delivery_timeout(Duration::from_millis(self.delivery_timeout_ms));
+            .delivery_timeout(Duration::from_millis(self.delivery_timeout_ms))
+            .compression(self.compression);
         if let Some(key) = &self.api_key {
             b = b.api_key(key.clone());
         }

@@ -7,7 +7,7 @@ use cairn_proto::cairn::agent::v1::{self as pb, agent_service_client::AgentServi
 use cairn_service::{auth::attach_key, client};
 use tonic::{Request, Status};
 
-use crate::{pool::Pool, record::EncodedProduce};
+use crate::{config::Compression, pool::Pool, record::EncodedProduce};
 
 const PRODUCE_PATH: &str = "/cairn.agent.v1.AgentService/Produce";
 
@@ -17,14 +17,16 @@ pub struct Rpc {
     pub pool: Pool,
     api_key: Option<String>,
     request_timeout: Duration,
+    compression: Compression,
 }
 
 impl Rpc {
-    pub fn new(pool: Pool, api_key: Option<String>, request_timeout: Duration) -> Self {
+    pub fn new(pool: Pool, api_key: Option<String>, request_timeout: Duration, compression: Compression) -> Self {
         Rpc {
             pool,
             api_key,
             request_timeout,
+            compression,
         }
     }
 
@@ -90,6 +92,9 @@ impl Rpc {
         let request = self.request(message, timeout)?;
         self.bounded(timeout, async move {
             let mut grpc = tonic::client::Grpc::new(channel);
+            if self.compression == Compression::Gzip {
+                grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            }
             grpc.ready()
                 .await
                 .map_err(|e| Status::unavailable(format!("connecting to {address}: {e}")))?;

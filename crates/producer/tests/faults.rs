@@ -298,23 +298,30 @@ async fn wait_for_leaders(any: &str, done: impl Fn(&[String]) -> bool) {
 struct Proxy {
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+    /// Bytes clients sent upstream over connections that have ended.
+    upstream_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
     async fn start(port: u16, upstream: String) -> Proxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let upstream_bytes: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let accept = {
             let connections = connections.clone();
+            let upstream_bytes = upstream_bytes.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((mut client, _)) = listener.accept().await else {
                         return;
                     };
                     let upstream = upstream.clone();
+                    let upstream_bytes = upstream_bytes.clone();
                     let task = tokio::spawn(async move {
                         if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            if let Ok((up, _)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                                upstream_bytes.fetch_add(up, std::sync::atomic::Ordering::SeqCst);
+                            }
                             let _ = client.shutdown().await;
                         }
                     });
@@ -322,7 +329,11 @@ impl Proxy {
                 }
             })
         };
-        Proxy { connections, accept }
+        Proxy {
+            connections,
+            accept,
+            upstream_bytes,
+        }
     }
 
     /// Drops every open connection, whatever is in flight on it.
@@ -535,4 +546,60 @@ async fn acks_none_and_committed_deliver() {
     assert_eq!(m.timestamp_ms, 1_700_000_000_000);
     let log = read_all(&a.addr, TOPIC, 0).await;
     assert_eq!(log[m.offset.unwrap() as usize].value, b"kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_compressed_batches_arrive_intact_and_smaller() {
+    let cluster = Cluster::new();
+    let proxy_port = free_port();
+    let proxied = format!("127.0.0.1:{proxy_port}");
+    let advertised = format!("agent.advertised_address={proxied}");
+    let a = cluster.start("a", &["--set", &advertised]).await;
+    let proxy = Proxy::start(proxy_port, a.addr.clone()).await;
+    create_topic(&a.addr, TOPIC, 1).await;
+    leaders(&a.addr, 1).await;
+    let values: Vec<String> = (0..2000)
+        .map(|i| format!("record {i} {}", "abc".repeat(i % 50)))
+        .collect();
+    let mut sent_bytes = Vec::new();
+    for compression in [cairn_producer::Compression::None, cairn_producer::Compression::Gzip] {
+        let before = proxy.upstream_bytes.load(std::sync::atomic::Ordering::SeqCst);
+        let p = producer(&[&proxied]).compression(compression).build().unwrap();
+        let mut deliveries = Vec::new();
+        for v in &values {
+            deliveries.push(p.send(ProducerRecord::new(TOPIC, v.clone()).key("k")).await.unwrap());
+        }
+        for d in deliveries {
+            d.await.unwrap();
+        }
+        p.close().await;
+        drop(p);
+        // The proxy counts a connection's bytes when it closes.
+        let mut after = before;
+        for _ in 0..100 {
+            after = proxy.upstream_bytes.load(std::sync::atomic::Ordering::SeqCst);
+            if after > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sent_bytes.push(after - before);
+    }
+    eprintln!("bytes sent upstream: plain {}, gzip {}", sent_bytes[0], sent_bytes[1]);
+    assert!(
+        sent_bytes[1] * 3 < sent_bytes[0],
+        "gzip requests are much smaller on the wire: {sent_bytes:?}"
+    );
+    let log: Vec<String> = read_all(&a.addr, TOPIC, 0)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect();
+    assert_eq!(log.len(), values.len() * 2);
+    assert_eq!(log[..values.len()], values[..]);
+    assert_eq!(
+        log[values.len()..],
+        values[..],
+        "the compressed copy is byte for byte the same"
+    );
 }
