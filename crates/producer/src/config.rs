@@ -86,7 +86,9 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// …or this many records…
     pub batch_records: usize,
-    /// …or its first record has waited this long.
+    /// …or its first record has waited this long (and no earlier batch of the
+    /// partition is unacknowledged). 0, the default, sends a batch as soon as
+    /// the partition's previous one is acknowledged.
     pub linger: Duration,
     /// Batches of one partition on the wire at once (at most 5 with idempotence).
     pub max_in_flight: usize,
@@ -122,7 +124,7 @@ impl Default for ProducerConfig {
             name: None,
             batch_bytes: 1024 * 1024,
             batch_records: 10_000,
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
             max_in_flight: 5,
             buffer_bytes: 32 * 1024 * 1024,
             max_block: Duration::from_secs(10),

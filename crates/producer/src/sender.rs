@@ -5,6 +5,8 @@
 //! directly; [`run`] drives it for one partition.
 //!
 //! The rules:
+//! - A batch is sealed when full, or when its linger has passed and nothing of
+//!   the partition is unacknowledged ([`Pipeline::has_room`]).
 //! - Batches go out in order, and only the `max_in_flight` oldest
 //!   unacknowledged batches may be on the wire: answers can arrive out of order
 //!   (requests race inside the agent), and this keeps every batch that may have
@@ -30,7 +32,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, OnceLock, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -178,11 +180,15 @@ pub struct Pipeline {
     /// and whose numbers were not reused: the only places a rewind may go to.
     gaps: VecDeque<u64>,
     not_before: Option<Instant>,
+    /// The producer-wide fenced flag, set before any batch fails for it, so a
+    /// caller who sees a record fail as fenced also sees `send` refuse.
+    fenced: Arc<OnceLock<String>>,
 }
 
 impl Pipeline {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, fenced: Arc<OnceLock<String>>) -> Self {
         Pipeline {
+            fenced,
             limits,
             pending: VecDeque::new(),
             next_sequence: 0,
@@ -209,12 +215,14 @@ impl Pipeline {
         });
     }
 
-    /// Whether another batch could go out right now (so sealing one is worth it).
+    /// Whether a batch that is not full should be sealed and sent now: only
+    /// when nothing of this partition is unacknowledged. Full batches go out
+    /// pipelined; a partly filled one waits for the wire to empty and keeps
+    /// filling meanwhile, so batches grow with the load by themselves (at a
+    /// moderate rate one request at a time with everything that arrived during
+    /// the last round trip; under heavy load full batches, five at a time).
     pub fn has_room(&self) -> bool {
         self.pending.is_empty()
-            || !self.recovering
-                && self.in_flight < self.limits.max_in_flight
-                && self.pending.iter().all(|p| p.in_flight)
     }
 
     /// Batches not yet acknowledged or failed.
@@ -419,6 +427,7 @@ impl Pipeline {
                 }
             }
             Class::Fenced(message) => {
+                let _ = self.fenced.set(message.clone());
                 effects.fenced = Some(message.clone());
                 self.fail_all(ProduceError::Fenced(message));
             }
@@ -456,14 +465,17 @@ fn remember_gap(gaps: &mut VecDeque<u64>, sequence: u64) {
 /// the producer is closed and everything is settled, or it is dropped.
 pub async fn run(shared: Arc<Shared>, queue: Arc<PartitionQueue>) {
     let config = &shared.config;
-    let mut pipeline = Pipeline::new(Limits {
-        max_in_flight: config.max_in_flight,
-        idempotent: config.idempotence,
-        acks: config.acks,
-        delivery_timeout: config.delivery_timeout,
-        backoff_base: config.retry_backoff_base,
-        backoff_max: config.retry_backoff_max,
-    });
+    let mut pipeline = Pipeline::new(
+        Limits {
+            max_in_flight: config.max_in_flight,
+            idempotent: config.idempotence,
+            acks: config.acks,
+            delivery_timeout: config.delivery_timeout,
+            backoff_base: config.retry_backoff_base,
+            backoff_max: config.retry_backoff_max,
+        },
+        shared.fenced.clone(),
+    );
     let mut wire: JoinSet<(u64, Result<pb::ProduceResponse, Status>)> = JoinSet::new();
     let mut stop = shared.stop.subscribe();
     loop {
@@ -587,6 +599,12 @@ mod tests {
         (open.seal(), deliveries)
     }
 
+    impl Pipeline {
+        fn new_for_test(limits: Limits) -> Pipeline {
+            Pipeline::new(limits, Arc::default())
+        }
+    }
+
     fn ok(base_offset: u64, count: u32) -> Result<pb::ProduceResponse, Status> {
         Ok(pb::ProduceResponse {
             base_offset,
@@ -621,7 +639,7 @@ mod tests {
 
     #[test]
     fn batches_pipeline_in_order_with_consecutive_sequences_up_to_the_limit() {
-        let mut p = Pipeline::new(limits(2));
+        let mut p = Pipeline::new_for_test(limits(2));
         for n in [3, 2, 4] {
             p.push(batch(n).0);
         }
@@ -638,7 +656,7 @@ mod tests {
 
     #[test]
     fn a_lost_answer_resends_the_same_sequences_in_order_after_the_wire_drains() {
-        let mut p = Pipeline::new(limits(5));
+        let mut p = Pipeline::new_for_test(limits(5));
         let (b0, d0) = batch(2);
         p.push(b0);
         p.push(batch(2).0);
@@ -669,7 +687,7 @@ mod tests {
 
     #[test]
     fn a_batch_refused_for_good_gives_its_sequence_numbers_to_the_next() {
-        let mut p = Pipeline::new(limits(5));
+        let mut p = Pipeline::new_for_test(limits(5));
         let (b0, d0) = batch(3);
         p.push(b0);
         p.push(batch(2).0);
@@ -694,7 +712,7 @@ mod tests {
 
     #[test]
     fn only_the_oldest_unacknowledged_batches_may_be_on_the_wire() {
-        let mut p = Pipeline::new(limits(2));
+        let mut p = Pipeline::new_for_test(limits(2));
         for _ in 0..4 {
             p.push(batch(1).0);
         }
@@ -710,7 +728,7 @@ mod tests {
 
     #[test]
     fn a_stale_expected_sequence_from_a_race_does_not_renumber() {
-        let mut p = Pipeline::new(limits(5));
+        let mut p = Pipeline::new_for_test(limits(5));
         p.push(batch(2).0);
         let (b1, d1) = batch(2);
         p.push(b1);
@@ -731,7 +749,7 @@ mod tests {
 
     #[test]
     fn a_failed_last_batch_does_not_spend_sequence_numbers() {
-        let mut p = Pipeline::new(limits(5));
+        let mut p = Pipeline::new_for_test(limits(5));
         p.push(batch(3).0);
         let now = Instant::now();
         let s = p.ready(now);
@@ -743,7 +761,7 @@ mod tests {
 
     #[test]
     fn out_of_order_behind_an_unanswered_batch_is_retried_not_failed() {
-        let mut p = Pipeline::new(limits(5));
+        let mut p = Pipeline::new_for_test(limits(5));
         p.push(batch(1).0);
         let (b1, d1) = batch(1);
         p.push(b1);
@@ -760,7 +778,7 @@ mod tests {
     fn expiry_fails_waiting_batches_and_says_whether_they_may_have_landed() {
         let mut l = limits(5);
         l.delivery_timeout = Duration::from_millis(100);
-        let mut p = Pipeline::new(l);
+        let mut p = Pipeline::new_for_test(l);
         let (b0, d0) = batch(1);
         let (b1, d1) = batch(1);
         p.push(b0);
@@ -792,19 +810,20 @@ mod tests {
     fn an_emptied_pipeline_has_room_even_while_recovering() {
         let mut l = limits(5);
         l.delivery_timeout = Duration::from_millis(100);
-        let mut p = Pipeline::new(l);
+        let mut p = Pipeline::new_for_test(l);
         p.push(batch(1).0);
         let now = Instant::now();
         let s = p.ready(now);
         p.on_answer(s[0].id, Err(Status::unavailable("down")), now);
-        assert!(!p.has_room());
+        assert!(!p.has_room(), "a partly filled batch waits while one is unacknowledged");
         p.expire(now + Duration::from_millis(150));
         assert!(p.has_room(), "a batch lingering in the queue must be sealed and sent");
     }
 
     #[test]
     fn fencing_fails_everything() {
-        let mut p = Pipeline::new(limits(5));
+        let flag: Arc<OnceLock<String>> = Arc::default();
+        let mut p = Pipeline::new(limits(5), flag.clone());
         let (b0, d0) = batch(1);
         p.push(b0);
         p.push(batch(1).0);
@@ -814,6 +833,11 @@ mod tests {
         let fenced = Status::with_error_details(Code::FailedPrecondition, "epoch 0 is fenced by 1", info);
         let effects = p.on_answer(s[0].id, Err(fenced), now);
         assert_eq!(effects.fenced.as_deref(), Some("epoch 0 is fenced by 1"));
+        assert_eq!(
+            flag.get().map(String::as_str),
+            Some("epoch 0 is fenced by 1"),
+            "set before records fail"
+        );
         assert!(p.is_empty());
         assert!(matches!(
             resolved(d0.into_iter().next().unwrap()),
@@ -823,7 +847,7 @@ mod tests {
 
     #[test]
     fn not_leader_with_a_named_leader_retries_at_once_and_reports_it() {
-        let mut p = Pipeline::new(limits(5));
+        let mut p = Pipeline::new_for_test(limits(5));
         p.push(batch(1).0);
         let now = Instant::now();
         let s = p.ready(now);
