@@ -281,9 +281,19 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Ends the batch for every record in it.
-    pub fn complete(&self, result: BatchResult) {
-        self.completion.complete(result);
+    /// Ends the batch for every record in it. Its buffer memory and its place
+    /// in `Outstanding` are given back first, so whoever a delivery wakes sees
+    /// them free.
+    pub fn complete(self, result: BatchResult) {
+        let Batch {
+            completion,
+            _reservation,
+            _ticket,
+            ..
+        } = self;
+        drop(_reservation);
+        drop(_ticket);
+        completion.complete(result);
     }
 }
 
@@ -312,12 +322,11 @@ mod tests {
             base_offset: Some(40),
             append_time_ms: 99,
         }));
+        assert_eq!(memory.available_permits(), 1000, "returned before anyone is woken");
         let a = a.await.unwrap();
         assert_eq!((a.partition, a.offset, a.timestamp_ms), (2, Some(40), 99));
         let b = waiter.await.unwrap().unwrap();
         assert_eq!((b.offset, b.timestamp_ms), (Some(41), 7));
-        drop(batch);
-        assert_eq!(memory.available_permits(), 1000);
     }
 
     #[tokio::test]

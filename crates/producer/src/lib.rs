@@ -399,6 +399,19 @@ impl Shared {
         Ok((address, *identity))
     }
 
+    /// A producer id for this partition alone (a timed-out batch there may still
+    /// land under the shared one).
+    pub(crate) async fn fresh_identity(&self, queue: &PartitionQueue) -> Result<(u64, u32), Status> {
+        let address = self
+            .metadata
+            .cached(&queue.topic)
+            .and_then(|info| info.leaders.get(queue.partition as usize).cloned().flatten())
+            .or_else(|| self.config.bootstrap.first().cloned())
+            .ok_or_else(|| Status::unavailable("no agent to ask for a producer id"))?;
+        let r = self.rpc.init_producer(&address, "").await?;
+        Ok((r.producer_id, r.producer_epoch))
+    }
+
     /// Acts on what a partition's pipeline learned from an answer.
     pub(crate) fn apply(self: &Arc<Self>, queue: &PartitionQueue, effects: sender::Effects) {
         if let Some(address) = effects.leader {

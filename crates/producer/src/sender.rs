@@ -20,13 +20,17 @@
 //!   offsets; one that was not is appended now. Order is never changed.
 //! - "Out of order sequence" means the batch was not appended. Usually a
 //!   predecessor had not arrived yet (two requests raced), so it is resent in
-//!   turn. When the sequence the agent expects is where a batch of ours ended
-//!   without being appended (refused for good, or timed out), the pipeline
-//!   waits for the wire to empty and renumbers the unacknowledged batches from
-//!   there, so a failed batch never leaves a gap. The numbers of a refused last
-//!   batch go straight to the next one. No other answer moves numbers back: a
-//!   stale "expected" (sent before a racing predecessor landed) must not make
-//!   a new batch look like a duplicate of an appended one.
+//!   turn. When the sequence the agent expects is where a batch of ours was
+//!   refused for good, the pipeline waits for the wire to empty and renumbers
+//!   the unacknowledged batches from there, so a refused batch never leaves a
+//!   gap (the numbers of a refused last batch go straight to the next one).
+//!   When it is where a batch timed out, that batch may still land (a request
+//!   can linger in a stalled agent), so its numbers must never be reused: the
+//!   partition continues under a fresh producer id from sequence 0 instead.
+//!   The same happens when the agent is past a batch it does not remember. No
+//!   other answer moves numbers: a stale "expected" (sent before a racing
+//!   predecessor landed) must not make a new batch look like a duplicate of an
+//!   appended one.
 //! - A batch whose delivery timeout passes while it is not on the wire fails
 //!   with "timed out" (its fate is unknown if an attempt may have landed).
 
@@ -176,9 +180,13 @@ pub struct Pipeline {
     recovering: bool,
     /// Renumber unacknowledged batches from here once the wire is empty.
     rewind: Option<u64>,
-    /// First sequence numbers of batches that ended without an acknowledgement
-    /// and whose numbers were not reused: the only places a rewind may go to.
+    /// First sequence numbers of batches the agent refused (never appended)
+    /// whose numbers were not reused: the only places a rewind may go to.
     gaps: VecDeque<u64>,
+    /// First sequence numbers of batches that timed out (they may still land).
+    expired: VecDeque<u64>,
+    /// Continue under a fresh producer id once the wire is empty.
+    fresh_identity: bool,
     not_before: Option<Instant>,
     /// The producer-wide fenced flag, set before any batch fails for it, so a
     /// caller who sees a record fail as fenced also sees `send` refuse.
@@ -197,6 +205,8 @@ impl Pipeline {
             recovering: false,
             rewind: None,
             gaps: VecDeque::new(),
+            expired: VecDeque::new(),
+            fresh_identity: false,
             not_before: None,
         }
     }
@@ -262,7 +272,7 @@ impl Pipeline {
         for p in self.pending.drain(..) {
             if !p.in_flight && p.batch.created + timeout <= now {
                 if let Some(seq) = p.sequence {
-                    remember_gap(&mut self.gaps, seq);
+                    remember_gap(&mut self.expired, seq);
                 }
                 p.batch.complete(Err(ProduceError::TimedOut {
                     after: timeout,
@@ -276,9 +286,32 @@ impl Pipeline {
         self.pending = kept;
     }
 
+    /// Whether the driver must get a fresh producer id for this partition
+    /// (and then call [`Pipeline::identity_replaced`]) before anything is sent.
+    pub fn wants_identity(&self) -> bool {
+        self.fresh_identity && self.in_flight == 0
+    }
+
+    /// The partition now writes as a fresh producer: sequences restart at 0.
+    pub fn identity_replaced(&mut self) {
+        self.fresh_identity = false;
+        self.rewind = None;
+        self.next_sequence = 0;
+        self.gaps.clear();
+        self.expired.clear();
+        for p in &mut self.pending {
+            p.sequence = None;
+        }
+    }
+
+    /// Sends nothing before `until`.
+    pub fn pause_until(&mut self, until: Instant) {
+        self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
+    }
+
     /// The batches to send now, marked in flight.
     pub fn ready(&mut self, now: Instant) -> Vec<Send> {
-        if self.not_before.is_some_and(|t| now < t) {
+        if self.not_before.is_some_and(|t| now < t) || self.fresh_identity {
             return Vec::new();
         }
         self.not_before = None;
@@ -376,6 +409,7 @@ impl Pipeline {
                     // Numbers at or below an appended batch are filled, not gaps.
                     if let Some(seq) = p.sequence {
                         self.gaps.retain(|g| *g > seq);
+                        self.expired.retain(|g| *g > seq);
                     }
                     p.batch.complete(Ok(acked));
                 }
@@ -404,19 +438,12 @@ impl Pipeline {
                 let first = index == 0;
                 let sequence = self.pending[index].sequence.unwrap_or_default();
                 match expected {
-                    // The agent waits where one of ours ended unappended: renumber from there.
+                    // The agent waits where one of ours was refused: renumber from there.
                     Some(e) if first && e < sequence && self.gaps.contains(&e) => self.rewind = Some(e),
-                    // The agent is past this batch yet does not remember it: its state
-                    // is not ours (it cannot happen within the window). Give this batch
-                    // up and continue where the agent is.
-                    Some(e) if first && e > sequence => {
-                        let error = ProduceError::Rejected {
-                            code: status.code(),
-                            message: status.message().to_owned(),
-                        };
-                        self.fail_at(index, error, false);
-                        self.rewind = Some(e);
-                    }
+                    // It waits where one of ours timed out, which may still land; or it
+                    // is past this batch without remembering it (a timed-out batch
+                    // landed late). Either way these numbers are spoken for.
+                    Some(e) if first && (e > sequence || self.expired.contains(&e)) => self.fresh_identity = true,
                     // A predecessor had not landed yet: resend in turn, after a pause
                     // if this keeps happening.
                     _ => {
@@ -447,6 +474,7 @@ impl Pipeline {
         self.in_flight = 0;
         self.recovering = false;
         self.rewind = None;
+        self.fresh_identity = false;
     }
 }
 
@@ -478,6 +506,8 @@ pub async fn run(shared: Arc<Shared>, queue: Arc<PartitionQueue>) {
     );
     let mut wire: JoinSet<(u64, Result<pb::ProduceResponse, Status>)> = JoinSet::new();
     let mut stop = shared.stop.subscribe();
+    // Set once this partition had to leave the producer's shared identity.
+    let mut own_identity: Option<(u64, u32)> = None;
     loop {
         let now = Instant::now();
         if let Some(reason) = shared.fenced.get() {
@@ -489,10 +519,29 @@ pub async fn run(shared: Arc<Shared>, queue: Arc<PartitionQueue>) {
             pipeline.push(batch);
         }
         pipeline.expire(now);
+        if pipeline.wants_identity() {
+            match shared.fresh_identity(&queue).await {
+                Ok(identity) => {
+                    tracing::info!(
+                        topic = %queue.topic,
+                        partition = queue.partition,
+                        producer_id = identity.0,
+                        "a timed-out batch may still land: continuing under a fresh producer id"
+                    );
+                    own_identity = Some(identity);
+                    pipeline.identity_replaced();
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status, "fresh producer id not obtained yet");
+                    pipeline.pause_until(now + config.retry_backoff_max);
+                }
+            }
+        }
         let sends = pipeline.ready(now);
         if !sends.is_empty() {
             match shared.route(&queue).await {
                 Ok((address, identity)) => {
+                    let identity = own_identity.unwrap_or(identity);
                     for send in sends {
                         let message = EncodedProduce {
                             head: pb::ProduceRequest {
@@ -798,11 +847,18 @@ mod tests {
             crate::Fate::NotWritten,
             "batch 1 was refused before anything was done"
         );
-        // The next batch continues the sequence; if batch 0 never landed the agent says so.
+        // The next batch continues the sequence. The agent waits where a timed-out
+        // batch starts: that batch may still land, so its numbers are not reused.
         p.push(batch(1).0);
         let s = p.ready(now + Duration::from_millis(150));
         assert_eq!(s[0].base_sequence, 2);
         p.on_answer(s[0].id, out_of_order(0), now);
+        assert!(p.wants_identity());
+        assert!(
+            p.ready(now + Duration::from_millis(300)).is_empty(),
+            "nothing goes out under the old id"
+        );
+        p.identity_replaced();
         assert_eq!(p.ready(now + Duration::from_millis(300))[0].base_sequence, 0);
     }
 
