@@ -93,16 +93,26 @@ pub async fn run(
     let leases = Background::spawn(|stop| node.clone().run_leases(stop));
     let roller = Background::spawn(|stop| node.clone().run_roller(stop));
     let meta = node.meta.clone();
-    let watchdog = server.readiness().watch(Duration::from_secs(5), move || {
+    let readiness = server.readiness();
+    let watchdog = readiness.watch(Duration::from_secs(5), move || {
         let meta = meta.clone();
         async move { meta.ping().await.is_ok() }
     });
-    let served = server.serve(listener, shutdown).await;
-    watchdog.abort();
-    roller.stop().await;
-    leases.stop().await;
-    node.shutdown().await;
-    served
+    // On SIGTERM the partitions are handed off first (final segments, leases
+    // released clean), so clients are redirected to other agents at once; only
+    // then does the server drain its connections, however long clients keep them.
+    let hand_off = {
+        let node = node.clone();
+        async move {
+            shutdown.await;
+            watchdog.abort();
+            readiness.set_not_serving().await;
+            roller.stop().await;
+            leases.stop().await;
+            node.shutdown().await;
+        }
+    };
+    server.serve(listener, hand_off).await
 }
 
 use node::Node;

@@ -299,7 +299,7 @@ async fn sigterm_hands_partitions_off_clean_and_the_next_agent_continues() {
         client.produce(batch(i, &format!("v{i}"))).await.unwrap();
     }
     // Durable, not committed: without a handoff no other agent could take it.
-    assert_eq!(a.terminate(Duration::from_secs(30)), Some(0), "{}", a.log_text());
+    assert_eq!(a.terminate(Duration::from_secs(30)).await, Some(0), "{}", a.log_text());
     assert!(a.log_text().contains("handed off clean"), "{}", a.log_text());
     let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
     let live = meta.live_agents(Duration::from_secs(60)).await.unwrap();
@@ -506,6 +506,6 @@ async fn a_partition_handed_back_and_forth_continues_on_each_agent() {
             .map(|r| String::from_utf8(r.value.clone()).unwrap())
             .collect();
         assert_eq!(values, expected, "round {round} on {name}");
-        assert_eq!(agent_process.terminate(Duration::from_secs(30)), Some(0));
+        assert_eq!(agent_process.terminate(Duration::from_secs(30)).await, Some(0));
     }
 }

@@ -259,7 +259,7 @@ async fn leadership_moves_by_handoff_and_after_a_crash_without_loss_or_duplicate
     wait_for_leaders(&addr_a, |l| l.contains(&addr_b)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // a leaves gracefully: b takes everything.
-    assert_eq!(a.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(a.terminate(Duration::from_secs(30)).await, Some(0));
     wait_for_leaders(&addr_b, |l| l.iter().all(|x| *x == addr_b)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // a comes back and gets its share again.

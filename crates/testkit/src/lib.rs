@@ -212,8 +212,10 @@ impl Process {
         self.signal("CONT");
     }
 
-    /// SIGTERM, then waits for the exit code (SIGKILL after `timeout`).
-    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+    /// SIGTERM, then waits for the exit code (SIGKILL after `timeout`). Waits
+    /// without blocking the test's runtime, so the test's own client
+    /// connections can answer the server's GOAWAY and let it drain.
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let give_up = Instant::now() + timeout;
@@ -226,7 +228,7 @@ impl Process {
                 let _ = child.wait();
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
