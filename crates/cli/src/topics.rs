@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use cairn_proto::cairn::agent::v1::{
     self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
 };
+use cairn_producer::{Producer, ProducerRecord};
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
@@ -58,12 +59,13 @@ pub struct ProduceArgs {
     target: Target,
     #[arg(long)]
     topic: String,
-    /// Partition to write to; without it, batches go round-robin over all partitions.
+    /// Partition to write to; without it the producer's partitioner picks
+    /// (by key, or sticky for keyless lines).
     #[arg(long)]
     partition: Option<u32>,
-    /// Lines per produce request.
-    #[arg(long, default_value_t = 500)]
-    batch: usize,
+    /// Split each line at the first SEP into key and value.
+    #[arg(long)]
+    key_separator: Option<String>,
 }
 
 /// `cairn consume`
@@ -215,43 +217,52 @@ pub async fn topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `cairn produce`: one record per stdin line, durable acks.
+/// Runs `cairn produce`: one record per stdin line through the producer
+/// library (batched, idempotent, durable acks), reporting what was delivered.
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
-    let key = args.target.api_key.as_deref();
-    let meta = metadata(&args.target, &args.topic).await?;
-    let partitions = meta.partitions.len() as u32;
-    let mut leaders = Leaders {
-        channels: HashMap::new(),
-    };
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    let (mut delivered, mut turn) = (0u64, 0u32);
-    loop {
-        let mut batch = Vec::with_capacity(args.batch);
-        for line in lines.by_ref().take(args.batch.max(1)) {
-            batch.push(pb::Record {
-                value: line?.into_bytes(),
-                ..Default::default()
-            });
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let partition = args.partition.unwrap_or(turn % partitions.max(1));
-        turn += 1;
-        let n = batch.len() as u64;
-        let mut client = leaders.for_partition(&meta, partition).await?;
-        let produce = pb::ProduceRequest {
-            topic: args.topic.clone(),
-            partition,
-            records: batch,
-            ..Default::default()
-        };
-        client.produce(request(produce, key)?).await?;
-        delivered += n;
+    let mut builder = Producer::builder().bootstrap([addr(&args.target)]);
+    if let Some(key) = &args.target.api_key {
+        builder = builder.api_key(key.clone());
     }
-    eprintln!("delivered {delivered} records to {}", args.topic);
-    Ok(ExitCode::SUCCESS)
+    let producer = builder.build()?;
+    let mut pending = std::collections::VecDeque::new();
+    let (mut delivered, mut failed) = (0u64, 0u64);
+    let mut settle = |result: Result<cairn_producer::RecordMetadata, cairn_producer::ProduceError>| match result {
+        Ok(_) => delivered += 1,
+        Err(e) => {
+            if failed == 0 {
+                eprintln!("error: {e}");
+            }
+            failed += 1;
+        }
+    };
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let split = args.key_separator.as_deref().and_then(|sep| line.split_once(sep));
+        let mut record = match split {
+            Some((k, v)) => ProducerRecord::new(&args.topic, v.to_owned()).key(k.to_owned()),
+            None => ProducerRecord::new(&args.topic, line),
+        };
+        if let Some(p) = args.partition {
+            record = record.partition(p);
+        }
+        match producer.send(record).await {
+            Ok(delivery) => pending.push_back(delivery),
+            Err(e) => settle(Err(e)),
+        }
+        if pending.len() >= 100_000
+            && let Some(d) = pending.pop_front()
+        {
+            settle(d.await);
+        }
+    }
+    producer.flush().await;
+    for d in pending {
+        settle(d.await);
+    }
+    producer.close().await;
+    eprintln!("delivered {delivered} records to {}; {failed} failed", args.topic);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Runs `cairn consume`: values, one per line.
