@@ -7,10 +7,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use cairn_producer::{Producer, ProducerRecord};
 use cairn_proto::cairn::agent::v1::{
     self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
 };
-use cairn_producer::{Producer, ProducerRecord};
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
@@ -262,7 +262,11 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     }
     producer.close().await;
     eprintln!("delivered {delivered} records to {}; {failed} failed", args.topic);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Runs `cairn consume`: values, one per line.
