@@ -4,50 +4,24 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use cairn_proto::cairn::{
-    agent::v1 as pb,
-    auth::v1::{CreateKeyRequest, key_admin_service_client::KeyAdminServiceClient},
-};
-use cairn_service::auth::attach_key;
-use cairn_testkit::Process;
+use cairn_proto::cairn::agent::v1 as pb;
 use common::*;
 use tonic::{Code, Request};
 
 async fn key(auth: &str, admin: &str, scopes: &[&str]) -> String {
-    let mut request = Request::new(CreateKeyRequest {
-        name: "agent-test".into(),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        expires_at: None,
-    });
-    attach_key(&mut request, admin).unwrap();
-    KeyAdminServiceClient::new(channel(auth).await)
-        .create_key(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key
+    create_key(auth, admin, scopes).await
 }
 
 fn with<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    attach_key(&mut request, key).unwrap();
-    request
+    with_key(message, key)
 }
 
 #[tokio::test]
 async fn produce_fetch_and_topic_admin_need_their_scopes() {
     let cluster = Cluster::new();
-    let auth_db = format!("store.url=sqlite://{}/auth.db?mode=rwc", cluster.dir.path().display());
-    let out = Command::new(cairn_testkit::binary("cairn-auth"))
-        .args(["--set", &auth_db, "bootstrap-admin"])
-        .output()
-        .unwrap();
-    let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let mut auth = Process::start("cairn-auth", &["--set", &auth_db], &[], cluster.dir.path());
-    auth.wait_serving(Duration::from_secs(30)).await;
-
+    let (auth, admin) = start_auth(&cluster).await;
     let a = cluster
         .start(
             "a",

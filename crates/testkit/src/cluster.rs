@@ -187,3 +187,40 @@ pub async fn read_all(addr: &str, topic: &str, partition: u32) -> Vec<pb::Stored
         out.extend(page.records);
     }
 }
+
+/// A `cairn-auth` process with its own SQLite store in the cluster's directory,
+/// and the admin key `bootstrap-admin` printed for it.
+pub async fn start_auth(cluster: &Cluster) -> (Process, String) {
+    let store = format!("store.url=sqlite://{}/auth.db?mode=rwc", cluster.dir.path().display());
+    let out = std::process::Command::new(crate::binary("cairn-auth"))
+        .args(["--set", &store, "bootstrap-admin"])
+        .output()
+        .unwrap();
+    let admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut auth = Process::start("cairn-auth", &["--set", &store], &[], cluster.dir.path());
+    auth.wait_serving(Duration::from_secs(30)).await;
+    (auth, admin)
+}
+
+/// `message` carrying `key`.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    cairn_service::auth::attach_key(&mut request, key).unwrap();
+    request
+}
+
+/// A new API key with `scopes`, created with the `admin` key.
+pub async fn create_key(auth: &str, admin: &str, scopes: &[&str]) -> String {
+    use cairn_proto::cairn::auth::v1::{CreateKeyRequest, key_admin_service_client::KeyAdminServiceClient};
+    let request = CreateKeyRequest {
+        name: "test".into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_at: None,
+    };
+    KeyAdminServiceClient::new(channel(auth).await)
+        .create_key(with_key(request, admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key
+}
