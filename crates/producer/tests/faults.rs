@@ -336,6 +336,17 @@ impl Proxy {
         }
     }
 
+    /// Waits until every connection the proxy carried has closed.
+    async fn wait_idle(&self) {
+        for _ in 0..200 {
+            if self.connections.lock().unwrap().iter().all(|c| c.is_finished()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the proxy's connections never closed");
+    }
+
     /// Drops every open connection, whatever is in flight on it.
     fn cut(&self) -> usize {
         let mut connections = self.connections.lock().unwrap();
@@ -577,15 +588,9 @@ async fn gzip_compressed_batches_arrive_intact_and_smaller() {
         }
         p.close().await;
         drop(p);
-        // The proxy counts a connection's bytes when it closes.
-        let mut after = before;
-        for _ in 0..100 {
-            after = proxy.upstream_bytes.load(std::sync::atomic::Ordering::SeqCst);
-            if after > before {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // The proxy counts a connection's bytes when it closes: wait for all of them.
+        proxy.wait_idle().await;
+        let after = proxy.upstream_bytes.load(std::sync::atomic::Ordering::SeqCst);
         sent_bytes.push(after - before);
     }
     eprintln!("bytes sent upstream: plain {}, gzip {}", sent_bytes[0], sent_bytes[1]);
