@@ -425,7 +425,9 @@ impl RemoteAuthenticator {
             },
             self.config.client.request_timeout(),
         );
-        match self.client.clone().authenticate(request).await {
+        let timeout = self.config.client.request_timeout();
+        let mut auth = self.client.clone();
+        match client::bounded(timeout, auth.authenticate(request)).await {
             Ok(response) => response
                 .into_inner()
                 .principal

@@ -47,11 +47,42 @@ pub fn request<T>(message: T, default_timeout: Duration) -> Request<T> {
     request
 }
 
+/// Runs an outgoing call and ends it here with `DEADLINE_EXCEEDED` once its
+/// deadline (`timeout`, capped by the caller's) has passed. The deadline header
+/// asks the server to give up, but a frozen server never answers at all; a
+/// short grace lets a live server's own answer arrive first.
+pub async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let timeout = deadline(timeout);
+    match tokio::time::timeout(timeout + Duration::from_millis(50), call).await {
+        Ok(result) => result,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {timeout:?}"
+        ))),
+    }
+}
+
 /// The deadline an outgoing call gets: never later than the caller's.
 pub fn deadline(default_timeout: Duration) -> Duration {
     match context::remaining() {
         // A zero timeout would mean "no deadline" to some peers; 1 ms fails fast instead.
         Some(left) => left.min(default_timeout).max(Duration::from_millis(1)),
         None => default_timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_never_answers_ends_at_its_deadline() {
+        let never = std::future::pending::<Result<(), tonic::Status>>();
+        let status = bounded(Duration::from_secs(2), never).await.expect_err("never answers");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        let answered = bounded(Duration::from_secs(2), async { Ok::<_, tonic::Status>(7) }).await;
+        assert_eq!(answered.ok(), Some(7));
     }
 }
