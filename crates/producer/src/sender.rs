@@ -268,6 +268,14 @@ impl Pipeline {
     /// Fails waiting batches whose delivery timeout has passed.
     pub fn expire(&mut self, now: Instant) {
         let timeout = self.limits.delivery_timeout;
+        // Runs on every turn of the sender loop: rebuild the queue only when needed.
+        if !self
+            .pending
+            .iter()
+            .any(|p| !p.in_flight && p.batch.created + timeout <= now)
+        {
+            return;
+        }
         let mut kept = VecDeque::with_capacity(self.pending.len());
         for p in self.pending.drain(..) {
             if !p.in_flight && p.batch.created + timeout <= now {

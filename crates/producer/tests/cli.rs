@@ -69,41 +69,28 @@ async fn produce_reads_stdin_and_reports_each_record() {
     );
 
     // Length-prefixed records may hold newlines and any bytes.
+    let framed_args = [
+        "produce",
+        "--bootstrap",
+        &a.addr,
+        "--topic",
+        "lines",
+        "--format",
+        "length-prefixed",
+    ];
     let mut framed = Vec::new();
     for record in [&b"a\nb"[..], &[0u8, 255, 10][..]] {
         framed.extend_from_slice(&(record.len() as u32).to_be_bytes());
         framed.extend_from_slice(record);
     }
-    let (ok, _, stderr) = run(
-        &[
-            "produce",
-            "--bootstrap",
-            &a.addr,
-            "--topic",
-            "lines",
-            "--format",
-            "length-prefixed",
-        ],
-        &framed,
-    );
+    let (ok, _, stderr) = run(&framed_args, &framed);
     assert!(ok, "{stderr}");
     let log = read_all(&a.addr, "lines", 0).await;
     assert_eq!(log[3].value, b"a\nb");
     assert_eq!(log[4].value, [0u8, 255, 10]);
 
     // A record cut short is an error, not a silent truncation.
-    let (ok, _, stderr) = run(
-        &[
-            "produce",
-            "--bootstrap",
-            &a.addr,
-            "--topic",
-            "lines",
-            "--format",
-            "length-prefixed",
-        ],
-        &[0, 0, 0, 9, b'x'],
-    );
+    let (ok, _, stderr) = run(&framed_args, &[0, 0, 0, 9, b'x']);
     assert!(!ok);
     assert!(stderr.contains("shorter than its length prefix"), "{stderr}");
     assert_eq!(read_all(&a.addr, "lines", 0).await.len(), 5);

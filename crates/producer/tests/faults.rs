@@ -358,6 +358,19 @@ impl Proxy {
     }
 }
 
+/// An agent that advertises a proxy in front of it as its address (so the
+/// producer's traffic goes through the proxy), with `TOPIC` of `partitions`.
+async fn proxied_agent(cluster: &Cluster, partitions: u32) -> (cairn_testkit::Process, Proxy, String) {
+    let proxy_port = free_port();
+    let proxied = format!("127.0.0.1:{proxy_port}");
+    let advertised = format!("agent.advertised_address={proxied}");
+    let a = cluster.start("a", &["--set", &advertised]).await;
+    let proxy = Proxy::start(proxy_port, a.addr.clone()).await;
+    create_topic(&a.addr, TOPIC, partitions).await;
+    leaders(&a.addr, partitions).await;
+    (a, proxy, proxied)
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
@@ -368,13 +381,7 @@ impl Drop for Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_mid_request_are_retried_without_duplicates() {
     let cluster = Cluster::new();
-    let proxy_port = free_port();
-    let proxied = format!("127.0.0.1:{proxy_port}");
-    let advertised = format!("agent.advertised_address={proxied}");
-    let a = cluster.start("a", &["--set", &advertised]).await;
-    let proxy = Proxy::start(proxy_port, a.addr.clone()).await;
-    create_topic(&a.addr, TOPIC, 2).await;
-    leaders(&a.addr, 2).await;
+    let (a, proxy, proxied) = proxied_agent(&cluster, 2).await;
     let p = producer(&[&proxied]).connections_per_agent(1).build().unwrap();
     let stats = p.clone();
     let writer = Writer::start(p);
@@ -565,13 +572,7 @@ async fn acks_none_and_committed_deliver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_compressed_batches_arrive_intact_and_smaller() {
     let cluster = Cluster::new();
-    let proxy_port = free_port();
-    let proxied = format!("127.0.0.1:{proxy_port}");
-    let advertised = format!("agent.advertised_address={proxied}");
-    let a = cluster.start("a", &["--set", &advertised]).await;
-    let proxy = Proxy::start(proxy_port, a.addr.clone()).await;
-    create_topic(&a.addr, TOPIC, 1).await;
-    leaders(&a.addr, 1).await;
+    let (a, proxy, proxied) = proxied_agent(&cluster, 1).await;
     let values: Vec<String> = (0..2000)
         .map(|i| format!("record {i} {}", "abc".repeat(i % 50)))
         .collect();
