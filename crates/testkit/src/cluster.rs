@@ -56,11 +56,33 @@ impl Cluster {
 
     /// Starts agent `name` (its data dir is kept across restarts) and waits for SERVING.
     pub async fn start(&self, name: &str, extra: &[&str]) -> Process {
-        self.start_on(crate::free_port(), name, extra).await
+        self.launch(None, name, extra).await
     }
 
     /// [`Cluster::start`] on a given port, so a restarted agent keeps its address.
     pub async fn start_on(&self, port: u16, name: &str, extra: &[&str]) -> Process {
+        self.launch(Some(port), name, extra).await
+    }
+
+    /// Starts the agent, trying again when its port was taken between choosing
+    /// and binding it (another port, or the same one a moment later).
+    async fn launch(&self, port: Option<u16>, name: &str, extra: &[&str]) -> Process {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut agent = self.spawn(port.unwrap_or_else(crate::free_port), name, extra);
+            match agent.try_wait_serving(Duration::from_secs(60)).await {
+                Ok(()) => return agent,
+                Err(exited) if exited.contains("Address already in use") => {
+                    last = exited;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
+        panic!("no port to listen on after 5 tries: {last}");
+    }
+
+    fn spawn(&self, port: u16, name: &str, extra: &[&str]) -> Process {
         let data = self.data_dir(name);
         std::fs::create_dir_all(&data).unwrap();
         let mut args: Vec<String> = vec![
@@ -83,9 +105,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut agent = Process::start_on(port, "cairn-agent", &args, &[], &data);
-        agent.wait_serving(Duration::from_secs(60)).await;
-        agent
+        Process::start_on(port, "cairn-agent", &args, &[], &data)
     }
 }
 

@@ -82,8 +82,16 @@ impl Drop for TempDir {
     }
 }
 
-/// A free loopback port (bound and released; fine for tests on one machine).
+/// A free loopback port (bound and released). Picked below the kernel's
+/// ephemeral range (32768+), where outgoing connections take their local
+/// ports, so a client socket cannot grab it before the service binds it.
 pub fn free_port() -> u16 {
+    for _ in 0..200 {
+        let port = rand::random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -156,11 +164,19 @@ impl Process {
 
     /// Waits until health reports SERVING; panics with the log after `timeout`.
     pub async fn wait_serving(&mut self, timeout: Duration) {
+        if let Err(exited) = self.try_wait_serving(timeout).await {
+            panic!("{exited}");
+        }
+    }
+
+    /// [`Process::wait_serving`], but an early exit is returned (with the log)
+    /// instead of panicking, so the caller can retry.
+    pub async fn try_wait_serving(&mut self, timeout: Duration) -> Result<(), String> {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
         let give_up = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited with {status}:\n{}", self.addr, self.log_text());
+                return Err(format!("{} exited with {status}:\n{}", self.addr, self.log_text()));
             }
             let config = cairn_service::ClientConfig {
                 connect_timeout_ms: 500,
@@ -172,7 +188,7 @@ impl Process {
                 let request = HealthCheckRequest { service: String::new() };
                 let reply = HealthClient::new(channel).check(request).await;
                 if reply.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(
