@@ -17,6 +17,7 @@ use std::{
 use cairn_agent::{
     batch::{ProducerInfo, Record},
     partition::{Ack, Partition, WriterConfig},
+    wal::Tenure,
 };
 
 fn env(name: &str, default: u64) -> u64 {
@@ -70,7 +71,7 @@ async fn run_case(dir: &Path, record_size: usize, batch: usize, producers: usize
         queue_depth: 4096,
         wal_file_bytes: 1 << 30,
     };
-    let partition = Partition::open("bench", 0, &case, 0, Default::default(), config).unwrap();
+    let (partition, _) = Partition::open("bench", 0, &case, &Tenure::local(0), Default::default(), config).unwrap();
     partition.fence.extend(u64::MAX / 2);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let record = Record {

@@ -97,6 +97,12 @@ impl Api {
                 partition,
             });
         }
+        if let Some(stuck) = self.node.stuck(topic, partition) {
+            return Err(Error::Retryable(format!(
+                "{topic}/{partition} is held here but not served ({}); an operator may need to act, see the agent's log",
+                stuck.reason
+            )));
+        }
         let leader = self.node.leader_of(topic, partition).await?;
         if leader.as_ref().is_some_and(|(id, _)| *id == self.node.id) {
             // This agent has the lease but is still recovering the partition.
@@ -352,7 +358,13 @@ impl AgentService for Api {
             // Below the local WAL: the committed segments have it.
             let records = self
                 .node
-                .read_segments(&req.topic, req.partition, req.offset, max_bytes)
+                .read_segments(
+                    &req.topic,
+                    req.partition,
+                    req.offset,
+                    held.partition.wal_start(),
+                    max_bytes,
+                )
                 .await?;
             (records, held.partition.high_watermark())
         } else {

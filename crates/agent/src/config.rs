@@ -87,6 +87,19 @@ pub struct AgentConfig {
     pub wal_file_bytes: u64,
     /// How often each partition's retention and orphan-object sweep runs.
     pub retention_interval_ms: u64,
+    /// Committed-ack produces arriving within this window share one segment
+    /// (one upload, one metadata commit): at most one segment per window per
+    /// partition, whatever the request rate.
+    pub commit_linger_ms: u64,
+    /// …unless this many bytes wait for a committed ack first.
+    pub commit_linger_bytes: u64,
+    /// Segment uploads in flight at once across partitions.
+    pub max_concurrent_uploads: usize,
+    /// Longest a hand-off (SIGTERM, rebalancing) may take, all partitions
+    /// together; what is not handed off by then stays with this agent.
+    pub handoff_timeout_ms: u64,
+    /// Segment block indexes kept in memory for reads below the WAL.
+    pub segment_index_cache: usize,
 }
 
 impl Default for AgentConfig {
@@ -103,6 +116,11 @@ impl Default for AgentConfig {
             max_round_bytes: 8 * 1024 * 1024,
             wal_file_bytes: 64 * 1024 * 1024,
             retention_interval_ms: 60_000,
+            commit_linger_ms: 50,
+            commit_linger_bytes: 4 * 1024 * 1024,
+            max_concurrent_uploads: 4,
+            handoff_timeout_ms: 10_000,
+            segment_index_cache: 1024,
         }
     }
 }

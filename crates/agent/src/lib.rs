@@ -27,6 +27,8 @@ pub mod meta;
 pub mod node;
 pub mod partition;
 pub mod producers;
+pub mod reader;
+pub mod roller;
 pub mod segment;
 pub mod wal;
 

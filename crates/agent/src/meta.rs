@@ -61,6 +61,52 @@ pub struct AgentRow {
     pub heartbeat_at: i64,
 }
 
+// Column lists as macros, so queries stay `&'static str` (sqlx's SQL-safety rule).
+macro_rules! lease_columns {
+    () => {
+        "topic, partition, holder, epoch, expires_at, dirty, high_watermark, log_start_offset, committed_offset"
+    };
+}
+macro_rules! segment_columns {
+    () => {
+        "topic, partition, base_offset, next_offset, epoch, object_key, size_bytes, records, min_ts, max_ts, created_at"
+    };
+}
+
+fn unsigned(row: &sqlx::any::AnyRow, column: &str) -> Result<u64> {
+    Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
+}
+
+fn lease_row(row: &sqlx::any::AnyRow) -> Result<LeaseRow> {
+    Ok(LeaseRow {
+        topic: row.try_get("topic")?,
+        partition: u32::try_from(row.try_get::<i64, _>("partition")?).unwrap_or(0),
+        holder: row.try_get("holder")?,
+        epoch: unsigned(row, "epoch")?,
+        expires_at: row.try_get("expires_at")?,
+        dirty: row.try_get::<i64, _>("dirty")? != 0,
+        high_watermark: unsigned(row, "high_watermark")?,
+        log_start_offset: unsigned(row, "log_start_offset")?,
+        committed_offset: unsigned(row, "committed_offset")?,
+    })
+}
+
+fn segment_row(row: &sqlx::any::AnyRow) -> Result<SegmentRow> {
+    Ok(SegmentRow {
+        topic: row.try_get("topic")?,
+        partition: u32::try_from(row.try_get::<i64, _>("partition")?).unwrap_or(0),
+        base_offset: unsigned(row, "base_offset")?,
+        next_offset: unsigned(row, "next_offset")?,
+        epoch: unsigned(row, "epoch")?,
+        object_key: row.try_get("object_key")?,
+        size_bytes: unsigned(row, "size_bytes")?,
+        records: unsigned(row, "records")?,
+        min_ts: row.try_get("min_ts")?,
+        max_ts: row.try_get("max_ts")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 /// The metadata store.
 #[derive(Clone, Debug)]
 pub struct Meta {
@@ -193,32 +239,35 @@ impl Meta {
 
     /// Every lease row.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
-        let rows = sqlx::query(
-            "SELECT topic, partition, holder, epoch, expires_at, dirty, high_watermark, log_start_offset, \
-             committed_offset FROM leases ORDER BY topic, partition",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            lease_columns!(),
+            " FROM leases ORDER BY topic, partition"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LeaseRow {
-                    topic: row.try_get("topic")?,
-                    partition: u32::try_from(row.try_get::<i64, _>("partition")?).unwrap_or(0),
-                    holder: row.try_get("holder")?,
-                    epoch: u64::try_from(row.try_get::<i64, _>("epoch")?).unwrap_or(0),
-                    expires_at: row.try_get("expires_at")?,
-                    dirty: row.try_get::<i64, _>("dirty")? != 0,
-                    high_watermark: u64::try_from(row.try_get::<i64, _>("high_watermark")?).unwrap_or(0),
-                    log_start_offset: u64::try_from(row.try_get::<i64, _>("log_start_offset")?).unwrap_or(0),
-                    committed_offset: u64::try_from(row.try_get::<i64, _>("committed_offset")?).unwrap_or(0),
-                })
-            })
-            .collect()
+        rows.iter().map(lease_row).collect()
+    }
+
+    /// One partition's lease row.
+    pub async fn lease(&self, topic: &str, partition: u32) -> Result<Option<LeaseRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            lease_columns!(),
+            " FROM leases WHERE topic = $1 AND partition = $2"
+        ))
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(lease_row).transpose()
     }
 
     /// Takes the lease if it is free or expired (and, unless `unclean`, not
     /// dirty under another holder). The epoch grows only when the holder
-    /// changes. Returns the epoch held, or `None` if someone else has it.
+    /// changes. Returns the row as it is now, or `None` if someone else has
+    /// it: once this holder's epoch is in the row no other holder can change
+    /// its offsets, so the answer is the state the new tenure starts from.
     pub async fn acquire(
         &self,
         topic: &str,
@@ -226,7 +275,7 @@ impl Meta {
         me: &str,
         lease: Duration,
         unclean: bool,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<LeaseRow>> {
         let sql = format!(
             "UPDATE leases SET \
                epoch = CASE WHEN holder = $3 THEN epoch ELSE epoch + 1 END, \
@@ -247,14 +296,8 @@ impl Meta {
         if updated.rows_affected() != 1 {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT epoch, holder FROM leases WHERE topic = $1 AND partition = $2")
-            .bind(topic)
-            .bind(i64::from(partition))
-            .fetch_one(&self.pool)
-            .await?;
-        let holder: Option<String> = row.try_get("holder")?;
-        Ok((holder.as_deref() == Some(me))
-            .then(|| u64::try_from(row.try_get::<i64, _>("epoch").unwrap_or(0)).unwrap_or(0)))
+        let row = self.lease(topic, partition).await?;
+        Ok(row.filter(|r| r.holder.as_deref() == Some(me)))
     }
 
     /// Extends a lease this agent holds at `epoch` and publishes the
@@ -448,32 +491,57 @@ impl Meta {
 
     /// A partition's committed segments, by offset.
     pub async fn segments(&self, topic: &str, partition: u32) -> Result<Vec<SegmentRow>> {
-        let rows = sqlx::query(
-            "SELECT topic, partition, base_offset, next_offset, epoch, object_key, size_bytes, records, min_ts, \
-             max_ts, created_at FROM segments WHERE topic = $1 AND partition = $2 ORDER BY base_offset",
-        )
+        self.segments_from(topic, partition, 0, i64::MAX).await
+    }
+
+    /// Up to `limit` committed segments that end above `offset`, by offset
+    /// (an index range scan on the primary key).
+    pub async fn segments_from(&self, topic: &str, partition: u32, offset: u64, limit: i64) -> Result<Vec<SegmentRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            segment_columns!(),
+            " FROM segments WHERE topic = $1 AND partition = $2 AND next_offset > $3 AND base_offset >= \
+             COALESCE((SELECT MAX(base_offset) FROM segments WHERE topic = $1 AND partition = $2 AND base_offset <= $3), 0) \
+             ORDER BY base_offset LIMIT $4"
+        ))
         .bind(topic)
         .bind(i64::from(partition))
+        .bind(offset as i64)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let u = |c: &str| row.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
-                Ok(SegmentRow {
-                    topic: row.try_get("topic")?,
-                    partition: u32::try_from(row.try_get::<i64, _>("partition")?).unwrap_or(0),
-                    base_offset: u("base_offset")?,
-                    next_offset: u("next_offset")?,
-                    epoch: u("epoch")?,
-                    object_key: row.try_get("object_key")?,
-                    size_bytes: u("size_bytes")?,
-                    records: u("records")?,
-                    min_ts: row.try_get("min_ts")?,
-                    max_ts: row.try_get("max_ts")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(segment_row).collect()
+    }
+
+    /// The committed segment holding `offset`, if any: one index lookup,
+    /// whatever the number of segments.
+    pub async fn segment_at(&self, topic: &str, partition: u32, offset: u64) -> Result<Option<SegmentRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            segment_columns!(),
+            " FROM segments WHERE topic = $1 AND partition = $2 AND base_offset <= $3 \
+             ORDER BY base_offset DESC LIMIT 1"
+        ))
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(offset as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .as_ref()
+            .map(segment_row)
+            .transpose()?
+            .filter(|s| offset < s.next_offset))
+    }
+
+    /// The first offset of a partition's first committed segment.
+    pub async fn first_segment_base(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT MIN(base_offset) AS base FROM segments WHERE topic = $1 AND partition = $2")
+            .bind(topic)
+            .bind(i64::from(partition))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("base")?.map(|b| b as u64))
     }
 
     /// Registers or refreshes this agent.

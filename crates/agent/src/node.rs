@@ -6,26 +6,36 @@
 //! expire); then take free or expired partitions up to this agent's fair share
 //! of the live agents. A partition another holder left dirty (acknowledged
 //! records not in object storage) is never taken unless unclean takeover is on.
+//!
+//! Taking a partition reads the lease row as the acquire left it (once this
+//! agent's epoch is in the row nobody else can move its offsets) and checks
+//! the local WAL against the committed segments before anything is served
+//! (see [`crate::wal::Wal::recover`]). A partition that cannot be recovered is
+//! held but not served, retried with backoff, and said so loudly; one whose
+//! segment commit is fenced is given up.
 
 use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use cairn_object_store::{ObjectStore, StoreError};
+use cairn_object_store::ObjectStore;
+use futures::StreamExt;
+use tokio::time::Instant;
 
 use crate::{
     config::Config,
     error::{Error, Result},
-    meta::{LeaseRow, Meta, SegmentRow},
+    meta::{LeaseRow, Meta},
     partition::{Partition, WriterConfig, now_ms},
     producers::Producers,
-    segment::{self, SegmentBuilder},
+    reader::SegmentReader,
+    wal::{self, SegmentSpan, Tenure},
 };
 
 /// A partition this agent holds the lease of.
@@ -35,21 +45,36 @@ pub struct Held {
     /// Whether the lease row says this holder has uncommitted acknowledged records.
     pub dirty: AtomicBool,
     /// Roll a segment once this many bytes are uncommitted…
-    segment_bytes: u64,
+    pub(crate) segment_bytes: u64,
     /// …or the oldest uncommitted record is this old (ms).
-    segment_ms: i64,
+    pub(crate) segment_ms: i64,
     /// When the next upload may be tried, and the current backoff.
-    retry: std::sync::Mutex<(tokio::time::Instant, Duration)>,
+    pub(crate) retry: std::sync::Mutex<(Instant, Duration)>,
     /// The first offset in the log: the first segment's, or the WAL's.
-    pub log_start: std::sync::atomic::AtomicU64,
+    pub log_start: AtomicU64,
     /// When retention last ran for this partition.
-    last_retention: std::sync::Mutex<tokio::time::Instant>,
+    pub(crate) last_retention: std::sync::Mutex<Instant>,
     /// Idempotence state as of the committed offset (what the next segment
     /// commit stores, advanced by that segment's batches).
-    committed_producers: std::sync::Mutex<Producers>,
+    pub(crate) committed_producers: std::sync::Mutex<Producers>,
+    /// One roll at a time per partition (the roller's and a hand-off's).
+    pub(crate) roll_lock: tokio::sync::Mutex<()>,
+    /// Whether the roller has a roll of this partition in flight.
+    pub(crate) rolling: AtomicBool,
 }
 
-type Key = (String, u32);
+pub(crate) type Key = (String, u32);
+
+/// A partition this agent holds the lease of but does not serve: recovery
+/// failed, or it was given up. Retried with backoff.
+#[derive(Debug, Clone)]
+pub struct Stuck {
+    /// What went wrong, for clients and operators.
+    pub reason: String,
+    /// When the lease loop tries again.
+    pub retry_at: Instant,
+    backoff: Duration,
+}
 
 /// This agent.
 pub struct Node {
@@ -57,9 +82,11 @@ pub struct Node {
     pub address: String,
     pub meta: Meta,
     pub store: Arc<dyn ObjectStore>,
-    roll_wake: tokio::sync::Notify,
-    config: Config,
+    pub(crate) segments: SegmentReader,
+    pub(crate) roll_wake: tokio::sync::Notify,
+    pub(crate) config: Config,
     held: RwLock<HashMap<Key, Arc<Held>>>,
+    stuck: std::sync::Mutex<HashMap<Key, Stuck>>,
     wake: tokio::sync::Notify,
 }
 
@@ -91,10 +118,12 @@ impl Node {
             id,
             address,
             meta,
+            segments: SegmentReader::new(store.clone(), config.agent.segment_index_cache),
             store,
             roll_wake: tokio::sync::Notify::new(),
             config,
             held: RwLock::new(HashMap::new()),
+            stuck: std::sync::Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
         });
         node.round().await?;
@@ -127,6 +156,15 @@ impl Node {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Why this agent holds the partition's lease but does not serve it, if so.
+    pub fn stuck(&self, topic: &str, partition: u32) -> Option<Stuck> {
+        self.stuck
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic.to_owned(), partition))
+            .cloned()
     }
 
     /// Asks the lease loop to run a round now (e.g. after a topic was created).
@@ -207,21 +245,61 @@ impl Node {
                 p.fence.extend(self.fence_until(started));
             } else {
                 tracing::warn!(topic = %p.topic, partition = p.partition, epoch = held.epoch, "lease lost");
-                self.drop_partition(&p.topic, p.partition);
+                self.drop_partition(&held);
             }
         }
         Ok(())
     }
 
-    fn drop_partition(&self, topic: &str, partition: u32) {
-        if let Some(held) = self
-            .held
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(topic.to_owned(), partition))
-        {
-            held.partition.close();
+    /// Stops serving `held` (if it is still the tenure this agent serves).
+    fn drop_partition(&self, held: &Arc<Held>) {
+        let p = &held.partition;
+        let mut map = self.held.write().unwrap_or_else(|p| p.into_inner());
+        let key = (p.topic.clone(), p.partition);
+        if map.get(&key).is_some_and(|h| Arc::ptr_eq(h, held)) {
+            map.remove(&key);
         }
+        p.close();
+    }
+
+    /// Gives a partition up after a fenced segment commit: stops serving it,
+    /// releases the lease if it is clean, and waits before taking it again, so
+    /// a holder whose view is wrong never retries while keeping the lease.
+    pub(crate) async fn give_up(&self, held: &Arc<Held>, reason: &str) {
+        let p = &held.partition;
+        self.drop_partition(held);
+        let row = self.meta.lease(&p.topic, p.partition).await.ok().flatten();
+        let still_mine = row
+            .as_ref()
+            .is_some_and(|r| r.holder.as_deref() == Some(self.id.as_str()) && r.epoch == held.epoch);
+        tracing::warn!(
+            topic = %p.topic,
+            partition = p.partition,
+            epoch = held.epoch,
+            still_mine,
+            reason,
+            "giving the partition up; it is taken again from metadata after a pause"
+        );
+        if still_mine && let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, held.epoch).await {
+            tracing::warn!(topic = %p.topic, partition = p.partition, %error, "releasing the lease failed");
+        }
+        self.mark_stuck(&(p.topic.clone(), p.partition), format!("given up: {reason}"));
+    }
+
+    /// Records that the partition is not served here, and backs off retrying it.
+    fn mark_stuck(&self, key: &Key, reason: String) {
+        let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        let backoff = stuck
+            .get(key)
+            .map_or(Duration::from_secs(1), |s| (s.backoff * 2).min(Duration::from_secs(60)));
+        stuck.insert(
+            key.clone(),
+            Stuck {
+                reason,
+                retry_at: Instant::now() + backoff,
+                backoff,
+            },
+        );
     }
 
     async fn acquire(&self) -> Result<()> {
@@ -232,11 +310,15 @@ impl Node {
         for held in self.all_held() {
             let p = &held.partition;
             if !existing.contains(&(p.topic.clone(), p.partition)) {
-                self.drop_partition(&p.topic, p.partition);
+                self.drop_partition(&held);
                 let _ = std::fs::remove_dir_all(self.wal_dir(&p.topic, p.partition));
                 tracing::info!(topic = %p.topic, partition = p.partition, "topic deleted; partition dropped");
             }
         }
+        self.stuck
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| existing.contains(k));
         let agents = self.meta.live_agents(self.lease()).await?;
         let live = agents.len().max(1);
         let floor = leases.len() / live;
@@ -289,359 +371,149 @@ impl Node {
             if let Some(held) = victim {
                 let p = &held.partition;
                 tracing::info!(topic = %p.topic, partition = p.partition, "rebalancing: handing a partition to a less loaded agent");
-                self.held
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(p.topic.clone(), p.partition));
-                p.close();
+                self.drop_partition(&held);
                 p.drain().await;
-                self.hand_off(&held).await;
+                if !self.hand_off(&held).await {
+                    // Reclaimed (it is still ours) after a pause rather than
+                    // handed back and forth every round.
+                    self.mark_stuck(
+                        &(p.topic.clone(), p.partition),
+                        "a rebalancing hand-off did not complete".into(),
+                    );
+                }
             }
         }
         Ok(())
     }
 
     async fn take(&self, lease: &LeaseRow) -> Result<()> {
+        let key = (lease.topic.clone(), lease.partition);
+        if self
+            .stuck(&lease.topic, lease.partition)
+            .is_some_and(|s| Instant::now() < s.retry_at)
+        {
+            return Ok(());
+        }
         let started = now_ms();
         let unclean = self.config.agent.unclean_takeover;
-        let Some(epoch) = self
+        let Some(row) = self
             .meta
             .acquire(&lease.topic, lease.partition, &self.id, self.lease(), unclean)
             .await?
         else {
             return Ok(());
         };
+        let epoch = row.epoch;
+        // The epoch grows whenever the holder changes: the same holder at the
+        // same epoch means nobody else has written since.
+        let reclaim = lease.holder.as_deref() == Some(self.id.as_str()) && lease.epoch == epoch;
+        let committed = row.committed_offset;
         let dir = self.wal_dir(&lease.topic, lease.partition);
+        let local_start = wal::first_offset(&dir)?.unwrap_or(committed).min(committed);
+        let segments: Vec<SegmentSpan> = self
+            .meta
+            .segments_from(&lease.topic, lease.partition, local_start, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|s| SegmentSpan {
+                base: s.base_offset,
+                next: s.next_offset,
+                epoch: s.epoch,
+            })
+            .collect();
+        let tenure = Tenure {
+            epoch,
+            committed,
+            reclaim,
+            segments,
+        };
+        let snapshot = Producers::from_rows(&self.meta.producer_states(&lease.topic, lease.partition).await?);
+        let opened = self
+            .open_partition(&lease.topic, lease.partition, &dir, &tenure, &snapshot)
+            .await;
+        let opened = match opened {
+            Err(Error::Corrupt(reason)) if !row.dirty && !unclean => {
+                // A clean lease means no holder acknowledged anything above the
+                // committed offset: the damaged WAL holds nothing of the log.
+                let aside = wal::set_aside_all(&dir);
+                tracing::warn!(topic = %lease.topic, partition = lease.partition, %reason, aside = ?aside, "the local WAL is damaged but the partition is clean; set it aside and recovering from segments");
+                self.open_partition(&lease.topic, lease.partition, &dir, &tenure, &snapshot)
+                    .await
+            }
+            other => other,
+        };
+        let (partition, recovery) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                // Hold the lease (nobody else may write over a log we cannot
+                // read) but serve nothing, and say what would let it go on.
+                let reason = error.to_string();
+                tracing::error!(
+                    topic = %lease.topic,
+                    partition = lease.partition,
+                    %error,
+                    wal = %dir.display(),
+                    "partition recovery failed. Its WAL may hold acknowledged records not yet in object storage, \
+                     so this agent keeps the lease and serves nothing rather than lose them. To give those records \
+                     up and serve the partition from its committed segments, move the WAL directory out of the way; \
+                     recovery is retried with backoff"
+                );
+                self.mark_stuck(&key, format!("recovery failed: {reason}"));
+                return Ok(());
+            }
+        };
+        if let Some(d) = recovery.discarded {
+            tracing::warn!(topic = %lease.topic, partition = lease.partition, records = d.records(), from = d.from, to = d.to, "durable records lost to an unclean takeover");
+        }
+        self.stuck.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        partition.set_committed(committed);
+        partition.fence.extend(self.fence_until(started));
+        let was_mine = lease.holder.as_deref() == Some(self.id.as_str());
+        let topic = self.meta.topic(&lease.topic).await?;
+        let first_segment = self.meta.first_segment_base(&lease.topic, lease.partition).await?;
+        let log_start = first_segment.map_or(partition.wal_start(), |b| b.min(partition.wal_start()));
+        let held = Arc::new(Held {
+            committed_producers: std::sync::Mutex::new(snapshot),
+            log_start: AtomicU64::new(log_start),
+            last_retention: std::sync::Mutex::new(Instant::now()),
+            partition,
+            epoch,
+            dirty: AtomicBool::new(row.dirty && was_mine),
+            segment_bytes: topic.as_ref().map_or(64 << 20, |t| t.segment_bytes.max(1) as u64),
+            segment_ms: topic.as_ref().map_or(600_000, |t| t.segment_ms.max(1)),
+            retry: std::sync::Mutex::new((Instant::now(), Duration::ZERO)),
+            roll_lock: tokio::sync::Mutex::new(()),
+            rolling: AtomicBool::new(false),
+        });
+        tracing::info!(topic = %lease.topic, partition = lease.partition, epoch, reclaim, "lease acquired");
+        self.held.write().unwrap_or_else(|p| p.into_inner()).insert(key, held);
+        Ok(())
+    }
+
+    async fn open_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        dir: &std::path::Path,
+        tenure: &Tenure,
+        snapshot: &Producers,
+    ) -> Result<(Arc<Partition>, crate::partition::Recovery)> {
         let writer = WriterConfig {
             max_round_bytes: self.config.agent.max_round_bytes,
             queue_depth: self.config.agent.write_queue_depth,
             wal_file_bytes: self.config.agent.wal_file_bytes,
         };
-        let (topic, partition) = (lease.topic.clone(), lease.partition);
-        let committed = lease.committed_offset;
-        let snapshot = Producers::from_rows(&self.meta.producer_states(&lease.topic, lease.partition).await?);
-        let for_writer = snapshot.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            Partition::open(&topic, partition, &dir, committed, for_writer, writer)
-        })
-        .await
-        .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?;
-        let partition = match opened {
-            Ok(p) => p,
-            Err(error) => {
-                // Hold the lease (nobody else may write over a log we cannot
-                // read) but serve nothing; an operator must look.
-                tracing::error!(topic = %lease.topic, partition = lease.partition, %error, "partition recovery failed");
-                return Ok(());
-            }
-        };
-        if partition.high_watermark() < lease.committed_offset {
-            // Segments hold records this WAL lacks (a lost disk): new appends would
-            // reuse their offsets. Hold the lease, serve nothing, and say so.
-            tracing::error!(
-                topic = %lease.topic,
-                partition = lease.partition,
-                wal_end = partition.high_watermark(),
-                committed = lease.committed_offset,
-                "local WAL is behind the committed segments; recovery from segments is not built yet"
-            );
-            return Ok(());
-        }
-        partition.set_committed(lease.committed_offset);
-        partition.fence.extend(self.fence_until(started));
-        let was_mine = lease.holder.as_deref() == Some(self.id.as_str());
-        let topic = self.meta.topic(&lease.topic).await?;
-        let segments = self.meta.segments(&lease.topic, lease.partition).await?;
-        let log_start = segments
-            .first()
-            .map_or(partition.wal_start(), |s| s.base_offset.min(partition.wal_start()));
-        let held = Arc::new(Held {
-            committed_producers: std::sync::Mutex::new(snapshot),
-            log_start: std::sync::atomic::AtomicU64::new(log_start),
-            last_retention: std::sync::Mutex::new(tokio::time::Instant::now()),
-            partition,
-            epoch,
-            dirty: AtomicBool::new(lease.dirty && was_mine),
-            segment_bytes: topic.as_ref().map_or(64 << 20, |t| t.segment_bytes.max(1) as u64),
-            segment_ms: topic.as_ref().map_or(600_000, |t| t.segment_ms.max(1)),
-            retry: std::sync::Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
-        });
-        tracing::info!(topic = %lease.topic, partition = lease.partition, epoch, "lease acquired");
-        self.held
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((lease.topic.clone(), lease.partition), held);
-        Ok(())
-    }
-
-    /// Records from `offset` read from the committed segments alone (for
-    /// offsets below the local WAL), about `max_bytes` of them.
-    pub async fn read_segments(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-    ) -> Result<Vec<(u64, crate::batch::Record)>> {
-        let segments = self.meta.segments(topic, partition).await?;
-        let Some(seg) = segments
-            .iter()
-            .find(|s| s.base_offset <= offset && offset < s.next_offset)
-        else {
-            return Ok(Vec::new());
-        };
-        let fail = |e: StoreError| Error::Retryable(format!("reading {}: {e}", seg.object_key));
-        let corrupt = |e: segment::SegmentError| Error::Corrupt(format!("{}: {e}", seg.object_key));
-        let size = seg.size_bytes;
-        let tail = self
-            .store
-            .get_range(&seg.object_key, size.saturating_sub(segment::FOOTER_SIZE as u64)..size)
+        let (topic, dir, tenure, snapshot) = (topic.to_owned(), dir.to_owned(), tenure.clone(), snapshot.clone());
+        tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer))
             .await
-            .map_err(fail)?;
-        let footer = segment::read_footer(&tail).map_err(corrupt)?;
-        let index_range = segment::index_range(&footer, size).map_err(corrupt)?;
-        let index_bytes = self.store.get_range(&seg.object_key, index_range).await.map_err(fail)?;
-        let index = segment::read_index(&footer, &index_bytes).map_err(corrupt)?;
-        let Some(first) = segment::block_for_offset(&index, offset) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        let mut taken = 0usize;
-        for entry in &index[first..] {
-            if taken > 0 && taken + entry.raw_len as usize > max_bytes {
-                break;
-            }
-            let block = self
-                .store
-                .get_range(&seg.object_key, entry.range())
-                .await
-                .map_err(fail)?;
-            out.extend(
-                segment::read_block(entry, &block)
-                    .map_err(corrupt)?
-                    .into_iter()
-                    .filter(|(o, _)| *o >= offset),
-            );
-            taken += entry.raw_len as usize;
-        }
-        Ok(out)
-    }
-
-    /// Asks the roller to look at every partition now (a committed-ack produce waits).
-    pub fn wake_roller(&self) {
-        self.roll_wake.notify_one();
-    }
-
-    /// Rolls due partitions into segments until `stop` resolves.
-    pub async fn run_roller(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                () = self.roll_wake.notified() => {}
-            }
-            for held in self.all_held() {
-                let now = tokio::time::Instant::now();
-                let next_try = held.retry.lock().unwrap_or_else(|p| p.into_inner()).0;
-                if now < next_try {
-                    continue;
-                }
-                let retention_due = {
-                    let mut last = held.last_retention.lock().unwrap_or_else(|p| p.into_inner());
-                    let due =
-                        now.duration_since(*last) >= Duration::from_millis(self.config.agent.retention_interval_ms);
-                    if due {
-                        *last = now;
-                    }
-                    due
-                };
-                if retention_due && let Err(error) = self.apply_retention(&held).await {
-                    let p = &held.partition;
-                    tracing::warn!(topic = %p.topic, partition = p.partition, %error, "retention failed; will retry");
-                }
-                match self.roll(&held, false).await {
-                    Ok(()) => *held.retry.lock().unwrap_or_else(|p| p.into_inner()) = (now, Duration::ZERO),
-                    Err(error) => {
-                        let o = &self.config.object_store;
-                        let mut retry = held.retry.lock().unwrap_or_else(|p| p.into_inner());
-                        let backoff = (retry.1 * 2).clamp(
-                            Duration::from_millis(o.min_backoff_ms),
-                            Duration::from_millis(o.max_backoff_ms),
-                        );
-                        *retry = (now + backoff, backoff);
-                        let p = &held.partition;
-                        let retry_in_ms = backoff.as_millis() as u64;
-                        tracing::warn!(topic = %p.topic, partition = p.partition, %error, retry_in_ms, "segment upload failed; will retry");
-                    }
-                }
-            }
-        }
-    }
-
-    /// Applies the topic's retention to a partition's committed segments, then
-    /// removes objects no segment row refers to.
-    ///
-    /// Whole segments only, oldest first: those whose newest record is older
-    /// than `retention_ms`, then while the rest exceed `retention_bytes`. The
-    /// log start moves in metadata (fenced by the epoch) before any object is
-    /// deleted, so a reader never finds a row whose object is gone.
-    async fn apply_retention(&self, held: &Held) -> Result<()> {
-        let p = &held.partition;
-        let Some(topic) = self.meta.topic(&p.topic).await? else {
-            return Ok(());
-        };
-        let segments = self.meta.segments(&p.topic, p.partition).await?;
-        let now = now_ms();
-        let mut keep_from = 0usize;
-        if topic.retention_ms > 0 {
-            keep_from = segments
-                .iter()
-                .take_while(|s| s.max_ts < now - topic.retention_ms)
-                .count();
-        }
-        if topic.retention_bytes > 0 {
-            let mut total: u64 = segments[keep_from..].iter().map(|s| s.size_bytes).sum();
-            while keep_from < segments.len() && total > topic.retention_bytes as u64 {
-                total -= segments[keep_from].size_bytes;
-                keep_from += 1;
-            }
-        }
-        if keep_from > 0 {
-            let new_start = segments[keep_from - 1].next_offset;
-            if !self
-                .meta
-                .advance_log_start(&p.topic, p.partition, &self.id, held.epoch, new_start)
-                .await?
-            {
-                return Ok(());
-            }
-            held.log_start.store(new_start, Ordering::SeqCst);
-            for s in &segments[..keep_from] {
-                if let Err(error) = self.store.delete(&s.object_key).await {
-                    // The row is gone; the orphan sweep below retries the object.
-                    tracing::warn!(key = %s.object_key, %error, "deleting an expired segment object failed");
-                }
-            }
-            tracing::info!(topic = %p.topic, partition = p.partition, log_start = new_start, segments = keep_from, "retention deleted segments");
-        }
-        // Objects without a row: a fenced holder's upload, an upload whose
-        // commit never happened, or a delete that failed above. Only objects
-        // that no commit of this holder can still claim are removed.
-        let referenced: std::collections::HashSet<String> = self
-            .meta
-            .segments(&p.topic, p.partition)
-            .await?
-            .into_iter()
-            .map(|s| s.object_key)
-            .collect();
-        let committed = p.committed();
-        for object in self
-            .store
-            .list(&format!("{}/{}/", p.topic, p.partition))
-            .await
-            .map_err(|e| Error::Retryable(e.to_string()))?
-        {
-            if referenced.contains(&object.key) {
-                continue;
-            }
-            let Some((base, epoch)) = parse_segment_key(&object.key) else {
-                continue;
-            };
-            if epoch != held.epoch || base < committed {
-                if let Err(error) = self.store.delete(&object.key).await {
-                    tracing::warn!(key = %object.key, %error, "deleting an orphaned object failed");
-                } else {
-                    tracing::info!(key = %object.key, "deleted an orphaned segment object");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Uploads `[committed, high watermark)` as one segment if it is due, then
-    /// commits it in metadata under this holder's epoch.
-    async fn roll(&self, held: &Held, force: bool) -> Result<()> {
-        let p = &held.partition;
-        let (from, to) = (p.committed(), p.high_watermark());
-        if to <= from {
-            return Ok(());
-        }
-        let reader = p.reader();
-        let (bytes, oldest) = reader.pending(from, to);
-        let old = oldest.is_some_and(|t| now_ms() - t >= held.segment_ms);
-        if !force && bytes < held.segment_bytes && !old && !p.has_commit_waiters() {
-            return Ok(());
-        }
-        // Reading the WAL and compressing a segment take a while: off the async
-        // workers, or every request on this agent waits behind them.
-        let epoch = held.epoch;
-        let built = tokio::task::spawn_blocking(move || -> Result<_> {
-            let batches = reader.read_batches(from, to)?;
-            let mut builder = SegmentBuilder::new(epoch);
-            for (header, records) in &batches {
-                builder
-                    .push(header, records)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
-            }
-            let headers: Vec<crate::batch::BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
-            let (Some(range), Some(bytes)) = (builder.offsets(), builder.finish()) else {
-                return Ok(None);
-            };
-            let footer = segment::read_footer(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-            Ok(Some((headers, range, bytes, footer)))
-        })
-        .await
-        .map_err(|e| Error::Retryable(format!("segment build task failed: {e}")))??;
-        let Some((headers, range, bytes, footer)) = built else {
-            return Ok(());
-        };
-        // The epoch is in the key: a fenced holder's upload never lands on a key
-        // the current holder writes, and writes are create-only anyway.
-        let key = format!(
-            "{}/{}/{:020}-{:020}-e{}.seg",
-            p.topic, p.partition, range.start, range.end, held.epoch
-        );
-        let size = bytes.len() as u64;
-        match self.store.put_if_absent(&key, bytes::Bytes::from(bytes)).await {
-            Ok(()) => {}
-            // An earlier attempt under this epoch uploaded the same range (same
-            // WAL, same bytes) but stopped before committing it.
-            Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(Error::Retryable(format!("uploading {key}: {e}"))),
-        }
-        let row = SegmentRow {
-            topic: p.topic.clone(),
-            partition: p.partition,
-            base_offset: range.start,
-            next_offset: range.end,
-            epoch: held.epoch,
-            object_key: key.clone(),
-            size_bytes: size,
-            records: footer.records,
-            min_ts: footer.min_ts,
-            max_ts: footer.max_ts,
-            created_at: now_ms(),
-        };
-        let mut producers = held
-            .committed_producers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        producers.replay(&headers, range.start);
-        if self.meta.commit_segment(&row, &self.id, &producers.to_rows()).await? {
-            *held.committed_producers.lock().unwrap_or_else(|p| p.into_inner()) = producers;
-            p.set_committed(range.end);
-            tracing::debug!(topic = %p.topic, partition = p.partition, %key, "segment committed");
-        } else {
-            tracing::warn!(topic = %p.topic, partition = p.partition, epoch = held.epoch, "segment commit fenced; lease lost");
-            self.drop_partition(&p.topic, p.partition);
-        }
-        Ok(())
+            .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?
     }
 
     /// Stops writing everywhere, commits what was acknowledged, and gives the
     /// leases back clean so other agents can take the partitions at once.
+    /// Bounded by `agent.handoff_timeout_ms` however many partitions there
+    /// are: a partition that cannot hand off in time stays dirty under this
+    /// agent, which reclaims it when it restarts.
     pub async fn shutdown(&self) {
         let held: Vec<Arc<Held>> = self
             .held
@@ -650,28 +522,56 @@ impl Node {
             .drain()
             .map(|(_, h)| h)
             .collect();
-        for h in held {
-            let p = &h.partition;
-            p.close();
-            p.drain().await;
-            if h.dirty.load(Ordering::SeqCst) {
-                self.hand_off(&h).await;
-            } else if let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, h.epoch).await {
-                tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
+        for h in &held {
+            h.partition.close();
+        }
+        let bound = Duration::from_millis(self.config.agent.handoff_timeout_ms);
+        let total = held.len();
+        let hand_offs = futures::stream::iter(held.into_iter().map(|h| self.leave(h)))
+            .buffer_unordered(self.config.agent.max_concurrent_uploads.max(1))
+            .collect::<Vec<bool>>();
+        match tokio::time::timeout(bound, hand_offs).await {
+            Ok(done) => {
+                let clean = done.iter().filter(|d| **d).count();
+                tracing::info!(partitions = total, clean, "partitions handed off");
             }
+            Err(_) => tracing::warn!(
+                partitions = total,
+                bound_ms = bound.as_millis() as u64,
+                "hand-off did not finish in time; the rest stay with this agent until it restarts"
+            ),
         }
         if let Err(error) = self.meta.deregister(&self.id).await {
             tracing::warn!(%error, "leaving the membership failed; others will notice when the heartbeat ages out");
         }
     }
 
+    /// Hands one closed partition off at shutdown (or just releases it when it
+    /// has nothing uncommitted). True if it left clean.
+    async fn leave(&self, held: Arc<Held>) -> bool {
+        let p = &held.partition;
+        p.drain().await;
+        if held.dirty.load(Ordering::SeqCst) {
+            return self.hand_off(&held).await;
+        }
+        match self.meta.release(&p.topic, p.partition, &self.id, held.epoch).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
+                false
+            }
+        }
+    }
+
     /// Commits the partition's last records and releases it clean, so another
-    /// agent may take it over; on any failure the lease stays (dirty) and this
-    /// agent reclaims it when it restarts.
-    async fn hand_off(&self, held: &Held) {
+    /// agent may take it over, then deletes its local WAL (segments hold it
+    /// all). On any failure the lease stays (dirty) and this agent reclaims it
+    /// when it restarts. True if it was handed off clean.
+    pub(crate) async fn hand_off(&self, held: &Arc<Held>) -> bool {
         let p = &held.partition;
         let end = p.high_watermark();
-        let committed = tokio::time::timeout(Duration::from_secs(10), self.roll(held, true)).await;
+        let bound = Duration::from_millis(self.config.agent.handoff_timeout_ms);
+        let committed = tokio::time::timeout(bound, self.roll(held, true)).await;
         let result = match committed {
             Ok(Ok(())) if p.committed() >= end => {
                 self.meta
@@ -683,12 +583,20 @@ impl Node {
             Err(_) => Err(Error::Retryable("final segment upload timed out".into())),
         };
         match result {
-            Ok(true) => tracing::info!(topic = %p.topic, partition = p.partition, end, "partition handed off clean"),
+            Ok(true) => {
+                tracing::info!(topic = %p.topic, partition = p.partition, end, "partition handed off clean");
+                if let Err(error) = p.retire().await {
+                    tracing::debug!(topic = %p.topic, partition = p.partition, %error, "WAL not deleted at hand-off");
+                }
+                true
+            }
             Ok(false) => {
-                tracing::warn!(topic = %p.topic, partition = p.partition, "could not hand off clean; keeping the lease")
+                tracing::warn!(topic = %p.topic, partition = p.partition, "could not hand off clean; keeping the lease");
+                false
             }
             Err(error) => {
-                tracing::warn!(topic = %p.topic, partition = p.partition, %error, "could not hand off clean; keeping the lease")
+                tracing::warn!(topic = %p.topic, partition = p.partition, %error, "could not hand off clean; keeping the lease");
+                false
             }
         }
     }
@@ -698,10 +606,9 @@ impl Node {
         let now = self.meta.now().await?;
         let holder = self
             .meta
-            .leases()
+            .lease(topic, partition)
             .await?
-            .into_iter()
-            .find(|l| l.topic == topic && l.partition == partition && l.expires_at > now)
+            .filter(|l| l.expires_at > now)
             .and_then(|l| l.holder);
         let Some(holder) = holder else {
             return Ok(None);
@@ -714,30 +621,6 @@ impl Node {
     }
 }
 
-/// `(base offset, epoch)` from a key `topic/partition/BASE-NEXT-eEPOCH.seg`.
-fn parse_segment_key(key: &str) -> Option<(u64, u64)> {
-    let name = key.rsplit('/').next()?.strip_suffix(".seg")?;
-    let (offsets, epoch) = name.split_once("-e")?;
-    let (base, _next) = offsets.split_once('-')?;
-    Some((base.parse().ok()?, epoch.parse().ok()?))
-}
-
 fn spread(agent: &str, topic: &str, partition: u32) -> u32 {
     crc32fast::hash(format!("{agent}/{topic}/{partition}").as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_keys_parse() {
-        assert_eq!(
-            parse_segment_key("t/0/00000000000000000100-00000000000000000200-e7.seg"),
-            Some((100, 7))
-        );
-        for bad in ["t/0/x.seg", "t/0/1-2.seg", "t/0/1-2-e.seg", "t/0/1-2-e3.txt", ""] {
-            assert_eq!(parse_segment_key(bad), None, "{bad}");
-        }
-    }
 }

@@ -21,8 +21,19 @@ use crate::{
     batch::{self, BatchHeader, ProducerInfo, Record},
     error::{Error, Result},
     producers::{Producers, Verdict},
-    wal::{Wal, WalReader},
+    wal::{Discarded, Tenure, Wal, WalReader},
 };
+
+/// What recovery did to the local WAL before the partition opened.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Bytes of torn tail cut off.
+    pub truncated: u64,
+    /// Divergent records dropped (see [`Tenure`]).
+    pub discarded: Option<Discarded>,
+    /// Dead files moved aside.
+    pub set_aside: Vec<std::path::PathBuf>,
+}
 
 /// How far an append must get before its caller hears back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +58,16 @@ struct Request {
     producer: ProducerInfo,
     ack: Ack,
     reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// What the writer thread is asked to do, in queue order.
+enum Op {
+    Append(Request),
+    /// Answered once everything queued before it is done.
+    Drain(oneshot::Sender<()>),
+    /// Segments hold every record (the partition was handed off clean):
+    /// delete the WAL and stop.
+    Retire(oneshot::Sender<Result<()>>),
 }
 
 /// Counters for the benchmark and for operators.
@@ -93,14 +114,15 @@ pub fn now_ms() -> i64 {
 pub struct Partition {
     pub topic: String,
     pub partition: u32,
-    queue: mpsc::Sender<Request>,
+    queue: mpsc::Sender<Op>,
     reader: Arc<WalReader>,
     high_watermark: watch::Receiver<u64>,
     pub fence: Arc<Fence>,
     failed: Arc<AtomicBool>,
     pub stats: Arc<WriterStats>,
     committed: watch::Sender<u64>,
-    committed_waiters: std::sync::atomic::AtomicUsize,
+    /// When the oldest committed-ack produce not yet covered by a roll began waiting.
+    commit_wanted: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Writer settings.
@@ -116,17 +138,23 @@ pub struct WriterConfig {
 }
 
 impl Partition {
-    /// Recovers the WAL in `dir` and starts the writer thread.
-    /// `committed` is the offset segments already cover (see [`Wal::open`]).
+    /// Recovers the WAL in `dir` against `tenure` (see [`Wal::recover`]) and
+    /// starts the writer thread.
     pub fn open(
         topic: &str,
         partition: u32,
         dir: &Path,
-        committed: u64,
+        tenure: &Tenure,
         snapshot: Producers,
         config: WriterConfig,
-    ) -> Result<Arc<Partition>> {
-        let recovered = Wal::open(dir, committed)?;
+    ) -> Result<(Arc<Partition>, Recovery)> {
+        let committed = tenure.committed;
+        let recovered = Wal::recover(dir, tenure)?;
+        let recovery = Recovery {
+            truncated: recovered.truncated,
+            discarded: recovered.discarded,
+            set_aside: recovered.set_aside.clone(),
+        };
         // The stored snapshot is the state at `committed`; the WAL adds what came after.
         let mut producers = snapshot;
         producers.replay(&recovered.batches, committed);
@@ -154,7 +182,7 @@ impl Partition {
             .name(format!("wal-{topic}-{partition}"))
             .spawn(move || writer.run())?;
         tracing::info!(%topic, partition, next_offset = *hw_rx.borrow(), truncated = recovered.truncated, "partition recovered");
-        Ok(Arc::new(Partition {
+        let partition = Arc::new(Partition {
             topic: topic.to_owned(),
             partition,
             queue,
@@ -164,8 +192,9 @@ impl Partition {
             failed,
             stats,
             committed: committed_tx,
-            committed_waiters: std::sync::atomic::AtomicUsize::new(0),
-        }))
+            commit_wanted: std::sync::Mutex::new(None),
+        });
+        Ok((partition, recovery))
     }
 
     /// Offset after the last durable record.
@@ -206,7 +235,7 @@ impl Partition {
             reply,
         };
         // A full queue is overload: refuse now, retryably, instead of queueing without bound.
-        self.queue.try_send(request).map_err(|e| match e {
+        self.queue.try_send(Op::Append(request)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Retryable("partition write queue full".into()),
             mpsc::error::TrySendError::Closed(_) => Error::Retryable("partition is closing".into()),
         })?;
@@ -252,35 +281,53 @@ impl Partition {
         });
     }
 
-    /// Whether a producer is waiting for records to be committed.
-    pub fn has_commit_waiters(&self) -> bool {
-        self.committed_waiters.load(Ordering::SeqCst) > 0
+    /// Since when a committed-ack produce has waited for a segment that no
+    /// roll has started on yet.
+    pub fn commit_wanted_since(&self) -> Option<tokio::time::Instant> {
+        *self.commit_wanted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A roll is starting that covers every record written so far: the
+    /// waiters until now are served by it.
+    pub fn take_commit_wanted(&self) {
+        *self.commit_wanted.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Waits until everything below `offset` is committed; false on timeout.
     pub async fn wait_committed(&self, offset: u64, timeout: Duration) -> bool {
-        self.committed_waiters.fetch_add(1, Ordering::SeqCst);
         let mut rx = self.committed.subscribe();
-        let done = tokio::time::timeout(timeout, rx.wait_for(|&c| c >= offset))
+        if *rx.borrow_and_update() >= offset {
+            return true;
+        }
+        self.commit_wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(tokio::time::Instant::now);
+        tokio::time::timeout(timeout, rx.wait_for(|&c| c >= offset))
             .await
-            .is_ok_and(|r| r.is_ok());
-        self.committed_waiters.fetch_sub(1, Ordering::SeqCst);
-        done
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until the writer has finished every append queued before this
     /// call (after [`Partition::close`], they all fail), so the high watermark is final.
     pub async fn drain(&self) {
         let (reply, answer) = oneshot::channel();
-        let marker = Request {
-            records: Vec::new(),
-            producer: ProducerInfo::default(),
-            ack: Ack::Durable,
-            reply,
-        };
-        if self.queue.send(marker).await.is_ok() {
+        if self.queue.send(Op::Drain(reply)).await.is_ok() {
             let _ = answer.await;
         }
+    }
+
+    /// Deletes the local WAL and stops the writer, once segments hold every
+    /// record (after a clean hand-off; call [`Partition::close`] first).
+    pub async fn retire(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Op::Retire(reply))
+            .await
+            .map_err(|_| Error::Retryable("partition writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Retryable("partition writer stopped".into()))?
     }
 
     /// The WAL reader, for segment building.
@@ -297,7 +344,7 @@ impl Partition {
 struct Writer {
     wal: Wal,
     producers: Producers,
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Op>,
     hw: watch::Sender<u64>,
     fence: Arc<Fence>,
     failed: Arc<AtomicBool>,
@@ -329,14 +376,36 @@ impl Writer {
     }
 
     fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
+        let mut next = self.rx.blocking_recv();
+        while let Some(op) = next.take() {
+            let first = match op {
+                Op::Append(request) => request,
+                Op::Drain(reply) => {
+                    let _ = reply.send(());
+                    next = self.rx.blocking_recv();
+                    continue;
+                }
+                Op::Retire(reply) => {
+                    let result = self.wal.retire();
+                    if let Err(error) = &result {
+                        tracing::warn!(partition = %self.name, %error, "deleting the handed-off WAL failed; the next take deletes it");
+                    }
+                    let _ = reply.send(result);
+                    break;
+                }
+            };
             let mut round = vec![first];
             let mut bytes = 0usize;
             while bytes < self.config.max_round_bytes {
                 match self.rx.try_recv() {
-                    Ok(request) => {
+                    Ok(Op::Append(request)) => {
                         bytes += request.records.iter().map(Record::encoded_len).sum::<usize>();
                         round.push(request);
+                    }
+                    // Handled after this round, in queue order.
+                    Ok(other) => {
+                        next = Some(other);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -346,13 +415,26 @@ impl Writer {
                 self.failed.store(true, Ordering::SeqCst);
                 break;
             }
+            if next.is_none() {
+                next = self.rx.blocking_recv();
+            }
         }
         // Whatever is still queued fails rather than waiting forever.
         self.rx.close();
-        while let Ok(request) = self.rx.try_recv() {
-            let _ = request
-                .reply
-                .send(Err(Error::Retryable("partition writer stopped".into())));
+        while let Ok(op) = self.rx.try_recv() {
+            match op {
+                Op::Append(request) => {
+                    let _ = request
+                        .reply
+                        .send(Err(Error::Retryable("partition writer stopped".into())));
+                }
+                Op::Drain(reply) => {
+                    let _ = reply.send(());
+                }
+                Op::Retire(reply) => {
+                    let _ = reply.send(Err(Error::Retryable("partition writer stopped".into())));
+                }
+            }
         }
     }
 

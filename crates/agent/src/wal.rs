@@ -61,6 +61,60 @@ pub struct Wal {
     reader: Arc<WalReader>,
 }
 
+/// What the metadata says about a partition as this agent takes it. The
+/// local WAL is checked against it before the partition serves: a WAL is the
+/// log only for offsets no other tenure has committed.
+#[derive(Debug, Clone, Default)]
+pub struct Tenure {
+    /// The lease epoch this agent now holds.
+    pub epoch: u64,
+    /// Every record below it is in a committed segment.
+    pub committed: u64,
+    /// The lease was already this agent's at this epoch (a restart reclaims
+    /// it), so no other holder has written since this agent last did.
+    pub reclaim: bool,
+    /// Committed segments that end above the local WAL's first offset.
+    pub segments: Vec<SegmentSpan>,
+}
+
+impl Tenure {
+    /// This agent's own log, which nobody else has written (tests, benchmarks).
+    pub fn local(committed: u64) -> Tenure {
+        Tenure {
+            epoch: 0,
+            committed,
+            reclaim: true,
+            segments: Vec::new(),
+        }
+    }
+}
+
+/// A committed segment's offsets and the epoch of the holder that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSpan {
+    pub base: u64,
+    pub next: u64,
+    pub epoch: u64,
+}
+
+/// Local records at or above the committed offset that recovery dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discarded {
+    /// The committed offset: the log continues here.
+    pub from: u64,
+    /// Where the local WAL ended.
+    pub to: u64,
+    /// The epoch whose committed segment the local records diverged from.
+    pub diverged_at_epoch: u64,
+}
+
+impl Discarded {
+    /// How many records were dropped.
+    pub fn records(&self) -> u64 {
+        self.to - self.from
+    }
+}
+
 /// What recovery found.
 pub struct Recovered {
     pub wal: Wal,
@@ -68,98 +122,358 @@ pub struct Recovered {
     pub batches: Vec<BatchHeader>,
     /// Bytes of torn tail that were cut off.
     pub truncated: u64,
+    /// Durable records above the committed offset that diverge from the log
+    /// another tenure committed (only possible after an unclean takeover).
+    pub discarded: Option<Discarded>,
+    /// Files moved to `set-aside/` (dead data kept for an operator to look at).
+    pub set_aside: Vec<PathBuf>,
 }
 
-fn wal_files(dir: &Path) -> Result<Vec<u64>> {
+/// Where a WAL's dead or divergent files are moved instead of deleted.
+pub const SET_ASIDE_DIR: &str = "set-aside";
+/// The file recording which lease epoch wrote which local offsets.
+const EPOCHS_FILE: &str = "epochs";
+
+fn wal_files(dir: &Path) -> Result<(Vec<u64>, Vec<String>)> {
     let mut bases = Vec::new();
+    let mut strays = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
         if let Some(base) = name.strip_suffix(".wal") {
             match base.parse::<u64>() {
                 Ok(b) if name.len() == 24 => bases.push(b),
-                _ => return Err(Error::Corrupt(format!("{}: unexpected file {name}", dir.display()))),
+                _ => strays.push(name.into_owned()),
             }
         }
     }
     bases.sort_unstable();
-    Ok(bases)
+    Ok((bases, strays))
+}
+
+/// The first offset the WAL in `dir` may hold (by its files' names), if it has any.
+pub fn first_offset(dir: &Path) -> Result<Option<u64>> {
+    match wal_files(dir) {
+        Ok((bases, _)) => Ok(bases.first().copied()),
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The epochs that wrote this WAL, each with the first offset it wrote:
+/// Kafka's leader-epoch checkpoint, kept beside the files. `None` when the
+/// file is missing or unreadable (a WAL from before it existed).
+fn read_epochs(dir: &Path) -> Option<Vec<(u64, u64)>> {
+    let text = std::fs::read_to_string(dir.join(EPOCHS_FILE)).ok()?;
+    let parsed: Option<Vec<(u64, u64)>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (e, s) = l.trim().split_once(' ')?;
+            Some((e.parse().ok()?, s.parse().ok()?))
+        })
+        .collect();
+    if parsed.is_none() {
+        tracing::warn!(dir = %dir.display(), "unreadable WAL epochs file; treating the local WAL's epochs as unknown");
+    }
+    parsed
+}
+
+fn write_epochs(dir: &Path, epochs: &[(u64, u64)]) -> Result<()> {
+    let text: String = epochs.iter().map(|(e, s)| format!("{e} {s}\n")).collect();
+    let tmp = dir.join(format!("{EPOCHS_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(EPOCHS_FILE))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// One file as found on disk.
+struct Found {
+    base: u64,
+    path: PathBuf,
+    entries: Vec<Entry>,
+    headers: Vec<BatchHeader>,
+    size: u64,
+    valid_len: u64,
+    /// A bad frame with valid frames after it: not a torn tail.
+    damage: Option<String>,
+    end_after_damage: Option<u64>,
+}
+
+impl Found {
+    /// The offset after the file's last valid record (its name's offset when
+    /// empty), counting valid records beyond any damage.
+    fn end(&self) -> u64 {
+        let clean = self.headers.last().map_or(self.base, BatchHeader::next_offset);
+        self.end_after_damage.map_or(clean, |e| e.max(clean))
+    }
+
+    fn misnamed(&self) -> bool {
+        self.headers.first().is_some_and(|h| h.base_offset != self.base)
+    }
+}
+
+/// Moves `path` into the WAL's set-aside directory, never over an earlier one.
+fn set_aside(dir: &Path, path: &Path) -> Result<PathBuf> {
+    let aside = dir.join(SET_ASIDE_DIR);
+    std::fs::create_dir_all(&aside)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = crate::partition::now_ms();
+    let mut target = aside.join(format!("{name}.{stamp}"));
+    let mut n = 0;
+    while target.exists() {
+        n += 1;
+        target = aside.join(format!("{name}.{stamp}.{n}"));
+    }
+    std::fs::rename(path, &target)?;
+    Ok(target)
+}
+
+/// Moves every WAL file and the epochs record in `dir` aside (a damaged WAL
+/// that holds nothing of the log). Returns where they went.
+pub fn set_aside_all(dir: &Path) -> Vec<PathBuf> {
+    let mut moved = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return moved;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if (name.ends_with(".wal") || name == EPOCHS_FILE)
+            && let Ok(to) = set_aside(dir, &path)
+        {
+            moved.push(to);
+        }
+    }
+    moved
 }
 
 impl Wal {
-    /// Opens (creating if needed) the WAL in `dir` and recovers it. `floor` is
-    /// the partition's committed offset: an empty WAL starts there (the disk
-    /// was lost or replaced; segments hold everything below), and a WAL that
-    /// ends below it is discarded and started afresh there (its records are
-    /// all in segments; keeping it would hand out offsets segments already hold).
-    pub fn open(dir: &Path, floor: u64) -> Result<Recovered> {
+    /// Opens (creating if needed) the WAL in `dir` and recovers it against
+    /// what the metadata says (`tenure`), in this order:
+    ///
+    /// 1. Files whose records all lie below the committed offset are dead
+    ///    (segments hold them): deleted, or set aside with a warning when
+    ///    they are odd (misnamed, damaged, a stray name). They never stop
+    ///    the partition from serving.
+    /// 2. The rest must be one clean, dense run of batches (a torn tail of the
+    ///    last file is cut off); anything else is refused as corruption.
+    /// 3. If a committed segment overlapping the local records was written by
+    ///    an epoch that did not write them, the local records diverge from
+    ///    the log (an unclean takeover happened meanwhile): every local file
+    ///    is set aside and the WAL restarts at the committed offset. So does
+    ///    a WAL that ends at or below the committed offset.
+    /// 4. The epoch now held is recorded as the writer of what follows.
+    ///
+    /// A WAL restarted at an offset starts a file named by that offset: a
+    /// file is always named by the first offset it holds.
+    pub fn recover(dir: &Path, tenure: &Tenure) -> Result<Recovered> {
         std::fs::create_dir_all(dir)?;
-        let mut bases = wal_files(dir)?;
-        if bases.is_empty() {
-            File::create(dir.join(file_name(floor)))?;
-            bases.push(floor);
+        let committed = tenure.committed;
+        let mut set_aside_paths = Vec::new();
+        let (bases, strays) = wal_files(dir)?;
+        for stray in strays {
+            let moved = set_aside(dir, &dir.join(&stray))?;
+            tracing::warn!(dir = %dir.display(), file = %stray, to = %moved.display(), "set aside a WAL file with an unexpected name");
+            set_aside_paths.push(moved);
         }
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut batches: Vec<BatchHeader> = Vec::new();
-        let mut truncated = 0;
-        let mut files = Vec::with_capacity(bases.len());
-        let mut last_size = 0;
-        for (i, &base) in bases.iter().enumerate() {
+        let mut found = Vec::with_capacity(bases.len());
+        for &base in &bases {
             let path = dir.join(file_name(base));
-            let is_last = i + 1 == bases.len();
-            let mut file = OpenOptions::new().read(true).append(true).open(&path)?;
-            let (found, headers, valid_len) = scan(&mut file, &path)?;
-            let size = file.metadata()?.len();
-            if size > valid_len {
-                if !is_last {
+            let mut file = File::open(&path)?;
+            let scanned = scan(&mut file, &path)?;
+            found.push(Found {
+                base,
+                size: file.metadata()?.len(),
+                path,
+                entries: scanned.entries,
+                headers: scanned.headers,
+                valid_len: scanned.valid_len,
+                damage: scanned.damage,
+                end_after_damage: scanned.end_after_damage,
+            });
+        }
+
+        // 1. Dead files: every valid record (past any damage too) below the
+        // committed offset. What a damaged frame held lies between valid ones,
+        // and what follows the last valid frame was never acknowledged.
+        let mut live = Vec::with_capacity(found.len());
+        for (i, f) in found.iter().enumerate() {
+            let dead = f.end() <= committed;
+            if !dead {
+                live.push(i);
+                continue;
+            }
+            let odd = f.misnamed() || f.damage.is_some() || f.valid_len < f.size;
+            if odd {
+                let moved = set_aside(dir, &f.path)?;
+                tracing::warn!(file = %f.path.display(), to = %moved.display(), wal_end = f.end(), committed, "set aside a damaged or misnamed WAL file wholly below the committed offset");
+                set_aside_paths.push(moved);
+            } else {
+                std::fs::remove_file(&f.path)?;
+            }
+        }
+        let live: Vec<Found> = {
+            let mut keep = vec![false; found.len()];
+            for i in live {
+                keep[i] = true;
+            }
+            found
+                .into_iter()
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|(f, _)| f)
+                .collect()
+        };
+
+        // 2. What is left must be one dense run.
+        let mut expected: Option<u64> = None;
+        for (i, f) in live.iter().enumerate() {
+            let is_last = i + 1 == live.len();
+            if let Some(damage) = &f.damage {
+                return Err(Error::Corrupt(damage.clone()));
+            }
+            if f.valid_len < f.size && !is_last {
+                return Err(Error::Corrupt(format!(
+                    "{}: damaged at byte {}",
+                    f.path.display(),
+                    f.valid_len
+                )));
+            }
+            if let Some(first) = f.headers.first() {
+                let want = expected.unwrap_or(f.base);
+                if first.base_offset != f.base || first.base_offset != want {
                     return Err(Error::Corrupt(format!(
-                        "{}: damaged at byte {valid_len}",
-                        path.display()
+                        "{}: starts at offset {} but {want} was expected",
+                        f.path.display(),
+                        first.base_offset
                     )));
                 }
-                tracing::warn!(path = %path.display(), bytes = size - valid_len, "truncating torn WAL tail");
-                file.set_len(valid_len)?;
-                file.sync_all()?;
-                truncated = size - valid_len;
-            }
-            // Each file starts where its name says, and where the previous one ended.
-            let expected = entries.last().map_or(base, |e| e.next_offset);
-            if let Some(first) = headers.first()
-                && (first.base_offset != base || first.base_offset != expected)
-            {
-                return Err(Error::Corrupt(format!(
-                    "{}: starts at offset {} but {expected} was expected",
-                    path.display(),
-                    first.base_offset
-                )));
-            }
-            if headers.is_empty() && !is_last {
+            } else if !is_last {
                 return Err(Error::Corrupt(format!(
                     "{}: empty file before the last one",
-                    path.display()
+                    f.path.display()
                 )));
             }
-            entries.extend(found.into_iter().map(|e| Entry { file: base, ..e }));
-            batches.extend(headers);
-            files.push((base, Arc::new(File::open(&path)?)));
-            last_size = valid_len;
+            expected = Some(f.end());
         }
-        // Make the directory entries durable too, for freshly created files.
-        File::open(dir)?.sync_all()?;
-        let last_base = *bases.last().unwrap_or(&floor);
-        let next_offset = entries.last().map_or(last_base.max(floor), |e| e.next_offset);
-        if next_offset < floor {
-            // Everything here is below the committed offset: a WAL left from an
-            // earlier tenure (another agent has written and committed since) or
-            // from a partly lost disk. Segments hold all of it; start afresh at
-            // the committed offset so no offset is handed out twice.
-            tracing::warn!(dir = %dir.display(), wal_end = next_offset, committed = floor, "discarding a WAL wholly below the committed offset");
-            drop(files);
-            for base in &bases {
-                std::fs::remove_file(dir.join(file_name(*base)))?;
+
+        // 3. Divergence from what other tenures committed.
+        let local_start = live
+            .first()
+            .map(|f| f.headers.first().map_or(f.base, |h| h.base_offset));
+        let local_end = live.last().map(Found::end);
+        let mut epochs = read_epochs(dir).unwrap_or_default();
+        let mut known: Vec<u64> = epochs.iter().map(|(e, _)| *e).collect();
+        if tenure.reclaim {
+            known.push(tenure.epoch);
+        }
+        let diverged = match (local_start, local_end) {
+            (Some(start), Some(end)) if end > start => tenure
+                .segments
+                .iter()
+                .find(|s| s.next > start && s.base < end && !known.contains(&s.epoch))
+                .map(|s| s.epoch),
+            _ => None,
+        };
+        let restart = match (diverged, local_end) {
+            (Some(_), _) | (None, None) => true,
+            (None, Some(end)) => end <= committed,
+        };
+        let mut discarded = None;
+        let (files, entries, batches, truncated) = if restart {
+            if let (Some(epoch), Some(end)) = (diverged, local_end)
+                && end > committed
+            {
+                discarded = Some(Discarded {
+                    from: committed,
+                    to: end,
+                    diverged_at_epoch: epoch,
+                });
             }
-            return Wal::open(dir, floor);
+            for f in &live {
+                if diverged.is_some() && !f.headers.is_empty() {
+                    let moved = set_aside(dir, &f.path)?;
+                    set_aside_paths.push(moved);
+                } else {
+                    std::fs::remove_file(&f.path)?;
+                }
+            }
+            if let Some(d) = discarded {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    from = d.from,
+                    to = d.to,
+                    records = d.records(),
+                    diverged_at_epoch = d.diverged_at_epoch,
+                    "local WAL records above the committed offset diverge from segments another holder committed \
+                     (an unclean takeover happened); they are set aside and the log continues at the committed offset"
+                );
+            } else if diverged.is_some() {
+                tracing::info!(dir = %dir.display(), committed, "local WAL diverged from the committed log below the committed offset; restarting at the committed offset");
+            }
+            File::create(dir.join(file_name(committed)))?;
+            epochs = vec![(tenure.epoch, committed)];
+            (
+                vec![(committed, Arc::new(File::open(dir.join(file_name(committed)))?))],
+                Vec::new(),
+                Vec::new(),
+                0,
+            )
+        } else {
+            let mut files = Vec::with_capacity(live.len());
+            let mut entries = Vec::new();
+            let mut batches = Vec::new();
+            let mut truncated = 0;
+            for f in live {
+                if f.valid_len < f.size {
+                    tracing::warn!(path = %f.path.display(), bytes = f.size - f.valid_len, "truncating torn WAL tail");
+                    let file = OpenOptions::new().write(true).open(&f.path)?;
+                    file.set_len(f.valid_len)?;
+                    file.sync_all()?;
+                    truncated = f.size - f.valid_len;
+                }
+                entries.extend(f.entries.into_iter().map(|e| Entry { file: f.base, ..e }));
+                batches.extend(f.headers);
+                files.push((f.base, Arc::new(File::open(&f.path)?)));
+            }
+            let start = local_start.unwrap_or(committed);
+            if start > committed {
+                // Files were lost: nothing holds the records in between.
+                return Err(Error::Corrupt(format!(
+                    "{}: the WAL starts at offset {start} but only offsets below {committed} are committed; \
+                     records {committed}..{start} are missing",
+                    dir.display()
+                )));
+            }
+            // Keep only the epochs that wrote what is still here, then add ours.
+            while epochs.len() > 1 && epochs[1].1 <= start {
+                epochs.remove(0);
+            }
+            (files, entries, batches, truncated)
+        };
+        let next_offset = entries.last().map_or_else(
+            || files.last().map_or(committed, |(b, _)| *b),
+            |e: &Entry| e.next_offset,
+        );
+        if epochs.last().map(|(e, _)| *e) != Some(tenure.epoch) {
+            epochs.push((tenure.epoch, next_offset));
         }
+        write_epochs(dir, &epochs)?;
+        // Make the directory entries durable too (new, deleted and moved files).
+        File::open(dir)?.sync_all()?;
+        let (last_base, _) = *files
+            .last()
+            .ok_or_else(|| Error::Corrupt("no WAL file after recovery".into()))?;
+        let size = std::fs::metadata(dir.join(file_name(last_base)))?.len();
         let start = entries.first().map_or(next_offset, |e| e.base_offset);
         let file = OpenOptions::new().append(true).open(dir.join(file_name(last_base)))?;
         let reader = Arc::new(WalReader {
@@ -172,12 +486,14 @@ impl Wal {
                 dir: dir.to_owned(),
                 file,
                 file_base: last_base,
-                size: last_size,
+                size,
                 next_offset,
                 reader,
             },
             batches,
             truncated,
+            discarded,
+            set_aside: set_aside_paths,
         })
     }
 
@@ -241,6 +557,21 @@ impl Wal {
         self.file = file;
         self.file_base = base;
         self.size = 0;
+        Ok(())
+    }
+
+    /// Deletes every file and the epochs record: segments hold everything
+    /// (a clean hand-off). The WAL must not be used afterwards.
+    pub fn retire(&mut self) -> Result<()> {
+        let (bases, _) = wal_files(&self.dir)?;
+        for base in bases {
+            std::fs::remove_file(self.dir.join(file_name(base)))?;
+        }
+        match std::fs::remove_file(self.dir.join(EPOCHS_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
 
@@ -337,12 +668,29 @@ impl WalReader {
     }
 }
 
-/// Reads every frame; returns the index, headers, and the length of the valid prefix.
-fn scan(file: &mut File, path: &Path) -> Result<(Vec<Entry>, Vec<BatchHeader>, u64)> {
+/// What one file holds.
+struct Scanned {
+    entries: Vec<Entry>,
+    headers: Vec<BatchHeader>,
+    /// Length of the valid prefix.
+    valid_len: u64,
+    /// Damage that is not a torn tail (valid frames follow it, or offsets jump).
+    damage: Option<String>,
+    /// The offset after the last valid frame found beyond the damage.
+    end_after_damage: Option<u64>,
+}
+
+/// Reads every frame of a file.
+fn scan(file: &mut File, path: &Path) -> Result<Scanned> {
     file.seek(SeekFrom::Start(0))?;
     let mut reader = BufReader::with_capacity(1 << 20, &mut *file);
-    let mut entries = Vec::new();
-    let mut headers = Vec::new();
+    let mut out = Scanned {
+        entries: Vec::new(),
+        headers: Vec::new(),
+        valid_len: 0,
+        damage: None,
+        end_after_damage: None,
+    };
     let mut position = 0u64;
     let mut buf = Vec::new();
     loop {
@@ -369,23 +717,35 @@ fn scan(file: &mut File, path: &Path) -> Result<(Vec<Entry>, Vec<BatchHeader>, u
             }
         };
         let header = match problem {
-            None => batch::frame(&buf)
-                .and_then(|(_, body)| batch::decode_header(body))
-                .map_err(|e| Error::Corrupt(e.to_string()))?,
-            Some(problem) => {
+            None => batch::frame(&buf).and_then(|(_, body)| batch::decode_header(body)),
+            Some(problem) => Err(problem),
+        };
+        let header = match header {
+            Ok(h) => h,
+            Err(problem) => {
                 drop(reader);
-                return classify_tail(file, path, position, problem, entries, headers);
+                if let Some(end) = later_frames_end(file, position)? {
+                    out.end_after_damage = Some(end);
+                    out.damage = Some(format!(
+                        "{}: damaged batch at byte {position} ({problem}) with valid batches after it; refusing to recover",
+                        path.display()
+                    ));
+                }
+                return Ok(out);
             }
         };
-        let expected = headers.last().map_or(header.base_offset, BatchHeader::next_offset);
+        let expected = out.headers.last().map_or(header.base_offset, BatchHeader::next_offset);
         if header.base_offset != expected {
-            return Err(Error::Corrupt(format!(
+            out.damage = Some(format!(
                 "{}: batch at byte {position} starts at offset {} but {expected} was expected",
                 path.display(),
                 header.base_offset
-            )));
+            ));
+            drop(reader);
+            out.end_after_damage = later_frames_end(file, position)?.map(|e| e.max(header.next_offset()));
+            return Ok(out);
         }
-        entries.push(Entry {
+        out.entries.push(Entry {
             base_offset: header.base_offset,
             next_offset: header.next_offset(),
             file: 0,
@@ -393,32 +753,35 @@ fn scan(file: &mut File, path: &Path) -> Result<(Vec<Entry>, Vec<BatchHeader>, u
             len: buf.len() as u32,
             append_time_ms: header.append_time_ms,
         });
-        headers.push(header);
+        out.headers.push(header);
         position += buf.len() as u64;
+        out.valid_len = position;
     }
-    Ok((entries, headers, position))
+    Ok(out)
 }
 
-/// A bad frame at `position`: a torn tail if nothing valid follows, else corruption.
-fn classify_tail(
-    file: &mut File,
-    path: &Path,
-    position: u64,
-    problem: FrameError,
-    entries: Vec<Entry>,
-    headers: Vec<BatchHeader>,
-) -> Result<(Vec<Entry>, Vec<BatchHeader>, u64)> {
+/// The offset after the last valid frame found anywhere after the bad one at
+/// `position`, or `None` if there is none (then the bad frame is a torn tail,
+/// not damage).
+fn later_frames_end(file: &mut File, position: u64) -> Result<Option<u64>> {
     let mut rest = Vec::new();
     file.seek(SeekFrom::Start(position))?;
     file.read_to_end(&mut rest)?;
-    let later_valid = (1..rest.len()).any(|i| rest[i..].starts_with(batch::MAGIC) && batch::frame(&rest[i..]).is_ok());
-    if later_valid {
-        return Err(Error::Corrupt(format!(
-            "{}: damaged batch at byte {position} ({problem}) with valid batches after it; refusing to recover",
-            path.display()
-        )));
+    let mut end = None;
+    let mut i = 1;
+    while i < rest.len() {
+        if rest[i..].starts_with(batch::MAGIC)
+            && let Ok((len, body)) = batch::frame(&rest[i..])
+        {
+            if let Ok(header) = batch::decode_header(body) {
+                end = Some(end.map_or(header.next_offset(), |e: u64| e.max(header.next_offset())));
+            }
+            i += len;
+        } else {
+            i += 1;
+        }
     }
-    Ok((entries, headers, position))
+    Ok(end)
 }
 
 fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -456,6 +819,10 @@ mod tests {
         (buf, header)
     }
 
+    fn open(dir: &Path, committed: u64) -> Result<Recovered> {
+        Wal::recover(dir, &Tenure::local(committed))
+    }
+
     fn write_batches(wal: &mut Wal, sizes: &[u32]) {
         for &n in sizes {
             let (frame, header) = batch_at(wal.next_offset(), n);
@@ -467,10 +834,10 @@ mod tests {
     #[test]
     fn recovery_rebuilds_offsets_and_reads() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        let mut wal = open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[3, 1, 5]);
         drop(wal);
-        let recovered = Wal::open(dir.path(), 0).unwrap();
+        let recovered = open(dir.path(), 0).unwrap();
         assert_eq!(recovered.wal.next_offset(), 9);
         assert_eq!(recovered.batches.len(), 3);
         assert_eq!(recovered.truncated, 0);
@@ -483,7 +850,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_truncated_at_every_cut_point() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        let mut wal = open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2, 2]);
         drop(wal);
         let path = dir.path().join(file_name(0));
@@ -493,7 +860,7 @@ mod tests {
             let mut bytes = good.clone();
             bytes.extend_from_slice(&extra[..cut]);
             std::fs::write(&path, &bytes).unwrap();
-            let recovered = Wal::open(dir.path(), 0).unwrap();
+            let recovered = open(dir.path(), 0).unwrap();
             assert_eq!(recovered.wal.next_offset(), 4, "cut {cut}");
             assert_eq!(recovered.truncated, cut as u64);
             assert_eq!(std::fs::metadata(&path).unwrap().len(), good.len() as u64);
@@ -506,13 +873,13 @@ mod tests {
         }
         bytes.extend_from_slice(&garbled);
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Wal::open(dir.path(), 0).unwrap().wal.next_offset(), 4);
+        assert_eq!(open(dir.path(), 0).unwrap().wal.next_offset(), 4);
     }
 
     #[test]
     fn corruption_in_the_middle_is_refused() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        let mut wal = open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2, 2, 2]);
         drop(wal);
         let path = dir.path().join(file_name(0));
@@ -520,7 +887,7 @@ mod tests {
         let (first, _) = batch_at(0, 2);
         bytes[first.len() + 30] ^= 0xff; // inside the second batch
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(Wal::open(dir.path(), 0), Err(Error::Corrupt(_))));
+        assert!(matches!(open(dir.path(), 0), Err(Error::Corrupt(_))));
         assert_eq!(
             std::fs::read(&path).unwrap(),
             bytes,
@@ -535,13 +902,13 @@ mod tests {
         let (a, _) = batch_at(0, 2);
         let (b, _) = batch_at(5, 2);
         std::fs::write(&path, [a, b].concat()).unwrap();
-        assert!(matches!(Wal::open(dir.path(), 0), Err(Error::Corrupt(_))));
+        assert!(matches!(open(dir.path(), 0), Err(Error::Corrupt(_))));
     }
 
     #[test]
     fn reads_respect_max_bytes_but_return_at_least_one_batch() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        let mut wal = open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[1, 1, 1, 1]);
         let reader = wal.reader();
         assert_eq!(reader.read(0, 4, 1).unwrap().len(), 1);
@@ -552,59 +919,59 @@ mod tests {
     #[test]
     fn rotation_and_dropping_keep_offsets_and_recovery_consistent() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        let mut wal = open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2, 2]);
         wal.rotate().unwrap();
         write_batches(&mut wal, &[3]);
         wal.rotate().unwrap();
         write_batches(&mut wal, &[1]);
-        assert_eq!(wal_files(dir.path()).unwrap(), vec![0, 4, 7]);
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![0, 4, 7]);
         let reader = wal.reader();
         assert_eq!(reader.read(0, 8, usize::MAX).unwrap().len(), 8, "reads span files");
 
         wal.drop_below(5).unwrap();
         assert_eq!(
-            wal_files(dir.path()).unwrap(),
+            wal_files(dir.path()).unwrap().0,
             vec![4, 7],
             "only files wholly below 5 go"
         );
         assert_eq!(reader.start(), 4);
         wal.drop_below(100).unwrap();
         assert_eq!(
-            wal_files(dir.path()).unwrap(),
+            wal_files(dir.path()).unwrap().0,
             vec![7],
             "never the file being appended to"
         );
         assert_eq!(reader.read(7, 8, usize::MAX).unwrap().len(), 1);
         drop(wal);
 
-        let recovered = Wal::open(dir.path(), 7).unwrap();
+        let recovered = open(dir.path(), 7).unwrap();
         assert_eq!(recovered.wal.next_offset(), 8);
         assert_eq!(recovered.wal.reader().start(), 7);
-        let stale = Wal::open(dir.path(), 9).unwrap();
+        let stale = open(dir.path(), 9).unwrap();
         assert_eq!(
             stale.wal.next_offset(),
             9,
             "a WAL wholly below the committed offset starts afresh there"
         );
         assert!(stale.batches.is_empty());
-        assert_eq!(wal_files(dir.path()).unwrap(), vec![9]);
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![9]);
     }
 
     #[test]
     fn an_empty_wal_starts_at_the_committed_offset() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path(), 42).unwrap().wal;
+        let mut wal = open(dir.path(), 42).unwrap().wal;
         assert_eq!(wal.next_offset(), 42);
         write_batches(&mut wal, &[2]);
         drop(wal);
-        assert_eq!(Wal::open(dir.path(), 42).unwrap().wal.next_offset(), 44);
+        assert_eq!(open(dir.path(), 42).unwrap().wal.next_offset(), 44);
     }
 
     #[test]
     fn damage_in_an_earlier_file_is_refused() {
         let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::open(dir.path(), 0).unwrap().wal;
+        let mut wal = open(dir.path(), 0).unwrap().wal;
         write_batches(&mut wal, &[2]);
         wal.rotate().unwrap();
         write_batches(&mut wal, &[2]);
@@ -614,8 +981,187 @@ mod tests {
         bytes.truncate(bytes.len() - 3);
         std::fs::write(&first, &bytes).unwrap();
         assert!(
-            matches!(Wal::open(dir.path(), 0), Err(Error::Corrupt(_))),
+            matches!(open(dir.path(), 0), Err(Error::Corrupt(_))),
             "a torn tail is only allowed at the very end"
         );
+    }
+
+    fn tenure(epoch: u64, committed: u64, reclaim: bool, segments: &[(u64, u64, u64)]) -> Tenure {
+        Tenure {
+            epoch,
+            committed,
+            reclaim,
+            segments: segments
+                .iter()
+                .map(|&(base, next, epoch)| SegmentSpan { base, next, epoch })
+                .collect(),
+        }
+    }
+
+    /// Writes `sizes` batches as the holder at `epoch` and closes the WAL.
+    fn written_at(dir: &Path, epoch: u64, committed: u64, sizes: &[u32]) {
+        let mut wal = Wal::recover(dir, &tenure(epoch, committed, true, &[])).unwrap().wal;
+        write_batches(&mut wal, sizes);
+    }
+
+    #[test]
+    fn a_wal_restarted_at_the_committed_offset_starts_a_file_named_by_it() {
+        // The dev-loop sequence: an empty file from a tenure at 1021, then the
+        // partition comes back at 2042 after another agent wrote 1021..2042.
+        let dir = cairn_testkit::TempDir::new("wal");
+        drop(Wal::recover(dir.path(), &tenure(2, 1021, false, &[])).unwrap());
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![1021]);
+        let mut wal = Wal::recover(dir.path(), &tenure(4, 2042, false, &[(1021, 2042, 3)]))
+            .unwrap()
+            .wal;
+        assert_eq!(wal.next_offset(), 2042);
+        assert_eq!(
+            wal_files(dir.path()).unwrap().0,
+            vec![2042],
+            "the empty file below is gone"
+        );
+        write_batches(&mut wal, &[1021]);
+        drop(wal);
+        // Another agent commits to 4084; the next take starts afresh there.
+        let wal = Wal::recover(dir.path(), &tenure(6, 4084, false, &[(2042, 3063, 4), (3063, 4084, 5)]))
+            .unwrap()
+            .wal;
+        assert_eq!(wal.next_offset(), 4084);
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![4084]);
+    }
+
+    #[test]
+    fn a_misnamed_or_damaged_file_wholly_below_the_committed_offset_is_set_aside() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let path = dir.path().join(file_name(1021));
+        let (frame, _) = batch_at(2042, 3);
+        std::fs::write(&path, &frame).unwrap();
+        // Above the committed offset a misnamed file is corruption…
+        assert!(matches!(
+            Wal::recover(dir.path(), &tenure(5, 2000, true, &[])),
+            Err(Error::Corrupt(_))
+        ));
+        // …below it, dead data that never stops the partition.
+        let recovered = Wal::recover(dir.path(), &tenure(5, 4084, false, &[])).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 4084);
+        assert_eq!(recovered.set_aside.len(), 1);
+        assert_eq!(
+            std::fs::read(&recovered.set_aside[0]).unwrap(),
+            frame,
+            "kept for an operator"
+        );
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![4084]);
+
+        // A file damaged in the middle, wholly below the committed offset, too.
+        let dir = cairn_testkit::TempDir::new("wal");
+        written_at(dir.path(), 1, 0, &[2, 2, 2]);
+        let path = dir.path().join(file_name(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[batch_at(0, 2).0.len() + 30] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            matches!(open(dir.path(), 0), Err(Error::Corrupt(_))),
+            "above the committed offset"
+        );
+        let recovered = Wal::recover(dir.path(), &tenure(1, 6, true, &[(0, 6, 1)])).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 6);
+        assert_eq!(recovered.set_aside.len(), 1);
+    }
+
+    #[test]
+    fn records_diverging_from_another_epochs_segment_are_dropped_and_the_log_continues_at_the_committed_offset() {
+        // A (epoch 1) wrote 0..41; B took over uncleanly (epoch 2) and committed
+        // [1, 2); A takes the partition back at epoch 3.
+        let dir = cairn_testkit::TempDir::new("wal");
+        written_at(dir.path(), 1, 0, &[1, 40]);
+        let recovered = Wal::recover(dir.path(), &tenure(3, 2, false, &[(0, 1, 1), (1, 2, 2)])).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 2, "appends continue after B's record");
+        assert_eq!(recovered.wal.reader().start(), 2, "nothing of A's old WAL is served");
+        assert!(recovered.batches.is_empty());
+        assert_eq!(
+            recovered.discarded,
+            Some(Discarded {
+                from: 2,
+                to: 41,
+                diverged_at_epoch: 2
+            })
+        );
+        assert_eq!(
+            recovered.set_aside.len(),
+            1,
+            "the divergent records are kept aside, not served"
+        );
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![2]);
+        drop(recovered);
+        // The epoch now held owns what follows: its own segments are no divergence.
+        let mut wal = Wal::recover(dir.path(), &tenure(3, 2, true, &[(1, 2, 2)])).unwrap().wal;
+        write_batches(&mut wal, &[3]);
+        drop(wal);
+        let again = Wal::recover(dir.path(), &tenure(5, 3, false, &[(1, 2, 2), (2, 3, 3)])).unwrap();
+        assert_eq!(
+            again.wal.next_offset(),
+            5,
+            "records above the committed offset by our own epoch stay"
+        );
+        assert_eq!(again.discarded, None);
+    }
+
+    #[test]
+    fn a_wal_whose_tenure_nobody_else_committed_over_keeps_its_records() {
+        // A (epoch 1) committed [0, 10) and has 10..40 durable; B held the
+        // partition at epoch 2 but committed nothing.
+        let dir = cairn_testkit::TempDir::new("wal");
+        written_at(dir.path(), 1, 0, &[10, 30]);
+        let recovered = Wal::recover(dir.path(), &tenure(3, 10, false, &[(0, 10, 1)])).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 40);
+        assert_eq!(recovered.discarded, None);
+        assert_eq!(recovered.batches.len(), 2);
+    }
+
+    #[test]
+    fn a_wal_without_an_epochs_file_is_trusted_only_on_reclaim() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        written_at(dir.path(), 1, 0, &[5, 5]);
+        std::fs::remove_file(dir.path().join(EPOCHS_FILE)).unwrap();
+        let reclaimed = Wal::recover(dir.path(), &tenure(1, 5, true, &[(0, 5, 1)])).unwrap();
+        assert_eq!(
+            reclaimed.wal.next_offset(),
+            10,
+            "the holder never changed: the WAL is the log"
+        );
+        drop(reclaimed);
+        std::fs::remove_file(dir.path().join(EPOCHS_FILE)).unwrap();
+        let taken = Wal::recover(dir.path(), &tenure(2, 5, false, &[(0, 5, 1)])).unwrap();
+        assert_eq!(
+            taken.wal.next_offset(),
+            5,
+            "unknown epochs: any overlapping segment is divergence"
+        );
+        assert!(taken.discarded.is_some());
+    }
+
+    #[test]
+    fn a_wal_that_starts_above_the_committed_offset_is_refused() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let (frame, _) = batch_at(50, 2);
+        std::fs::write(dir.path().join(file_name(50)), frame).unwrap();
+        assert!(matches!(open(dir.path(), 40), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_epochs_file_keeps_only_epochs_that_wrote_what_is_left() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        written_at(dir.path(), 1, 0, &[2]);
+        {
+            let mut wal = Wal::recover(dir.path(), &tenure(2, 0, false, &[])).unwrap().wal;
+            write_batches(&mut wal, &[2]);
+            wal.rotate().unwrap();
+            write_batches(&mut wal, &[2]);
+        }
+        assert_eq!(read_epochs(dir.path()).unwrap(), vec![(1, 0), (2, 2)]);
+        // Segments now cover 0..4: the first file goes, and so does epoch 1.
+        let recovered = Wal::recover(dir.path(), &tenure(3, 4, false, &[(0, 2, 1), (2, 4, 2)])).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 6);
+        assert_eq!(read_epochs(dir.path()).unwrap(), vec![(2, 2), (3, 6)]);
     }
 }

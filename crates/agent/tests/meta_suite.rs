@@ -38,22 +38,25 @@ async fn topics_and_lease_rows(meta: Meta) {
 
 async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
-    assert_eq!(meta.acquire("t", 0, "a", SHORT, false).await.unwrap(), Some(1));
     assert_eq!(
-        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch),
+        Some(1)
+    );
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
         None,
         "held and not expired"
     );
     assert!(meta.renew("t", 0, "a", 1, SHORT, (0, 7)).await.unwrap());
     assert_eq!(meta.leases().await.unwrap()[0].epoch, 1, "renewal keeps the epoch");
     assert_eq!(
-        meta.acquire("t", 0, "a", SHORT, false).await.unwrap(),
+        meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch),
         Some(1),
         "re-acquire by the holder keeps it"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
         Some(2),
         "new holder, new epoch"
     );
@@ -75,28 +78,31 @@ async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
 
 async fn a_dirty_partition_is_not_taken_over(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
-    assert_eq!(meta.acquire("t", 0, "a", SHORT, false).await.unwrap(), Some(1));
+    assert_eq!(
+        meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch),
+        Some(1)
+    );
     assert!(meta.mark_dirty("t", 0, "a", 1).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
         None,
         "expired but dirty"
     );
     assert_eq!(
-        meta.acquire("t", 0, "a", LONG, false).await.unwrap(),
+        meta.acquire("t", 0, "a", LONG, false).await.unwrap().map(|l| l.epoch),
         Some(1),
         "its holder reclaims it"
     );
     meta.release("t", 0, "a", 1).await.unwrap();
     assert_eq!(
-        meta.acquire("t", 0, "b", LONG, false).await.unwrap(),
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
         None,
         "a dirty lease is not released"
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(
-        meta.acquire("t", 0, "b", LONG, true).await.unwrap(),
+        meta.acquire("t", 0, "b", LONG, true).await.unwrap().map(|l| l.epoch),
         None,
         "not expired: even unclean waits"
     );
@@ -104,17 +110,23 @@ async fn a_dirty_partition_is_not_taken_over(meta: Meta) {
 
 async fn unclean_takeover_when_enabled(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
-    meta.acquire("t", 0, "a", SHORT, false).await.unwrap();
+    meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch);
     meta.mark_dirty("t", 0, "a", 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(meta.acquire("t", 0, "b", LONG, true).await.unwrap(), Some(2));
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, true).await.unwrap().map(|l| l.epoch),
+        Some(2)
+    );
 }
 
 async fn a_clean_release_hands_over_at_once(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
-    meta.acquire("t", 0, "a", LONG, false).await.unwrap();
+    meta.acquire("t", 0, "a", LONG, false).await.unwrap().map(|l| l.epoch);
     meta.release("t", 0, "a", 1).await.unwrap();
-    assert_eq!(meta.acquire("t", 0, "b", LONG, false).await.unwrap(), Some(2));
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
+        Some(2)
+    );
 }
 
 async fn membership_and_producers(meta: Meta) {
@@ -148,7 +160,7 @@ async fn the_database_clock_is_used(meta: Meta) {
 async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
     use cairn_agent::meta::SegmentRow;
     meta.create_topic(&topic("t", 1)).await.unwrap();
-    meta.acquire("t", 0, "a", SHORT, false).await.unwrap();
+    meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch);
     let seg = |base, next, epoch| SegmentRow {
         topic: "t".into(),
         partition: 0,
@@ -172,7 +184,10 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
         "must start at the committed offset"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(meta.acquire("t", 0, "b", LONG, false).await.unwrap(), Some(2));
+    assert_eq!(
+        meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
+        Some(2)
+    );
     assert!(
         !meta
             .commit_segment(&seg(10, 20, 1), "a", &[(5, 9, "x".into())])
