@@ -509,3 +509,106 @@ async fn a_partition_handed_back_and_forth_continues_on_each_agent() {
         assert_eq!(agent_process.terminate(Duration::from_secs(30)).await, Some(0));
     }
 }
+
+#[tokio::test]
+async fn committed_acks_arriving_within_a_window_share_one_segment() {
+    let cluster = Cluster::new();
+    let (_, url) = cluster.objects();
+    let a = cluster
+        .start("a", &["--set", &url, "--set", "agent.commit_linger_ms=50"])
+        .await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let addr = a.addr.clone();
+            tokio::spawn(async move {
+                let mut client = agent(&addr).await;
+                let mut acked = 0u64;
+                while std::time::Instant::now() < until {
+                    client
+                        .produce(produce(&[format!("w{w}-{acked}")], pb::AckMode::Committed))
+                        .await
+                        .unwrap();
+                    acked += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut requests = 0;
+    for w in writers {
+        requests += w.await.unwrap();
+    }
+    let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
+    let segments = meta.segments("t", 0).await.unwrap();
+    let log = read_all(&a.addr, "t", 0).await;
+    assert_eq!(log.len() as u64, requests, "every committed ack is in the log");
+    assert_eq!(segments.last().unwrap().next_offset, requests, "and in segments");
+    // One segment per 50 ms window at most, whatever the request rate.
+    assert!(
+        segments.len() <= 2_000 / 50 + 4,
+        "{} segments for {requests} committed acks in 2 s",
+        segments.len()
+    );
+    assert!(
+        requests >= 3 * segments.len() as u64,
+        "{requests} requests made {} segments: they did not share",
+        segments.len()
+    );
+}
+
+#[tokio::test]
+async fn a_fetch_below_the_wal_fills_max_bytes_across_segments() {
+    let cluster = Cluster::new();
+    let (_, url) = cluster.objects();
+    let args = ["--set", &url, "--set", "agent.commit_linger_ms=0"];
+    let mut a = cluster.start("a", &args).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    for i in 0..30 {
+        client
+            .produce(produce(&[format!("v{i}")], pb::AckMode::Committed))
+            .await
+            .unwrap();
+    }
+    // Handed off clean: the WAL is deleted and everything is read from segments.
+    assert_eq!(a.terminate(Duration::from_secs(30)).await, Some(0));
+    let a = cluster.start("a", &args).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
+    assert_eq!(meta.segments("t", 0).await.unwrap().len(), 30, "one segment per committed ack");
+    let page = agent(&a.addr)
+        .await
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 3,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let values: Vec<String> = page
+        .records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone()).unwrap())
+        .collect();
+    assert_eq!(values, (3..30).map(|i| format!("v{i}")).collect::<Vec<_>>(), "one fetch, 27 segments");
+    let small = agent(&a.addr)
+        .await
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 3,
+            max_bytes: 1,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(small.records.len(), 1, "at least one record, and no more than max_bytes allows");
+}

@@ -243,6 +243,78 @@ async fn kill_9_and_restart_of_the_agent_loses_and_duplicates_nothing() {
     verify(&addr, 4, &outcome, &format!("{rounds} kill -9 rounds")).await;
 }
 
+fn retake_rounds() -> u32 {
+    std::env::var("CAIRN_PRODUCER_RETAKE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_acks_survive_kill_9_retakes_between_two_agents_under_unclean_takeover() {
+    // A → B → A → …: the leader is killed with durable records not yet in a
+    // segment, the other agent takes over uncleanly, and the killed one comes
+    // back on its old WAL and takes partitions back. With committed acks
+    // nothing acknowledged may be lost or duplicated through any of it.
+    let cluster = Cluster::new();
+    let (pa, pb) = (free_port(), free_port());
+    let args = |name: &str| {
+        vec![
+            "--set".to_owned(),
+            "agent.unclean_takeover=true".to_owned(),
+            "--set".to_owned(),
+            format!("agent.id=agent-{name}"),
+        ]
+    };
+    let start = |port: u16, name: &'static str| {
+        let args = args(name);
+        let cluster = &cluster;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cluster.start_on(port, name, &args).await
+        }
+    };
+    let mut a = start(pa, "a").await;
+    create_topic(&a.addr, TOPIC, 2).await;
+    let (addr_a, addr_b) = (a.addr.clone(), format!("127.0.0.1:{pb}"));
+    leaders(&addr_a, 2).await;
+    let mut b = start(pb, "b").await;
+    wait_for_leaders_of(&addr_a, 2, |l| l.contains(&addr_a) && l.contains(&addr_b)).await;
+    let writer = Writer::start(
+        producer(&[&addr_a, &addr_b])
+            .acks(Acks::Committed)
+            .request_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    let rounds = retake_rounds();
+    for round in 0..rounds {
+        tokio::time::sleep(rand_ms(300, 900)).await;
+        // Kill one holder; the other takes its partitions once the lease lapses.
+        let (victim, port, name, survivor) = if round % 2 == 0 {
+            (&mut a, pa, "a", addr_b.clone())
+        } else {
+            (&mut b, pb, "b", addr_a.clone())
+        };
+        victim.kill();
+        wait_for_leaders_of(&survivor, 2, |l| l.iter().all(|x| *x == survivor)).await;
+        tokio::time::sleep(rand_ms(200, 600)).await;
+        // It comes back on its old WAL and takes its share back.
+        *victim = start(port, name).await;
+        let back = victim.addr.clone();
+        wait_for_leaders_of(&survivor, 2, |l| l.contains(&back)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcome = writer.finish().await;
+    assert!(
+        outcome.failed.is_empty(),
+        "records failed: {:?}",
+        &outcome.failed[..outcome.failed.len().min(5)]
+    );
+    assert!(outcome.acked.len() > 200, "too little was produced to mean anything");
+    verify(&addr_a, 2, &outcome, &format!("{rounds} kill -9 retakes, committed acks")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_moves_by_handoff_and_after_a_crash_without_loss_or_duplicates() {
     let cluster = Cluster::new();
@@ -284,8 +356,12 @@ async fn leadership_moves_by_handoff_and_after_a_crash_without_loss_or_duplicate
 }
 
 async fn wait_for_leaders(any: &str, done: impl Fn(&[String]) -> bool) {
+    wait_for_leaders_of(any, 4, done).await;
+}
+
+async fn wait_for_leaders_of(any: &str, partitions: u32, done: impl Fn(&[String]) -> bool) {
     for _ in 0..600 {
-        let l = leaders(any, 4).await;
+        let l = leaders(any, partitions).await;
         if done(&l) {
             return;
         }
