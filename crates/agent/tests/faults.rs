@@ -125,7 +125,18 @@ fn rand_below(n: u64) -> u64 {
 
 #[tokio::test]
 async fn a_holder_frozen_past_its_lease_writes_nothing_after_it_wakes() {
-    let cluster = Cluster::new();
+    frozen_holder(Cluster::new()).await;
+}
+
+#[tokio::test]
+async fn a_holder_frozen_past_its_lease_writes_nothing_after_it_wakes_on_postgres() {
+    let Some(cluster) = Cluster::on_postgres().await else {
+        return;
+    };
+    frozen_holder(cluster).await;
+}
+
+async fn frozen_holder(cluster: Cluster) {
     let a = cluster.start("a", &[]).await;
     create_topic(&a.addr, "t", 1).await;
     wait_leader(&a.addr, "t", 0).await;
@@ -309,9 +320,19 @@ async fn write_through_changes(
 
 #[tokio::test]
 async fn agents_rebalance_while_producers_write_and_no_offset_is_assigned_twice() {
-    let cluster = Cluster::new();
-    let objects = cluster.dir.path().join("objects");
-    let url = format!("object_store.url=file://{}", objects.display());
+    rebalance_while_writing(Cluster::new()).await;
+}
+
+#[tokio::test]
+async fn agents_rebalance_while_producers_write_and_no_offset_is_assigned_twice_on_postgres() {
+    let Some(cluster) = Cluster::on_postgres().await else {
+        return;
+    };
+    rebalance_while_writing(cluster).await;
+}
+
+async fn rebalance_while_writing(cluster: Cluster) {
+    let (_, url) = cluster.objects();
     let a = cluster.start("a", &["--set", &url]).await;
     let b = cluster.start("b", &["--set", &url]).await;
     create_topic(&a.addr, "t", 6).await;

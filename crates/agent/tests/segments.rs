@@ -102,17 +102,13 @@ async fn a_committed_ack_means_the_records_are_in_a_committed_segment() {
 
 #[tokio::test]
 async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follow_when_it_returns() {
-    let Ok(moto) = std::env::var("CAIRN_TEST_MOTO") else {
-        assert!(
-            std::env::var_os("CAIRN_TEST_REQUIRE_PEERS").is_none(),
-            "CAIRN_TEST_MOTO is not set"
-        );
-        eprintln!("skipping: CAIRN_TEST_MOTO (a moto_server binary) is not set");
+    let Some(mut s3) = cairn_testkit::S3Server::start().await else {
         return;
     };
+    // Down from the start: the agent's first uploads fail.
+    s3.stop();
     let cluster = Cluster::new();
-    let port = cairn_testkit::free_port();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("object_store.s3.endpoint={}", s3.endpoint);
     let a = cluster
         .start(
             "a",
@@ -120,7 +116,7 @@ async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follo
                 "--set",
                 "object_store.url=s3://cairn-down-test/segments",
                 "--set",
-                &format!("object_store.s3.endpoint={endpoint}"),
+                &endpoint,
                 "--set",
                 "object_store.s3.access_key_id=test",
                 "--set",
@@ -159,26 +155,8 @@ async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follo
         .unwrap();
 
     // The store comes back.
-    let mut server = std::process::Command::new(moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .spawn()
-        .unwrap();
-    let config = cairn_object_store::S3Config {
-        endpoint: endpoint.clone(),
-        access_key_id: "test".into(),
-        secret_access_key: "test-secret".into(),
-        ..Default::default()
-    };
-    let store = cairn_object_store::S3Store::new("cairn-down-test", "segments", &config).unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if store.ensure_bucket().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "moto did not start");
+    s3.restart().await;
+    let store = s3.create_bucket("cairn-down-test").await;
     let ack = client.produce(produce(&["c1".into()], pb::AckMode::Committed)).await;
     let ack = match ack {
         Ok(ack) => ack,
@@ -196,8 +174,6 @@ async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follo
         "every durable record, including those acked during the outage, is in segments"
     );
     assert!(stored.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[tokio::test]
@@ -579,7 +555,11 @@ async fn a_fetch_below_the_wal_fills_max_bytes_across_segments() {
     let a = cluster.start("a", &args).await;
     wait_leader(&a.addr, "t", 0).await;
     let meta = Meta::connect(&cluster.meta_url, 1).await.unwrap();
-    assert_eq!(meta.segments("t", 0).await.unwrap().len(), 30, "one segment per committed ack");
+    assert_eq!(
+        meta.segments("t", 0).await.unwrap().len(),
+        30,
+        "one segment per committed ack"
+    );
     let page = agent(&a.addr)
         .await
         .fetch(pb::FetchRequest {
@@ -597,7 +577,11 @@ async fn a_fetch_below_the_wal_fills_max_bytes_across_segments() {
         .iter()
         .map(|r| String::from_utf8(r.value.clone()).unwrap())
         .collect();
-    assert_eq!(values, (3..30).map(|i| format!("v{i}")).collect::<Vec<_>>(), "one fetch, 27 segments");
+    assert_eq!(
+        values,
+        (3..30).map(|i| format!("v{i}")).collect::<Vec<_>>(),
+        "one fetch, 27 segments"
+    );
     let small = agent(&a.addr)
         .await
         .fetch(pb::FetchRequest {
@@ -610,5 +594,9 @@ async fn a_fetch_below_the_wal_fills_max_bytes_across_segments() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(small.records.len(), 1, "at least one record, and no more than max_bytes allows");
+    assert_eq!(
+        small.records.len(),
+        1,
+        "at least one record, and no more than max_bytes allows"
+    );
 }

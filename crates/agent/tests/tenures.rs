@@ -39,7 +39,13 @@ async fn produce_one(addr: &str, value: &str, ack: pb::AckMode) -> u64 {
         ack_mode: ack as i32,
         ..Default::default()
     };
-    agent(addr).await.produce(request).await.unwrap().into_inner().base_offset
+    agent(addr)
+        .await
+        .produce(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .base_offset
 }
 
 /// What the test acknowledged: offset → value, by ack kind.
@@ -53,7 +59,10 @@ struct Acks {
 impl Acks {
     async fn committed(&mut self, addr: &str, value: String) {
         let offset = produce_one(addr, &value, pb::AckMode::Committed).await;
-        assert!(self.committed.insert(offset, value).is_none(), "offset {offset} acked twice");
+        assert!(
+            self.committed.insert(offset, value).is_none(),
+            "offset {offset} acked twice"
+        );
     }
 
     async fn durable(&mut self, addr: &str, prefix: &str, n: usize) {
@@ -127,7 +136,10 @@ async fn retakes(cluster: Cluster) {
     let lost = acks
         .verify(&a.addr, |v| if v.starts_with("a1") { 1 } else { 2 }, "A → B → A")
         .await;
-    assert_eq!(lost, 60, "every durable record above the committed offsets was dropped, nothing else");
+    assert_eq!(
+        lost, 60,
+        "every durable record above the committed offsets was dropped, nothing else"
+    );
     acks.committed(&a.addr, "a-committed-again".into()).await;
     acks.durable(&a.addr, "a2", 10).await;
 
@@ -175,7 +187,9 @@ async fn serving_leaders(any: &str, partitions: u32) -> Vec<String> {
     for _ in 0..300 {
         let meta = agent(any)
             .await
-            .get_metadata(pb::GetMetadataRequest { topics: vec!["t".into()] })
+            .get_metadata(pb::GetMetadataRequest {
+                topics: vec!["t".into()],
+            })
             .await;
         if let Ok(meta) = meta {
             let leaders: Vec<String> = meta.into_inner().topics[0]
@@ -250,6 +264,49 @@ async fn twenty_up_write_sigterm_rounds_with_alternating_leaders_keep_every_part
         for mut agent in [first, second] {
             assert_eq!(agent.terminate(Duration::from_secs(30)).await, Some(0), "round {round}");
         }
+    }
+}
+
+#[tokio::test]
+async fn a_partition_that_passed_through_an_agent_without_writes_comes_back_to_it_and_serves() {
+    // The dev loop's wedge: an agent takes a partition and hands it on before
+    // writing anything; others write; it takes the partition back (its old,
+    // empty file is named by an offset others have since written past), and
+    // later once more.
+    let cluster = Cluster::new();
+    let mut written: Vec<String> = Vec::new();
+    let mut a = cluster.start("a", &[]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut b = cluster.start("b", &[]).await;
+    for round in 0..4 {
+        // The current holder leaves (SIGTERM hands the partition to the other,
+        // which is running), writes go to the new holder, and the one that
+        // left comes back to take over at the next hand-off.
+        let (leaving, staying) = if round % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        assert_eq!(leaving.terminate(Duration::from_secs(30)).await, Some(0));
+        wait_leader(&staying.addr, "t", 0).await;
+        let values: Vec<String> = (0..10).map(|i| format!("r{round}-{i}")).collect();
+        let request = pb::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            records: records(&values),
+            ..Default::default()
+        };
+        agent(&staying.addr).await.produce(request).await.unwrap();
+        written.extend(values);
+        let log: Vec<String> = read_all(&staying.addr, "t", 0)
+            .await
+            .into_iter()
+            .map(|r| String::from_utf8(r.value).unwrap())
+            .collect();
+        assert_eq!(log, written, "round {round}");
+        let name = if round % 2 == 0 { "a" } else { "b" };
+        *leaving = cluster.start(name, &[]).await;
     }
 }
 

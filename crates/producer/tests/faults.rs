@@ -312,7 +312,13 @@ async fn committed_acks_survive_kill_9_retakes_between_two_agents_under_unclean_
         &outcome.failed[..outcome.failed.len().min(5)]
     );
     assert!(outcome.acked.len() > 200, "too little was produced to mean anything");
-    verify(&addr_a, 2, &outcome, &format!("{rounds} kill -9 retakes, committed acks")).await;
+    verify(
+        &addr_a,
+        2,
+        &outcome,
+        &format!("{rounds} kill -9 retakes, committed acks"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,18 @@ impl Process {
 
     /// [`Process::start`] on a given port (a restart that keeps its address).
     pub fn start_on(port: u16, binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+        Process::spawn(&binary(binary_name), port, args, env, dir)
+    }
+
+    /// [`Process::start`] for a binary given by path (another build, say).
+    pub fn start_binary(path: &Path, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+        Process::spawn(path, free_port(), args, env, dir)
+    }
+
+    fn spawn(path: &Path, port: u16, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+        let binary_name = path
+            .file_name()
+            .map_or("process".into(), |n| n.to_string_lossy().into_owned());
         let addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{binary_name}-{port}.log"));
         let out = std::fs::OpenOptions::new()
@@ -134,7 +146,7 @@ impl Process {
             .open(&log)
             .unwrap();
         let err = out.try_clone().unwrap();
-        let child = Command::new(binary(binary_name))
+        let child = Command::new(path)
             .arg("--listen")
             .arg(&addr)
             .args(args)
@@ -252,5 +264,102 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A moto S3-compatible server of the test's own (the `moto_server` binary
+/// named by `CAIRN_TEST_MOTO`) on a free port, stopped when dropped; tests use
+/// it to make the object store come and go.
+pub struct S3Server {
+    child: Option<Child>,
+    port: u16,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl S3Server {
+    /// Starts one and waits until it answers, or `None` (test skipped) when
+    /// `CAIRN_TEST_MOTO` is not set and peers are not required.
+    pub async fn start() -> Option<S3Server> {
+        let Ok(binary) = std::env::var("CAIRN_TEST_MOTO") else {
+            assert!(
+                !peers_required(),
+                "CAIRN_TEST_MOTO is not set; run through scripts/test"
+            );
+            eprintln!("skipping: CAIRN_TEST_MOTO (a moto_server binary) is not set");
+            return None;
+        };
+        let port = free_port();
+        let mut server = S3Server {
+            child: None,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        server.child = Some(Self::spawn(&binary, port));
+        server.wait_up().await;
+        Some(server)
+    }
+
+    fn spawn(binary: &str, port: u16) -> Child {
+        Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("moto_server did not start on port {}", self.port);
+    }
+
+    /// Stops the server (the store is down; its contents are gone).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let binary = std::env::var("CAIRN_TEST_MOTO").unwrap();
+        self.child = Some(Self::spawn(&binary, self.port));
+        self.wait_up().await;
+    }
+
+    /// The client settings for this server (moto accepts any credentials).
+    pub fn config(&self) -> cairn_object_store::S3Config {
+        cairn_object_store::S3Config {
+            endpoint: self.endpoint.clone(),
+            access_key_id: "test".into(),
+            secret_access_key: "test-secret".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Creates `bucket` (retrying while the server comes up).
+    pub async fn create_bucket(&self, bucket: &str) -> cairn_object_store::S3Store {
+        let store = cairn_object_store::S3Store::new(bucket, "segments", &self.config()).unwrap();
+        for _ in 0..100 {
+            if store.ensure_bucket().await.is_ok() {
+                return store;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not create bucket {bucket} on {}", self.endpoint);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
