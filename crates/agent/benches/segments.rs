@@ -11,7 +11,8 @@
 //! Build the agent first: `cargo build --release -p cairn-agent`, then
 //! `cargo bench -p cairn-agent --bench segments`. Env: BENCH_SECS (10),
 //! BENCH_RATE (committed produce requests/s, 500), BENCH_SEGMENTS (1000),
-//! BENCH_AGENT (another cairn-agent binary, e.g. an older build, to compare).
+//! BENCH_AGENT (another cairn-agent binary, e.g. an older build, to compare;
+//! settings it may not know are left out).
 
 #![allow(clippy::unwrap_used)]
 
@@ -26,7 +27,7 @@ use cairn_proto::cairn::agent::v1 as pb;
 use cairn_testkit::{Process, TempDir, cluster};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    cairn_testkit::env_or(name, default)
 }
 
 fn agent_binary() -> PathBuf {
@@ -128,8 +129,14 @@ async fn history_read(store: &[String]) {
     let n = env("BENCH_SEGMENTS", 1000);
     let per = 100u64;
     let dir = TempDir::new("bench-history");
-    let linger = ["--set", "agent.commit_linger_ms=0"];
-    let mut agent = start_agent(&dir, store, &linger);
+    // One segment per request (an older agent, which does not know the
+    // setting, rolls one per committed-ack request anyway).
+    let linger: &[&str] = if std::env::var_os("BENCH_AGENT").is_some() {
+        &[]
+    } else {
+        &["--set", "agent.commit_linger_ms=0"]
+    };
+    let mut agent = start_agent(&dir, store, linger);
     agent.process.wait_serving(Duration::from_secs(60)).await;
     let addr = agent.process.addr.clone();
     cluster::create_topic(&addr, "h", 1).await;
@@ -154,7 +161,9 @@ async fn history_read(store: &[String]) {
     let write_secs = written.elapsed().as_secs_f64();
     // Hand the partition off (the WAL is deleted) and come back: every read is from segments.
     assert_eq!(agent.process.terminate(Duration::from_secs(60)).await, Some(0));
-    let mut agent = start_agent(&dir, store, &linger);
+    // As if the disk were lost (an older agent keeps its WAL after a hand-off).
+    let _ = std::fs::remove_dir_all(dir.path().join("data").join("wal"));
+    let mut agent = start_agent(&dir, store, linger);
     agent.process.wait_serving(Duration::from_secs(60)).await;
     let addr = agent.process.addr.clone();
     cluster::wait_leader(&addr, "h", 0).await;
@@ -191,19 +200,6 @@ async fn history_read(store: &[String]) {
     agent.process.kill();
 }
 
-/// The `--set` arguments that point an agent at an S3 bucket on `endpoint`.
-fn s3_args(endpoint: &str) -> Vec<String> {
-    [
-        "object_store.url=s3://bench/segments".to_owned(),
-        format!("object_store.s3.endpoint={endpoint}"),
-        "object_store.s3.access_key_id=test".to_owned(),
-        "object_store.s3.secret_access_key=test-secret".to_owned(),
-    ]
-    .into_iter()
-    .flat_map(|a| ["--set".to_owned(), a])
-    .collect()
-}
-
 #[tokio::main]
 async fn main() {
     println!("agent binary: {}", agent_binary().display());
@@ -215,7 +211,11 @@ async fn main() {
     committed_latency("local object store", &local_store).await;
     if let Some(s3) = cairn_testkit::S3Server::start().await {
         s3.create_bucket("bench").await;
-        committed_latency("S3-compatible server (moto)", &s3_args(&s3.endpoint)).await;
+        committed_latency(
+            "S3-compatible server (moto)",
+            &cluster::s3_store_args("bench", &s3.endpoint),
+        )
+        .await;
     } else {
         println!("committed acks, S3: skipped (set CAIRN_TEST_MOTO to a moto_server binary)");
     }

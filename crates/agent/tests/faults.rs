@@ -17,10 +17,7 @@ use tonic::Code;
 
 /// How many kill -9 rounds CI runs; `CAIRN_SOAK_ROUNDS` runs more (the soak).
 fn rounds() -> u32 {
-    std::env::var("CAIRN_SOAK_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+    cairn_testkit::env_or("CAIRN_SOAK_ROUNDS", 20)
 }
 
 #[tokio::test]

@@ -108,28 +108,16 @@ async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follo
     // Down from the start: the agent's first uploads fail.
     s3.stop();
     let cluster = Cluster::new();
-    let endpoint = format!("object_store.s3.endpoint={}", s3.endpoint);
-    let a = cluster
-        .start(
-            "a",
-            &[
-                "--set",
-                "object_store.url=s3://cairn-down-test/segments",
-                "--set",
-                &endpoint,
-                "--set",
-                "object_store.s3.access_key_id=test",
-                "--set",
-                "object_store.s3.secret_access_key=test-secret",
-                "--set",
-                "object_store.s3.request_timeout_ms=1000",
-                "--set",
-                "object_store.max_backoff_ms=500",
-                "--set",
-                "limits.max_commit_wait_ms=1500",
-            ],
-        )
-        .await;
+    let mut args = s3_store_args("cairn-down-test", &s3.endpoint);
+    for set in [
+        "object_store.s3.request_timeout_ms=1000",
+        "object_store.max_backoff_ms=500",
+        "limits.max_commit_wait_ms=1500",
+    ] {
+        args.extend(["--set".to_owned(), set.to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = cluster.start("a", &args).await;
     create_topic(&a.addr, "t", 1).await;
     wait_leader(&a.addr, "t", 0).await;
     let mut client = agent(&a.addr).await;

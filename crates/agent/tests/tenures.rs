@@ -322,21 +322,14 @@ async fn sigterm_exits_within_its_bound_when_partitions_cannot_hand_off() {
         }
     });
     let cluster = Cluster::new();
-    let endpoint = format!("object_store.s3.endpoint={endpoint}");
-    let args = [
-        "--set",
-        "object_store.url=s3://silent/segments",
-        "--set",
-        &endpoint,
-        "--set",
-        "object_store.s3.access_key_id=test",
-        "--set",
-        "object_store.s3.secret_access_key=test-secret",
-        "--set",
+    let mut args = s3_store_args("silent", &endpoint);
+    for set in [
         "object_store.s3.request_timeout_ms=120000",
-        "--set",
         "agent.handoff_timeout_ms=2000",
-    ];
+    ] {
+        args.extend(["--set".to_owned(), set.to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut a = cluster.start("a", &args).await;
     create_topic(&a.addr, "t", 4).await;
     for p in 0..4 {
@@ -358,6 +351,9 @@ async fn sigterm_exits_within_its_bound_when_partitions_cannot_hand_off() {
         "SIGTERM took {took:?} with agent.handoff_timeout_ms = 2000 and four partitions that cannot hand off"
     );
     let log = a.log_text();
-    assert!(log.contains("hand-off did not finish in time"), "{log}");
+    assert!(
+        log.contains("hand-off did not finish in time") || log.contains("clean=0"),
+        "no partition handed off, and the agent says so: {log}"
+    );
     held.abort();
 }

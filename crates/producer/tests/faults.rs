@@ -210,10 +210,7 @@ fn rand_ms(low: u64, high: u64) -> Duration {
 }
 
 fn kill_rounds() -> u32 {
-    std::env::var("CAIRN_PRODUCER_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+    cairn_testkit::env_or("CAIRN_PRODUCER_KILL_ROUNDS", 20)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,10 +241,7 @@ async fn kill_9_and_restart_of_the_agent_loses_and_duplicates_nothing() {
 }
 
 fn retake_rounds() -> u32 {
-    std::env::var("CAIRN_PRODUCER_RETAKE_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4)
+    cairn_testkit::env_or("CAIRN_PRODUCER_RETAKE_ROUNDS", 4)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

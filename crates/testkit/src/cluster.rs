@@ -109,6 +109,20 @@ impl Cluster {
     }
 }
 
+/// The `--set` arguments that point an agent at bucket `bucket` of the
+/// S3-compatible server at `endpoint` (moto accepts any credentials).
+pub fn s3_store_args(bucket: &str, endpoint: &str) -> Vec<String> {
+    [
+        format!("object_store.url=s3://{bucket}/segments"),
+        format!("object_store.s3.endpoint={endpoint}"),
+        "object_store.s3.access_key_id=test".to_owned(),
+        "object_store.s3.secret_access_key=test-secret".to_owned(),
+    ]
+    .into_iter()
+    .flat_map(|a| ["--set".to_owned(), a])
+    .collect()
+}
+
 pub async fn channel(addr: &str) -> Channel {
     cairn_service::client::endpoint(addr, &ClientConfig::default())
         .unwrap()

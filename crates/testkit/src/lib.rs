@@ -50,6 +50,11 @@ pub async fn postgres_url() -> Option<String> {
     Some(format!("{server}/{name}"))
 }
 
+/// `name` from the environment parsed as a `T`, or `default` (soak knobs).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// A SQLite URL for a new database file under `dir`.
 pub fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", dir.join("test.db").display())
