@@ -6,6 +6,7 @@ use std::{env, error::Error, path::PathBuf};
 const PROTOS: &[&str] = &[
     "cairn/agent/v1/agent.proto",
     "cairn/auth/v1/auth.proto",
+    "cairn/common/v1/errors.proto",
     "ingestion/ingestion.proto",
 ];
 

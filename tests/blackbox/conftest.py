@@ -23,20 +23,38 @@ def free_port() -> int:
 class Service:
     """A running service binary; stopped with SIGTERM, killed if it lingers."""
 
+    _started = 0
+
     def __init__(self, binary: str, tmp: Path, *args: str, env: dict | None = None):
+        # The binary binds 127.0.0.1:0 and reports what it got in an address
+        # file, so no port is chosen here and raced for.
+        Service._started += 1
+        stem = f"{binary}-{os.getpid()}-{Service._started}"
         self.binary = binary
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.log_path = tmp / f"{binary}-{self.port}.log"
+        self.log_path = tmp / f"{stem}.log"
+        address_file = tmp / f"{stem}.addr"
         self._log = open(self.log_path, "wb")
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**os.environ, **(env or {}), "CAIRN_ADDRESS_FILE": str(address_file)}
         self.proc = subprocess.Popen(
-            [str(BIN_DIR / binary), "--listen", self.addr, *args],
+            [str(BIN_DIR / binary), "--listen", "127.0.0.1:0", "--set", "metrics.listen=127.0.0.1:0", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=tmp,
         )
+        self.addresses = self._wait_addresses(address_file)
+        self.addr = self.addresses.get("grpc", "127.0.0.1:1")
+        self.port = int(self.addr.rsplit(":", 1)[1])
+
+    def _wait_addresses(self, path: Path, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+            if self.proc.poll() is not None:
+                return {}
+            time.sleep(0.02)
+        return {}
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.addr)

@@ -51,7 +51,7 @@ def test_validate_api_key_and_no_secret_left_behind(start, tmp_path):
     )
     assert again.returncode != 0 and again.stdout == "", "a second bootstrap prints no key"
 
-    auth = start("cairn-auth", "--set", url, "--set", "keys.last_used_flush_ms=200", env=env)
+    auth = start("cairn-auth", "--set", url, "--set", "keys.last_used_flush=200ms", env=env)
     auth.wait_serving()
     cli_stderr = []
 

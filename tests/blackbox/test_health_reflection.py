@@ -55,13 +55,13 @@ def test_print_config_shows_effective_values(tmp_path):
     from conftest import BIN_DIR
 
     out = subprocess.run(
-        [str(BIN_DIR / "cairn-ingest"), "--print-config", "--set", "grpc.request_timeout_ms=1234"],
+        [str(BIN_DIR / "cairn-ingest"), "--print-config", "--set", "grpc.request_timeout=1234ms"],
         capture_output=True,
         text=True,
         env={"CAIRN_TELEMETRY__LOG": "debug", "PATH": "/usr/bin:/bin"},
         check=True,
     ).stdout
-    assert "request_timeout_ms = 1234" in out
+    assert "request_timeout = \"1234ms\"" in out
     assert 'log = "debug"' in out
     assert 'listen = "127.0.0.1:50053"' in out
 

@@ -134,7 +134,7 @@ async fn history_read(store: &[String]) {
     let linger: &[&str] = if std::env::var_os("BENCH_AGENT").is_some() {
         &[]
     } else {
-        &["--set", "agent.commit_linger_ms=0"]
+        &["--set", "agent.commit_linger=0"]
     };
     let mut agent = start_agent(&dir, store, linger);
     agent.process.wait_serving(Duration::from_secs(60)).await;

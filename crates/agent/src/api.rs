@@ -299,7 +299,7 @@ impl AgentService for Api {
         let appended = held.partition.append(records, producer, ack).await?;
         if let (Some(a), Ok(pb::AckMode::Committed)) = (&appended, pb::AckMode::try_from(req.ack_mode)) {
             let end = a.base_offset + u64::from(a.count);
-            let mut wait = Duration::from_millis(self.limits.max_commit_wait_ms);
+            let mut wait = self.limits.max_commit_wait;
             if let Some(left) = context::remaining() {
                 wait = wait.min(left.saturating_sub(Duration::from_millis(50)));
             }
@@ -338,7 +338,7 @@ impl AgentService for Api {
             0 => 1024 * 1024,
             n => (n as usize).min(self.limits.max_fetch_bytes),
         };
-        let mut wait = Duration::from_millis(u64::from(req.max_wait_ms).min(self.limits.max_fetch_wait_ms));
+        let mut wait = Duration::from_millis(u64::from(req.max_wait_ms)).min(self.limits.max_fetch_wait);
         if let Some(left) = context::remaining() {
             // Answer before the caller gives up, with whatever there is.
             wait = wait.min(left.saturating_sub(Duration::from_millis(50)));

@@ -1,8 +1,11 @@
 //! Configuration of `cairn-agent`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use cairn_service::{ConfigError, ServerConfig, ServiceConfig, TelemetryConfig, auth::AuthClientConfig};
+use cairn_service::{
+    Backoff, ConfigError, MetricsConfig, ServerConfig, ServiceConfig, TelemetryConfig, auth::AuthClientConfig,
+};
 use serde::{Deserialize, Serialize};
 
 /// Everything `cairn-agent` can be told.
@@ -11,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub grpc: ServerConfig,
     pub telemetry: TelemetryConfig,
+    pub metrics: MetricsConfig,
     /// How callers' API keys are checked.
     pub auth: AuthClientConfig,
     pub agent: AgentConfig,
@@ -28,9 +32,8 @@ pub struct ObjectStoreConfig {
     pub url: String,
     /// Used for `s3://` URLs.
     pub s3: cairn_object_store::S3Config,
-    /// Retry a failed upload after this long at first, doubling up to `max_backoff_ms`.
-    pub min_backoff_ms: u64,
-    pub max_backoff_ms: u64,
+    /// How failed uploads are retried (exponential, full jitter).
+    pub upload_backoff: Backoff,
 }
 
 impl Default for ObjectStoreConfig {
@@ -38,8 +41,7 @@ impl Default for ObjectStoreConfig {
         ObjectStoreConfig {
             url: "file://cairn-objects".into(),
             s3: cairn_object_store::S3Config::default(),
-            min_backoff_ms: 200,
-            max_backoff_ms: 10_000,
+            upload_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
         }
     }
 }
@@ -49,6 +51,7 @@ impl Default for Config {
         Config {
             grpc: ServerConfig::on_port(50052),
             telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::beside(50052),
             auth: AuthClientConfig::default(),
             agent: AgentConfig::default(),
             metadata: MetadataConfig::default(),
@@ -69,11 +72,14 @@ pub struct AgentConfig {
     /// Address other agents and clients reach this agent at; empty means `grpc.listen`.
     pub advertised_address: String,
     /// Lease length (by the metadata database's clock).
-    pub lease_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub lease: Duration,
     /// Renew leases and heartbeat this often.
-    pub renew_interval_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub renew_interval: Duration,
     /// Stop writing this long before the lease could expire, by the local monotonic clock.
-    pub lease_safety_margin_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub lease_safety_margin: Duration,
     /// Take over partitions whose holder has acknowledged records not yet in
     /// object storage. Off by default: turning it on can lose acknowledged
     /// records (the old holder's WAL is not read).
@@ -81,23 +87,29 @@ pub struct AgentConfig {
     /// Appends that may wait for a partition's writer before produce is refused.
     pub write_queue_depth: usize,
     /// Bytes a writer gathers into one write + fsync round.
+    #[serde(with = "cairn_service::units::bytes_usize")]
     pub max_round_bytes: usize,
     /// Start a new WAL file past this size; files wholly below the committed
     /// offset are deleted.
+    #[serde(with = "cairn_service::units::bytes")]
     pub wal_file_bytes: u64,
     /// How often each partition's retention and orphan-object sweep runs.
-    pub retention_interval_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub retention_interval: Duration,
     /// Committed-ack produces arriving within this window share one segment
     /// (one upload, one metadata commit): at most one segment per window per
     /// partition, whatever the request rate.
-    pub commit_linger_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub commit_linger: Duration,
     /// …unless this many bytes wait for a committed ack first.
+    #[serde(with = "cairn_service::units::bytes")]
     pub commit_linger_bytes: u64,
     /// Segment uploads in flight at once across partitions.
     pub max_concurrent_uploads: usize,
     /// Longest a hand-off (SIGTERM, rebalancing) may take, all partitions
     /// together; what is not handed off by then stays with this agent.
-    pub handoff_timeout_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub handoff_timeout: Duration,
     /// Segment block indexes kept in memory for reads below the WAL.
     pub segment_index_cache: usize,
 }
@@ -108,18 +120,18 @@ impl Default for AgentConfig {
             id: String::new(),
             data_dir: PathBuf::from("cairn-agent-data"),
             advertised_address: String::new(),
-            lease_ms: 10_000,
-            renew_interval_ms: 2_000,
-            lease_safety_margin_ms: 3_000,
+            lease: Duration::from_secs(10),
+            renew_interval: Duration::from_secs(2),
+            lease_safety_margin: Duration::from_secs(3),
             unclean_takeover: false,
             write_queue_depth: 4096,
             max_round_bytes: 8 * 1024 * 1024,
             wal_file_bytes: 64 * 1024 * 1024,
-            retention_interval_ms: 60_000,
-            commit_linger_ms: 50,
+            retention_interval: Duration::from_secs(60),
+            commit_linger: Duration::from_millis(50),
             commit_linger_bytes: 4 * 1024 * 1024,
             max_concurrent_uploads: 4,
-            handoff_timeout_ms: 10_000,
+            handoff_timeout: Duration::from_secs(10),
             segment_index_cache: 1024,
         }
     }
@@ -148,19 +160,24 @@ impl Default for MetadataConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest record (key + value + headers), bytes.
+    #[serde(with = "cairn_service::units::bytes_usize")]
     pub max_record_bytes: usize,
     /// Largest produce request (sum of records), bytes.
+    #[serde(with = "cairn_service::units::bytes_usize")]
     pub max_request_bytes: usize,
     /// Most records in one produce request.
     pub max_records_per_request: usize,
     /// Most partitions a topic may have.
     pub max_partitions_per_topic: u32,
     /// Most bytes one fetch returns (a single larger record is still returned).
+    #[serde(with = "cairn_service::units::bytes_usize")]
     pub max_fetch_bytes: usize,
     /// Longest a fetch may wait for records.
-    pub max_fetch_wait_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub max_fetch_wait: Duration,
     /// Longest a committed-ack produce waits for its segment to be committed.
-    pub max_commit_wait_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub max_commit_wait: Duration,
 }
 
 impl Default for Limits {
@@ -171,8 +188,8 @@ impl Default for Limits {
             max_records_per_request: 10_000,
             max_partitions_per_topic: 1024,
             max_fetch_bytes: 8 * 1024 * 1024,
-            max_fetch_wait_ms: 30_000,
-            max_commit_wait_ms: 30_000,
+            max_fetch_wait: Duration::from_secs(30),
+            max_commit_wait: Duration::from_secs(30),
         }
     }
 }
@@ -183,19 +200,19 @@ impl ServiceConfig for Config {
             self.auth.validate("auth")?;
         }
         let a = &self.agent;
-        if a.lease_ms < 1000 {
-            return Err(ConfigError::invalid("agent.lease_ms", "must be at least 1000"));
+        if a.lease < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("agent.lease", "must be at least 1s"));
         }
-        if a.renew_interval_ms == 0 || a.renew_interval_ms * 2 > a.lease_ms {
+        if a.renew_interval.is_zero() || a.renew_interval * 2 > a.lease {
             return Err(ConfigError::invalid(
-                "agent.renew_interval_ms",
-                "must be positive and at most half of agent.lease_ms",
+                "agent.renew_interval",
+                "must be positive and at most half of agent.lease",
             ));
         }
-        if a.lease_safety_margin_ms + a.renew_interval_ms >= a.lease_ms {
+        if a.lease_safety_margin + a.renew_interval >= a.lease {
             return Err(ConfigError::invalid(
-                "agent.lease_safety_margin_ms",
-                "plus agent.renew_interval_ms must be less than agent.lease_ms",
+                "agent.lease_safety_margin",
+                "plus agent.renew_interval must be less than agent.lease",
             ));
         }
         if a.write_queue_depth == 0 {
@@ -218,12 +235,7 @@ impl ServiceConfig for Config {
                 "must start with file:// or s3://",
             ));
         }
-        if o.min_backoff_ms == 0 || o.min_backoff_ms > o.max_backoff_ms {
-            return Err(ConfigError::invalid(
-                "object_store.min_backoff_ms",
-                "must be positive and at most max_backoff_ms",
-            ));
-        }
+        o.upload_backoff.validate("object_store.upload_backoff")?;
         let l = &self.limits;
         if l.max_record_bytes == 0 || l.max_record_bytes > l.max_request_bytes {
             return Err(ConfigError::invalid(

@@ -32,44 +32,58 @@ pub mod roller;
 pub mod segment;
 pub mod wal;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use cairn_proto::cairn::agent::v1::{
     agent_service_server::AgentServiceServer, topic_service_server::TopicServiceServer,
 };
-use cairn_service::task::Background;
 use cairn_service::{
-    Server,
+    Phase, Runtime, Server,
     auth::{Access, Auth, Policy, RemoteAuthenticator},
     scope::Scope,
 };
-use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// What each RPC requires; per-topic scopes are checked in the handlers.
+/// What each RPC requires. Produce and Fetch check `topics:produce:<topic>`
+/// and `topics:consume:<topic>` in the handlers, once the topic is known.
 pub fn policy() -> Policy {
     let admin = Access::Scope(Scope::required("topics", "admin", None).unwrap_or_else(|e| unreachable!("{e}")));
     Policy::new()
         .rpc("/cairn.agent.v1.TopicService/CreateTopic", admin.clone())
         .rpc("/cairn.agent.v1.TopicService/DeleteTopic", admin)
+        .rpcs(
+            &[
+                "/cairn.agent.v1.TopicService/ListTopics",
+                "/cairn.agent.v1.TopicService/DescribeTopic",
+                "/cairn.agent.v1.AgentService/GetMetadata",
+                "/cairn.agent.v1.AgentService/Produce",
+                "/cairn.agent.v1.AgentService/Fetch",
+            ],
+            Access::Authenticated,
+        )
+        .rpc(
+            "/cairn.agent.v1.AgentService/InitProducer",
+            Access::AnyName {
+                resource: "topics".into(),
+                action: "produce".into(),
+            },
+        )
 }
 
-/// Serves until `shutdown` resolves, then stops writing and releases clean leases.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Serves until shutdown, then (in the runtime's phases) stops writing,
+/// lets calls in flight end, hands partitions off and releases the leases.
+pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
+    let bound = rt.bind("grpc", config.grpc.listen).await?;
     let address = if config.agent.advertised_address.is_empty() {
-        listener.local_addr()?.to_string()
+        bound.to_string()
     } else {
         config.agent.advertised_address.clone()
     };
     let node = Node::start(config.clone(), address).await?;
     let api = api::Api::new(node.clone(), config.limits.clone(), config.auth.enabled);
     let max = config.grpc.max_message_bytes;
-    let mut server = Server::new(config.grpc.clone())
+    let mut server = Server::new(config.grpc.clone(), &rt)
         .add_service(
             AgentServiceServer::new(api.clone())
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
@@ -82,7 +96,7 @@ pub async fn run(
                 .max_encoding_message_size(max),
         );
     if config.auth.enabled {
-        let authenticator = Arc::new(RemoteAuthenticator::new(config.auth.clone())?);
+        let authenticator = Arc::new(RemoteAuthenticator::new(config.auth.clone())?.with_metrics(rt.metrics())?);
         server = server.with_auth(Auth::with_limits(
             authenticator,
             policy(),
@@ -92,29 +106,51 @@ pub async fn run(
     } else {
         tracing::warn!("auth is disabled: every caller may do everything");
     }
-    let leases = Background::spawn(|stop| node.clone().run_leases(stop));
-    let roller = Background::spawn(|stop| node.clone().run_roller(stop));
+    server.start("grpc").await?;
+    for (name, task) in [("lease loop", Task::Leases), ("segment roller", Task::Roller)] {
+        let (node, stop) = (node.clone(), rt.shutdown_token());
+        rt.spawn_critical(name, async move {
+            match task {
+                Task::Leases => node.run_leases(stop.cancelled_owned()).await,
+                Task::Roller => node.run_roller(stop.cancelled_owned()).await,
+            }
+            Ok(())
+        });
+    }
     let meta = node.meta.clone();
-    let readiness = server.readiness();
-    let watchdog = readiness.watch(Duration::from_secs(5), move || {
+    let watchdog = rt.readiness().watch(Duration::from_secs(5), move || {
         let meta = meta.clone();
         async move { meta.ping().await.is_ok() }
     });
-    // On SIGTERM the partitions are handed off first (final segments, leases
-    // released clean), so clients are redirected to other agents at once; only
-    // then does the server drain its connections, however long clients keep them.
-    let hand_off = {
-        let node = node.clone();
+    // Writes stop at once, so calls in flight end and the drain is short;
+    // then partitions are handed off (final segments, leases released) while
+    // connections are still open, so clients are redirected at once.
+    let closing = node.clone();
+    rt.on_shutdown(
+        Phase::StopIntake,
+        "close partitions",
+        Duration::from_secs(1),
         async move {
-            shutdown.await;
             watchdog.abort();
-            readiness.set_not_serving().await;
-            roller.stop().await;
-            leases.stop().await;
-            node.shutdown().await;
-        }
-    };
-    server.serve(listener, hand_off).await
+            closing.close_all();
+        },
+    );
+    let handoff = config.agent.handoff_timeout + Duration::from_secs(2);
+    let leaving = node.clone();
+    rt.on_shutdown(Phase::Flush, "hand partitions off", handoff, async move {
+        leaving.shutdown().await
+    });
+    let meta = node.meta.clone();
+    rt.on_shutdown(Phase::Close, "close metadata", Duration::from_secs(2), async move {
+        meta.close().await
+    });
+    rt.run_until_stopped().await
+}
+
+#[derive(Clone, Copy)]
+enum Task {
+    Leases,
+    Roller,
 }
 
 use node::Node;

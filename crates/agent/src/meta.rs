@@ -127,6 +127,11 @@ impl Meta {
         Ok(Meta { pool, now_sql })
     }
 
+    /// Closes the pool (at shutdown, after the last metadata write).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

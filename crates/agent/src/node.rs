@@ -32,7 +32,7 @@ use crate::{
     config::Config,
     error::{Error, Result},
     meta::{LeaseRow, Meta},
-    partition::{Partition, WriterConfig, now_ms},
+    partition::{Partition, WriterConfig},
     producers::Producers,
     reader::SegmentReader,
     wal::{self, SegmentSpan, Tenure},
@@ -48,8 +48,8 @@ pub struct Held {
     pub(crate) segment_bytes: u64,
     /// …or the oldest uncommitted record is this old (ms).
     pub(crate) segment_ms: i64,
-    /// When the next upload may be tried, and the current backoff.
-    pub(crate) retry: std::sync::Mutex<(Instant, Duration)>,
+    /// When the next upload may be tried, and how many attempts failed in a row.
+    pub(crate) retry: std::sync::Mutex<(Instant, u32)>,
     /// The first offset in the log: the first segment's, or the WAL's.
     pub log_start: AtomicU64,
     /// When retention last ran for this partition.
@@ -132,7 +132,7 @@ impl Node {
     }
 
     fn lease(&self) -> Duration {
-        Duration::from_millis(self.config.agent.lease_ms)
+        self.config.agent.lease
     }
 
     fn held_count(&self) -> usize {
@@ -207,7 +207,7 @@ impl Node {
     /// Runs lease rounds until `stop` resolves.
     pub async fn run_leases(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
-        let interval = Duration::from_millis(self.config.agent.renew_interval_ms);
+        let interval = self.config.agent.renew_interval;
         loop {
             tokio::select! {
                 () = &mut stop => return,
@@ -226,15 +226,18 @@ impl Node {
         self.acquire().await
     }
 
-    fn fence_until(&self, started_ms: i64) -> u64 {
+    /// Writes stop a safety margin before a lease renewed at `started`
+    /// could expire, by the local monotonic clock (never the wall clock: a
+    /// clock step must not stretch the fence past the lease).
+    fn fence_until(&self, started: Instant) -> Instant {
         let a = &self.config.agent;
-        (started_ms + a.lease_ms as i64 - a.lease_safety_margin_ms as i64).max(0) as u64
+        started + a.lease.saturating_sub(a.lease_safety_margin)
     }
 
     async fn renew(&self) -> Result<()> {
         for held in self.all_held() {
             let p = &held.partition;
-            let started = now_ms();
+            let started = Instant::now();
             let offsets = (held.log_start.load(Ordering::SeqCst), p.high_watermark());
             let lease = self.lease();
             if self
@@ -394,7 +397,7 @@ impl Node {
         {
             return Ok(());
         }
-        let started = now_ms();
+        let started = Instant::now();
         let unclean = self.config.agent.unclean_takeover;
         let Some(row) = self
             .meta
@@ -481,7 +484,7 @@ impl Node {
             dirty: AtomicBool::new(row.dirty && was_mine),
             segment_bytes: topic.as_ref().map_or(64 << 20, |t| t.segment_bytes.max(1) as u64),
             segment_ms: topic.as_ref().map_or(600_000, |t| t.segment_ms.max(1)),
-            retry: std::sync::Mutex::new((Instant::now(), Duration::ZERO)),
+            retry: std::sync::Mutex::new((Instant::now(), 0)),
             roll_lock: tokio::sync::Mutex::new(()),
             rolling: AtomicBool::new(false),
         });
@@ -509,9 +512,17 @@ impl Node {
             .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?
     }
 
+    /// Stops every partition taking writes (shutdown's first phase): produces
+    /// are refused and waiting fetches answer at once, so in-flight calls end.
+    pub fn close_all(&self) {
+        for held in self.all_held() {
+            held.partition.close();
+        }
+    }
+
     /// Stops writing everywhere, commits what was acknowledged, and gives the
     /// leases back clean so other agents can take the partitions at once.
-    /// Bounded by `agent.handoff_timeout_ms` however many partitions there
+    /// Bounded by `agent.handoff_timeout` however many partitions there
     /// are: a partition that cannot hand off in time stays dirty under this
     /// agent, which reclaims it when it restarts.
     pub async fn shutdown(&self) {
@@ -525,7 +536,7 @@ impl Node {
         for h in &held {
             h.partition.close();
         }
-        let bound = Duration::from_millis(self.config.agent.handoff_timeout_ms);
+        let bound = self.config.agent.handoff_timeout;
         let total = held.len();
         let hand_offs = futures::stream::iter(held.into_iter().map(|h| self.leave(h)))
             .buffer_unordered(self.config.agent.max_concurrent_uploads.max(1))
@@ -570,7 +581,7 @@ impl Node {
     pub(crate) async fn hand_off(&self, held: &Arc<Held>) -> bool {
         let p = &held.partition;
         let end = p.high_watermark();
-        let bound = Duration::from_millis(self.config.agent.handoff_timeout_ms);
+        let bound = self.config.agent.handoff_timeout;
         let committed = tokio::time::timeout(bound, self.roll(held, true)).await;
         let result = match committed {
             Ok(Ok(())) if p.committed() >= end => {

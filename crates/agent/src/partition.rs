@@ -78,27 +78,43 @@ pub struct WriterStats {
     pub records: AtomicU64,
 }
 
-/// Lease validity the writer checks before every write: unix ms after which
-/// this agent must not write (0 = not leading).
-#[derive(Debug, Default)]
+/// Lease validity the writer checks before every write: the moment, by the
+/// local monotonic clock, after which this agent must not write.
+#[derive(Debug)]
 pub struct Fence {
-    valid_until_ms: AtomicU64,
+    base: tokio::time::Instant,
+    /// Nanoseconds after `base` until which writes are allowed (0: not leading).
+    valid_until: AtomicU64,
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Fence {
+            base: tokio::time::Instant::now(),
+            valid_until: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Fence {
-    /// Allows writes until `until_ms` (unix ms, already minus the safety margin).
-    pub fn extend(&self, until_ms: u64) {
-        self.valid_until_ms.store(until_ms, Ordering::SeqCst);
+    /// Allows writes until `until` (already minus the safety margin).
+    pub fn extend(&self, until: tokio::time::Instant) {
+        let nanos = until.saturating_duration_since(self.base).as_nanos();
+        self.valid_until
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Stops writes at once.
     pub fn revoke(&self) {
-        self.valid_until_ms.store(0, Ordering::SeqCst);
+        self.valid_until.store(0, Ordering::SeqCst);
     }
 
     /// Whether writes are allowed now.
     pub fn is_valid(&self) -> bool {
-        now_ms() < self.valid_until_ms.load(Ordering::SeqCst) as i64
+        let now = tokio::time::Instant::now()
+            .saturating_duration_since(self.base)
+            .as_nanos();
+        now < u128::from(self.valid_until.load(Ordering::SeqCst))
     }
 }
 
@@ -123,6 +139,8 @@ pub struct Partition {
     committed: watch::Sender<u64>,
     /// When the oldest committed-ack produce not yet covered by a roll began waiting.
     commit_wanted: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set by [`Partition::close`]: long-polls and committed-ack waits end.
+    closed: watch::Sender<bool>,
 }
 
 /// Writer settings.
@@ -193,6 +211,7 @@ impl Partition {
             stats,
             committed: committed_tx,
             commit_wanted: std::sync::Mutex::new(None),
+            closed: watch::channel(false).0,
         });
         Ok((partition, recovery))
     }
@@ -257,7 +276,11 @@ impl Partition {
             return Err(Error::OffsetOutOfRange { offset, start, end: hw });
         }
         if offset == hw && !wait.is_zero() {
-            let _ = tokio::time::timeout(wait, hw_rx.wait_for(|&h| h > offset)).await;
+            let mut closed = self.closed.subscribe();
+            tokio::select! {
+                _ = tokio::time::timeout(wait, hw_rx.wait_for(|&h| h > offset)) => {}
+                _ = closed.wait_for(|c| *c) => {}
+            }
             hw = *hw_rx.borrow();
         }
         let reader = self.reader.clone();
@@ -303,9 +326,13 @@ impl Partition {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(tokio::time::Instant::now);
-        tokio::time::timeout(timeout, rx.wait_for(|&c| c >= offset))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let mut closed = self.closed.subscribe();
+        tokio::select! {
+            done = tokio::time::timeout(timeout, rx.wait_for(|&c| c >= offset)) => done.is_ok_and(|r| r.is_ok()),
+            // Closing: the caller is told to retry; the records are durable and
+            // the hand-off commits them, so a retry finds them as duplicates.
+            _ = closed.wait_for(|c| *c) => *self.committed.borrow() >= offset,
+        }
     }
 
     /// Waits until the writer has finished every append queued before this
@@ -335,9 +362,11 @@ impl Partition {
         self.reader.clone()
     }
 
-    /// Stops accepting writes (lease lost or given up). Queued appends fail.
+    /// Stops accepting writes (lease lost, given up, shutting down). Queued
+    /// appends fail; long-polls and committed-ack waits end at once.
     pub fn close(&self) {
         self.fence.revoke();
+        self.closed.send_replace(true);
     }
 }
 
@@ -538,5 +567,25 @@ impl Writer {
         }
         self.tidy();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fence_ends_by_the_monotonic_clock() {
+        let fence = Fence::default();
+        assert!(!fence.is_valid(), "not leading until extended");
+        fence.extend(tokio::time::Instant::now() + Duration::from_secs(7));
+        assert!(fence.is_valid());
+        tokio::time::advance(Duration::from_millis(6_999)).await;
+        assert!(fence.is_valid());
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(!fence.is_valid(), "past the fence, whatever the wall clock says");
+        fence.extend(tokio::time::Instant::now() + Duration::from_secs(1));
+        fence.revoke();
+        assert!(!fence.is_valid());
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! When a segment is rolled: once the uncommitted bytes reach the topic's
 //! `segment_bytes`, the oldest uncommitted record reaches `segment_ms`, or a
-//! committed-ack produce has waited `agent.commit_linger_ms` (or
+//! committed-ack produce has waited `agent.commit_linger` (or
 //! `agent.commit_linger_bytes` are waiting). So produces waiting for a
 //! committed ack within one window share one upload and one metadata commit,
 //! and a partition makes at most one segment per window whatever the request
@@ -90,7 +90,7 @@ impl Node {
         let a = &self.config.agent;
         let mut at = oldest.map(|t| now + Duration::from_millis((t + held.segment_ms - now_ms()).max(0) as u64));
         if let Some(since) = p.commit_wanted_since() {
-            let window = since + Duration::from_millis(a.commit_linger_ms);
+            let window = since + a.commit_linger;
             if window <= now || bytes >= a.commit_linger_bytes {
                 return Due::Now;
             }
@@ -125,7 +125,7 @@ impl Node {
                 }
                 let retention_due = {
                     let last = *held.last_retention.lock().unwrap_or_else(|p| p.into_inner());
-                    now.duration_since(last) >= Duration::from_millis(self.config.agent.retention_interval_ms)
+                    now.duration_since(last) >= self.config.agent.retention_interval
                 };
                 let roll_due = match self.due(&held, now) {
                     Due::Now => true,
@@ -164,15 +164,12 @@ impl Node {
     async fn roll_with_backoff(&self, held: &Arc<Held>) {
         let now = Instant::now();
         match self.roll(held, false).await {
-            Ok(()) => *held.retry.lock().unwrap_or_else(|p| p.into_inner()) = (now, Duration::ZERO),
+            Ok(()) => *held.retry.lock().unwrap_or_else(|p| p.into_inner()) = (now, 0),
             Err(error) => {
-                let o = &self.config.object_store;
                 let mut retry = held.retry.lock().unwrap_or_else(|p| p.into_inner());
-                let backoff = (retry.1 * 2).clamp(
-                    Duration::from_millis(o.min_backoff_ms),
-                    Duration::from_millis(o.max_backoff_ms),
-                );
-                *retry = (now + backoff, backoff);
+                let attempt = retry.1;
+                let backoff = self.config.object_store.upload_backoff.delay(attempt, None);
+                *retry = (now + backoff, attempt.saturating_add(1));
                 let p = &held.partition;
                 let retry_in_ms = backoff.as_millis() as u64;
                 tracing::warn!(topic = %p.topic, partition = p.partition, %error, retry_in_ms, "segment upload failed; will retry");

@@ -110,9 +110,9 @@ async fn durable_acks_continue_while_the_object_store_is_down_and_segments_follo
     let cluster = Cluster::new();
     let mut args = s3_store_args("cairn-down-test", &s3.endpoint);
     for set in [
-        "object_store.s3.request_timeout_ms=1000",
-        "object_store.max_backoff_ms=500",
-        "limits.max_commit_wait_ms=1500",
+        "object_store.s3.request_timeout=1s",
+        "object_store.upload_backoff.max=500ms",
+        "limits.max_commit_wait=1500ms",
     ] {
         args.extend(["--set".to_owned(), set.to_owned()]);
     }
@@ -299,7 +299,7 @@ async fn retention_deletes_whole_old_segments_and_orphaned_objects() {
     let cluster = Cluster::new();
     let (objects, url) = cluster.objects();
     let a = cluster
-        .start("a", &["--set", &url, "--set", "agent.retention_interval_ms=200"])
+        .start("a", &["--set", &url, "--set", "agent.retention_interval=200ms"])
         .await;
     create_topic_with(
         &a.addr,
@@ -395,7 +395,7 @@ async fn retention_by_time_drops_segments_whose_records_are_all_too_old() {
     let cluster = Cluster::new();
     let (objects, url) = cluster.objects();
     let a = cluster
-        .start("a", &["--set", &url, "--set", "agent.retention_interval_ms=200"])
+        .start("a", &["--set", &url, "--set", "agent.retention_interval=200ms"])
         .await;
     create_topic_with(
         &a.addr,
@@ -479,7 +479,7 @@ async fn committed_acks_arriving_within_a_window_share_one_segment() {
     let cluster = Cluster::new();
     let (_, url) = cluster.objects();
     let a = cluster
-        .start("a", &["--set", &url, "--set", "agent.commit_linger_ms=50"])
+        .start("a", &["--set", &url, "--set", "agent.commit_linger=50ms"])
         .await;
     create_topic(&a.addr, "t", 1).await;
     wait_leader(&a.addr, "t", 0).await;
@@ -527,7 +527,7 @@ async fn committed_acks_arriving_within_a_window_share_one_segment() {
 async fn a_fetch_below_the_wal_fills_max_bytes_across_segments() {
     let cluster = Cluster::new();
     let (_, url) = cluster.objects();
-    let args = ["--set", &url, "--set", "agent.commit_linger_ms=0"];
+    let args = ["--set", &url, "--set", "agent.commit_linger=0"];
     let mut a = cluster.start("a", &args).await;
     create_topic(&a.addr, "t", 1).await;
     wait_leader(&a.addr, "t", 0).await;

@@ -323,10 +323,7 @@ async fn sigterm_exits_within_its_bound_when_partitions_cannot_hand_off() {
     });
     let cluster = Cluster::new();
     let mut args = s3_store_args("silent", &endpoint);
-    for set in [
-        "object_store.s3.request_timeout_ms=120000",
-        "agent.handoff_timeout_ms=2000",
-    ] {
+    for set in ["object_store.s3.request_timeout=120s", "agent.handoff_timeout=2s"] {
         args.extend(["--set".to_owned(), set.to_owned()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -348,7 +345,7 @@ async fn sigterm_exits_within_its_bound_when_partitions_cannot_hand_off() {
     assert_eq!(code, Some(0));
     assert!(
         took < Duration::from_secs(12),
-        "SIGTERM took {took:?} with agent.handoff_timeout_ms = 2000 and four partitions that cannot hand off"
+        "SIGTERM took {took:?} with agent.handoff_timeout = 2s and four partitions that cannot hand off"
     );
     let log = a.log_text();
     assert!(

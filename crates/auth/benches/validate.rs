@@ -140,7 +140,8 @@ async fn run() {
         },
         ..Config::default()
     };
-    tokio::spawn(cairn_auth::serve(config, keys, listener, std::future::pending()));
+    let auth_rt = cairn_service::Runtime::with_listener("cairn-auth", listener).unwrap();
+    tokio::spawn(cairn_auth::serve(config, keys, auth_rt));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let authenticator = Arc::new(
@@ -156,14 +157,20 @@ async fn run() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let protected_addr = listener.local_addr().unwrap().to_string();
-    let protected = Server::new(ServerConfig {
-        max_concurrent_requests: 100_000,
-        ..ServerConfig::on_port(0)
-    })
+    let protected_rt = cairn_service::Runtime::with_listener("protected", listener).unwrap();
+    Server::new(
+        ServerConfig {
+            max_concurrent_requests: 100_000,
+            ..ServerConfig::on_port(0)
+        },
+        &protected_rt,
+    )
     .add_service(InternalAuthServiceServer::new(Ok200))
-    .with_auth(Auth::new(authenticator.clone(), policy));
-    protected.readiness().set_serving().await;
-    tokio::spawn(protected.serve(listener, std::future::pending()));
+    .with_auth(Auth::new(authenticator.clone(), policy))
+    .start("grpc")
+    .await
+    .unwrap();
+    protected_rt.readiness().set_serving().await;
 
     println!(
         "# {} cores, {conns} connections, {in_flight} requests in flight, {secs} s each",

@@ -1,7 +1,8 @@
 //! Configuration of `cairn-auth`.
 
-use cairn_service::{ConfigError, ServerConfig, ServiceConfig, TelemetryConfig};
+use cairn_service::{ConfigError, MetricsConfig, ServerConfig, ServiceConfig, TelemetryConfig};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// Everything `cairn-auth` can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -11,6 +12,8 @@ pub struct Config {
     pub grpc: ServerConfig,
     /// Logging and tracing.
     pub telemetry: TelemetryConfig,
+    /// The metrics listener.
+    pub metrics: MetricsConfig,
     /// Where keys are kept.
     pub store: StoreConfig,
     /// Key lifecycle settings.
@@ -22,6 +25,7 @@ impl Default for Config {
         Config {
             grpc: ServerConfig::on_port(50051),
             telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::beside(50051),
             store: StoreConfig::default(),
             keys: KeysConfig::default(),
         }
@@ -52,19 +56,22 @@ impl Default for StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
     /// How long a rotated key stays valid when the request names no grace period.
-    pub rotation_grace_secs: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub rotation_grace: Duration,
     /// The longest grace period a rotation may ask for.
-    pub max_rotation_grace_secs: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub max_rotation_grace: Duration,
     /// How often `last_used_at` is written (in one batch, not a write per request).
-    pub last_used_flush_ms: u64,
+    #[serde(with = "cairn_service::units::duration")]
+    pub last_used_flush: Duration,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
-            rotation_grace_secs: 24 * 3600,
-            max_rotation_grace_secs: 30 * 24 * 3600,
-            last_used_flush_ms: 5_000,
+            rotation_grace: Duration::from_secs(24 * 3600),
+            max_rotation_grace: Duration::from_secs(30 * 24 * 3600),
+            last_used_flush: Duration::from_secs(5),
         }
     }
 }
@@ -81,14 +88,14 @@ impl ServiceConfig for Config {
         if self.store.max_connections == 0 {
             return Err(ConfigError::invalid("store.max_connections", "must be greater than 0"));
         }
-        if self.keys.rotation_grace_secs > self.keys.max_rotation_grace_secs {
+        if self.keys.rotation_grace > self.keys.max_rotation_grace {
             return Err(ConfigError::invalid(
-                "keys.rotation_grace_secs",
-                "must not exceed keys.max_rotation_grace_secs",
+                "keys.rotation_grace",
+                "must not exceed keys.max_rotation_grace",
             ));
         }
-        if self.keys.last_used_flush_ms < 100 {
-            return Err(ConfigError::invalid("keys.last_used_flush_ms", "must be at least 100"));
+        if self.keys.last_used_flush < Duration::from_millis(100) {
+            return Err(ConfigError::invalid("keys.last_used_flush", "must be at least 100ms"));
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The key lifecycle: create, authenticate, list, revoke, rotate, bootstrap.
 //! Domain types only; the gRPC edge is in `api.rs`.
 
+use cairn_service::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -90,6 +91,7 @@ pub struct Keys {
     store: Store,
     config: KeysConfig,
     last_used: Arc<LastUsed>,
+    outcomes: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl Keys {
@@ -99,7 +101,17 @@ impl Keys {
             store,
             config,
             last_used: Arc::default(),
+            outcomes: Family::default(),
         }
+    }
+
+    /// Registers the validation outcome counters (`cairn_auth_validations_total{outcome}`).
+    pub fn register_metrics(&self, metrics: &cairn_service::Metrics) {
+        metrics.register(
+            "cairn_auth_validations",
+            "Key validations by outcome: valid, invalid (unknown, revoked, expired, malformed), error (store failed)",
+            self.outcomes.clone(),
+        );
     }
 
     /// The underlying store.
@@ -110,6 +122,17 @@ impl Keys {
     /// The key record behind `text`, if it is a valid key now. Every failure is
     /// the same [`Error::InvalidKey`].
     pub async fn authenticate(&self, text: &str) -> Result<KeyRecord> {
+        let result = self.check(text).await;
+        let outcome = match &result {
+            Ok(_) => "valid",
+            Err(Error::InvalidKey) => "invalid",
+            Err(_) => "error",
+        };
+        self.outcomes.get_or_create(&vec![("outcome", outcome)]).inc();
+        result
+    }
+
+    async fn check(&self, text: &str) -> Result<KeyRecord> {
         let parsed = key::parse(text).ok_or(Error::InvalidKey)?;
         let now = store::now_ms();
         let Some(record) = self.store.get(parsed.id).await? else {
@@ -211,8 +234,8 @@ impl Keys {
     /// Issues a replacement with the same name and scopes; the old key stays
     /// valid for `grace` (the configured default when `None`).
     pub async fn rotate(&self, key_id: &str, grace: Option<Duration>) -> Result<(KeyRecord, String, KeyRecord)> {
-        let max = Duration::from_secs(self.config.max_rotation_grace_secs);
-        let grace = grace.unwrap_or(Duration::from_secs(self.config.rotation_grace_secs));
+        let max = self.config.max_rotation_grace;
+        let grace = grace.unwrap_or(self.config.rotation_grace);
         if grace > max {
             return Err(Error::invalid(
                 "grace_period",
@@ -248,7 +271,7 @@ impl Keys {
 
     /// Flushes `last_used_at` every configured interval until `stop` resolves, then once more.
     pub async fn run_last_used_flusher(self, stop: impl std::future::Future<Output = ()>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.last_used_flush_ms));
+        let mut tick = tokio::time::interval(self.config.last_used_flush);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
         loop {

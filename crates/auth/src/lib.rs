@@ -5,18 +5,17 @@
 //! Module map: `key` (the key format and hashing), `store` (SQLite/Postgres),
 //! `keys` (the lifecycle), `api` (the gRPC edge), `config`, `error`.
 
-use std::{future::Future, sync::Arc};
+use std::{sync::Arc, time::Duration};
 
 use cairn_proto::{
     cairn::auth::v1::{auth_service_server::AuthServiceServer, key_admin_service_server::KeyAdminServiceServer},
     ingestion::internal_auth_service_server::InternalAuthServiceServer,
 };
 use cairn_service::{
-    Server,
+    Phase, Runtime, Server,
     auth::{Access, Auth, Policy},
     scope::Scope,
 };
-use tokio::net::TcpListener;
 
 pub mod api;
 pub mod config;
@@ -53,30 +52,21 @@ pub async fn open(config: &Config) -> anyhow::Result<Keys> {
 }
 
 /// How often the key store is pinged to keep health truthful.
-const STORE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Serves until `shutdown` resolves, then flushes `last_used_at`.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Serves until shutdown, then flushes `last_used_at` and closes the store.
+pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
     let keys = open(&config).await?;
     keys.store().ping().await?;
-    serve(config, keys, listener, shutdown).await
+    serve(config, keys, rt).await
 }
 
-/// Serves `keys` until `shutdown` resolves, then flushes `last_used_at` and
-/// closes the store.
-pub async fn serve(
-    config: Config,
-    keys: Keys,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Serves `keys` in `rt` until shutdown; flushes `last_used_at` and closes
+/// the store in the shutdown phases.
+pub async fn serve(config: Config, keys: Keys, rt: Runtime) -> anyhow::Result<()> {
     let max = config.grpc.max_message_bytes;
     let auth_api = api::AuthApi::new(keys.clone());
-    let server = Server::new(config.grpc.clone())
+    Server::new(config.grpc.clone(), &rt)
         .add_service(
             AuthServiceServer::new(auth_api.clone())
                 .max_decoding_message_size(max)
@@ -92,17 +82,37 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .with_auth(Auth::new(Arc::new(keys.clone()), policy()));
-
-    let flusher = cairn_service::task::Background::spawn(|stop| keys.clone().run_last_used_flusher(stop));
+        .with_auth(Auth::new(Arc::new(keys.clone()), policy()))
+        .start("grpc")
+        .await?;
+    keys.register_metrics(rt.metrics());
+    // The flusher writes last_used_at until the Close phase, then once more.
+    let (flusher, closing) = (keys.clone(), rt.closing_token());
+    rt.spawn_critical("last-used flusher", async move {
+        flusher.run_last_used_flusher(closing.cancelled_owned()).await;
+        Ok(())
+    });
     let store = keys.store().clone();
-    let watchdog = server.readiness().watch(STORE_CHECK_INTERVAL, move || {
+    let watchdog = rt.readiness().watch(STORE_CHECK_INTERVAL, move || {
         let store = store.clone();
         async move { store.ping().await.is_ok() }
     });
-    let served = server.serve(listener, shutdown).await;
-    watchdog.abort();
-    flusher.stop().await;
-    keys.store().close().await;
-    served
+    rt.on_shutdown(
+        Phase::StopIntake,
+        "stop health checks",
+        Duration::from_secs(1),
+        async move {
+            watchdog.abort();
+        },
+    );
+    let store = keys.store().clone();
+    rt.on_shutdown(
+        Phase::Close,
+        "close the key store",
+        Duration::from_secs(2),
+        async move {
+            store.close().await;
+        },
+    );
+    rt.run_until_stopped().await
 }

@@ -76,11 +76,14 @@ async fn cluster(burst: u32) -> Cluster {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let protected = listener.local_addr().unwrap().to_string();
-    let server = Server::new(ServerConfig::on_port(0))
+    let rt = cairn_service::Runtime::with_listener("protected", listener).unwrap();
+    Server::new(ServerConfig::on_port(0), &rt)
         .add_service(InternalAuthServiceServer::new(Vehicle))
-        .with_auth(Auth::with_limits(authenticator.clone(), policy, burst, 1));
-    server.readiness().set_serving().await;
-    tokio::spawn(server.serve(listener, std::future::pending()));
+        .with_auth(Auth::with_limits(authenticator.clone(), policy, burst, 1))
+        .start("grpc")
+        .await
+        .unwrap();
+    rt.readiness().set_serving().await;
     Cluster {
         auth,
         admin,

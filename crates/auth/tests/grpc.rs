@@ -21,8 +21,17 @@ struct Harness {
     channel: Channel,
     keys: Keys,
     admin: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: Stop,
     _dir: TempDir,
+}
+
+/// Shuts the in-process server down when the test ends.
+struct Stop(cairn_service::Runtime);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
 async fn start_with(url: Option<String>) -> Harness {
@@ -33,15 +42,8 @@ async fn start_with(url: Option<String>) -> Harness {
     let (_, admin) = keys.bootstrap_admin("admin").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cairn_auth::serve(
-        Config::default(),
-        keys.clone(),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let rt = cairn_service::Runtime::with_listener("cairn-auth", listener).unwrap();
+    tokio::spawn(cairn_auth::serve(Config::default(), keys.clone(), rt.clone()));
     let channel = cairn_service::client::endpoint(&addr.to_string(), &Default::default())
         .unwrap()
         .connect()
@@ -51,7 +53,7 @@ async fn start_with(url: Option<String>) -> Harness {
         channel,
         keys,
         admin,
-        _stop: stop,
+        _stop: Stop(rt),
         _dir: dir,
     }
 }

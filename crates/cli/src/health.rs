@@ -3,7 +3,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use cairn_service::{ClientConfig, client};
+use cairn_service::{Client, ClientConfig, client};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Default local endpoints (SYSTEM.md).
@@ -17,20 +17,19 @@ const DEFAULT_ENDPOINTS: &[(&str, &str)] = &[
 
 async fn ask(addr: &str, service: &str) -> anyhow::Result<ServingStatus> {
     let config = ClientConfig {
-        connect_timeout_ms: 1_000,
+        connect_timeout: Duration::from_secs(1),
         ..ClientConfig::default()
     };
     let channel = client::endpoint(addr, &config)?
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    let request = client::request(
-        HealthCheckRequest {
-            service: service.to_owned(),
-        },
-        Duration::from_secs(2),
-    );
-    let response = HealthClient::new(channel).check(request).await?;
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let response = HealthClient::new(Client::new(channel, Duration::from_secs(2)))
+        .check(request)
+        .await?;
     Ok(response.into_inner().status())
 }
 

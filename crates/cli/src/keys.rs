@@ -8,7 +8,6 @@ use cairn_proto::{
     cairn::auth::v1::{self as pb, key_admin_service_client::KeyAdminServiceClient},
 };
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
 
 use crate::time::{format_timestamp, parse_duration};
 
@@ -60,7 +59,7 @@ enum KeysCommand {
     },
 }
 
-async fn connect(addr: &str) -> anyhow::Result<KeyAdminServiceClient<Channel>> {
+async fn connect(addr: &str) -> anyhow::Result<KeyAdminServiceClient<cairn_service::Client>> {
     Ok(KeyAdminServiceClient::new(crate::rpc::connect(addr).await?))
 }
 

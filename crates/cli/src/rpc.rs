@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use cairn_service::{ClientConfig, auth::attach_key, client};
+use cairn_service::{Client, ClientConfig, auth::attach_key, client};
 use clap::Args;
-use tonic::transport::Channel;
 
 /// Where to connect and as whom (shared by commands that talk to services).
 #[derive(Args, Clone)]
@@ -18,17 +17,22 @@ pub struct Target {
     pub api_key: Option<String>,
 }
 
-/// Opens a channel to `addr`.
-pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    client::endpoint(addr, &ClientConfig::default())?
+/// How long a CLI call may take before it is given up here.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `addr` through the shared client layer: every call gets a
+/// deadline, is ended here when it passes, and carries trace context.
+pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    let channel = client::endpoint(addr, &ClientConfig::default())?
         .connect()
         .await
-        .with_context(|| format!("connecting to {addr}"))
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(Client::new(channel, CALL_TIMEOUT))
 }
 
-/// A request with a 10 s deadline, carrying `key` when there is one.
+/// A request carrying `key` when there is one.
 pub fn request<T>(message: T, key: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = client::request(message, Duration::from_secs(10));
+    let mut request = tonic::Request::new(message);
     if let Some(key) = key {
         attach_key(&mut request, key)?;
     }

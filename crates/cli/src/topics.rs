@@ -12,7 +12,6 @@ use cairn_proto::cairn::agent::v1::{
     self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
 };
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
 
 use crate::{
     rpc::{Target, connect, request},
@@ -115,7 +114,7 @@ async fn metadata(target: &Target, topic: &str) -> anyhow::Result<pb::TopicMetad
 
 /// A client for each partition's leader (by address), opened once.
 struct Leaders {
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, cairn_service::Client>,
 }
 
 impl Leaders {
@@ -123,7 +122,7 @@ impl Leaders {
         &mut self,
         meta: &pb::TopicMetadata,
         partition: u32,
-    ) -> anyhow::Result<AgentServiceClient<Channel>> {
+    ) -> anyhow::Result<AgentServiceClient<cairn_service::Client>> {
         let p = meta
             .partitions
             .get(partition as usize)

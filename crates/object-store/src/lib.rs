@@ -98,7 +98,8 @@ pub struct S3Config {
     pub access_key_id: String,
     pub secret_access_key: String,
     /// Bound on each request.
-    pub request_timeout_ms: u64,
+    #[serde(with = "cairn_client::units::duration")]
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for S3Config {
@@ -109,7 +110,7 @@ impl Default for S3Config {
             path_style: true,
             access_key_id: String::new(),
             secret_access_key: String::new(),
-            request_timeout_ms: 30_000,
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

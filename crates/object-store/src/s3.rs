@@ -2,7 +2,7 @@
 //! Create-only writes use `If-None-Match: *`: the store itself refuses to
 //! overwrite (412 Precondition Failed, or 409 on a concurrent conditional write).
 
-use std::{ops::Range, time::Duration};
+use std::ops::Range;
 
 use aws_sdk_s3::{
     Client,
@@ -65,7 +65,7 @@ impl S3Store {
                 "S3 credentials missing: set access_key_id/secret_access_key or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".into(),
             ));
         }
-        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let timeout = config.request_timeout;
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))

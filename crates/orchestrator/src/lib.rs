@@ -3,18 +3,10 @@
 //! Only the standard server (health and reflection) exists so far; this
 //! service's RPCs arrive with its own issue and do not exist until then.
 
-use std::future::Future;
-
-use tokio::net::TcpListener;
-
 /// Configuration of `cairn-orchestrator`.
 pub type Config = cairn_service::BasicConfig<50054>;
 
-/// Serves until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    cairn_service::server::serve_standalone(config.grpc, listener, shutdown).await
+/// Serves until shutdown.
+pub async fn run(config: Config, rt: cairn_service::Runtime) -> anyhow::Result<()> {
+    cairn_service::server::serve_standalone(config.grpc, rt).await
 }

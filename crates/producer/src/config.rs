@@ -193,6 +193,7 @@ impl ProducerConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ProducerBuilder {
     config: ProducerConfig,
+    metrics: Option<cairn_client::Metrics>,
 }
 
 macro_rules! setters {
@@ -210,7 +211,15 @@ macro_rules! setters {
 impl ProducerBuilder {
     /// Starts from `config` instead of the defaults.
     pub fn from_config(config: ProducerConfig) -> Self {
-        ProducerBuilder { config }
+        ProducerBuilder { config, metrics: None }
+    }
+
+    /// Reports into the embedding application's registry: the producer's
+    /// counters (requests, errors, duplicates, buffer memory in use) and its
+    /// outgoing RPCs.
+    pub fn metrics(mut self, metrics: &cairn_client::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
     }
 
     /// Agents to bootstrap from.
@@ -279,6 +288,6 @@ impl ProducerBuilder {
     /// Nothing is contacted until the first record is sent.
     pub fn build(self) -> Result<Producer, ProduceError> {
         self.config.validate()?;
-        Ok(Producer::start(self.config))
+        Ok(Producer::start(self.config, self.metrics))
     }
 }

@@ -99,6 +99,68 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
 }
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The producer's counters in the embedding application's registry, read at
+/// scrape time (nothing is added to the send path). Labelled by a per-process
+/// producer number, since an application may run several.
+#[derive(Debug)]
+struct StatsCollector {
+    shared: std::sync::Weak<Shared>,
+    id: String,
+}
+
+impl cairn_client::metrics::prometheus_client::collector::Collector for StatsCollector {
+    fn encode(
+        &self,
+        mut encoder: cairn_client::metrics::prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use cairn_client::metrics::prometheus_client::{
+            encoding::EncodeMetric,
+            metrics::{counter::ConstCounter, gauge::ConstGauge},
+        };
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(());
+        };
+        let labels = [("producer", self.id.as_str())];
+        let c = &shared.counters;
+        for (name, help, value) in [
+            (
+                "cairn_producer_requests",
+                "Produce requests sent, retries included",
+                &c.requests,
+            ),
+            (
+                "cairn_producer_errors",
+                "Produce requests answered with an error",
+                &c.errors,
+            ),
+            (
+                "cairn_producer_duplicates",
+                "Retries the agent recognised as already appended",
+                &c.duplicates,
+            ),
+        ] {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let mut metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric.encode_family(&labels)?)?;
+        }
+        let used = shared
+            .config
+            .buffer_bytes
+            .saturating_sub(shared.memory.available_permits()) as i64;
+        let gauge = ConstGauge::new(used);
+        let mut metric = encoder.encode_descriptor(
+            "cairn_producer_buffer_used_bytes",
+            "Buffer memory held by records not yet acknowledged",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric.encode_family(&labels)?)?;
+        Ok(())
+    }
+}
+
 /// What the producer has done on the wire so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProducerStats {
@@ -116,14 +178,20 @@ impl Producer {
         ProducerBuilder::default()
     }
 
-    pub(crate) fn start(config: ProducerConfig) -> Producer {
+    pub(crate) fn start(config: ProducerConfig, metrics: Option<cairn_client::Metrics>) -> Producer {
         let pool = Pool::new(
             config.connections_per_agent,
             config.connection_idle_timeout,
             config.connect_timeout,
         );
         let shared = Arc::new(Shared {
-            rpc: Rpc::new(pool, config.api_key.clone(), config.request_timeout, config.compression),
+            rpc: Rpc::new(
+                pool,
+                config.api_key.clone(),
+                config.request_timeout,
+                config.compression,
+                metrics.clone(),
+            ),
             metadata: Metadata::new(config.bootstrap.clone()),
             memory: Arc::new(Semaphore::new(config.buffer_bytes)),
             queues: Mutex::new(HashMap::new()),
@@ -139,6 +207,12 @@ impl Producer {
             config,
         });
         tokio::spawn(housekeeping(shared.clone()));
+        if let Some(metrics) = metrics {
+            metrics.register_collector(Box::new(StatsCollector {
+                shared: Arc::downgrade(&shared),
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed).to_string(),
+            }));
+        }
         Producer {
             _last: Arc::new(LastHandle(shared.clone())),
             shared,
@@ -253,7 +327,7 @@ impl Shared {
         loop {
             match self.metadata.topic(&self.rpc, topic).await {
                 Ok(info) => return Ok(info),
-                Err(ProduceError::Rejected { code, message }) if cairn_service::status::is_retryable(code) => {
+                Err(ProduceError::Rejected { code, message }) if cairn_client::status::is_retryable(code) => {
                     let pause = sender::backoff(
                         attempt,
                         self.config.retry_backoff_base,

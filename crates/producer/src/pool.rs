@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cairn_service::{ClientConfig, client};
+use cairn_client::{ClientConfig, channel as client};
 use tonic::transport::Channel;
 
 use crate::error::ProduceError;
@@ -38,7 +38,7 @@ impl Pool {
     pub fn new(per_agent: usize, idle_timeout: Duration, connect_timeout: Duration) -> Self {
         Pool {
             client: ClientConfig {
-                connect_timeout_ms: connect_timeout.as_millis().max(1) as u64,
+                connect_timeout: connect_timeout.max(Duration::from_millis(1)),
                 ..ClientConfig::default()
             },
             per_agent: per_agent.max(1),

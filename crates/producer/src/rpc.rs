@@ -1,10 +1,11 @@
-//! The calls the producer makes: every one carries the API key, a deadline
-//! (never later than the caller's) and the trace context.
+//! The calls the producer makes, through the shared client layer
+//! (`cairn_client::Client`): every one carries the API key, a deadline (never
+//! later than the caller's, enforced on this side too) and the trace context.
 
 use std::time::Duration;
 
+use cairn_client::Client;
 use cairn_proto::cairn::agent::v1::{self as pb, agent_service_client::AgentServiceClient};
-use cairn_service::{auth::attach_key, client};
 use tonic::{Request, Status};
 
 use crate::{config::Compression, pool::Pool, record::EncodedProduce};
@@ -18,46 +19,42 @@ pub struct Rpc {
     api_key: Option<String>,
     request_timeout: Duration,
     compression: Compression,
+    metrics: Option<cairn_client::Metrics>,
 }
 
 impl Rpc {
-    pub fn new(pool: Pool, api_key: Option<String>, request_timeout: Duration, compression: Compression) -> Self {
+    pub fn new(
+        pool: Pool,
+        api_key: Option<String>,
+        request_timeout: Duration,
+        compression: Compression,
+        metrics: Option<cairn_client::Metrics>,
+    ) -> Self {
         Rpc {
             pool,
             api_key,
             request_timeout,
             compression,
+            metrics,
         }
     }
 
-    /// `message` with the key, trace context and a deadline of `timeout`
-    /// (`Duration::ZERO`: the request timeout), capped by the caller's.
-    pub fn request<T>(&self, message: T, timeout: Duration) -> Result<Request<T>, Status> {
+    /// The client layer over `channel`, with a deadline of `timeout`
+    /// (`Duration::ZERO`: the request timeout).
+    fn client(&self, channel: tonic::transport::Channel, timeout: Duration) -> Result<Client, Status> {
         let timeout = if timeout.is_zero() {
             self.request_timeout
         } else {
             timeout
         };
-        let mut request = client::request(message, timeout);
+        let mut client = Client::new(channel, timeout);
         if let Some(key) = &self.api_key {
-            attach_key(&mut request, key)?;
+            client = client.with_key(key)?;
         }
-        Ok(request)
-    }
-
-    /// Runs `call` under `timeout` (`Duration::ZERO`: the request timeout),
-    /// enforced here as well as by the server.
-    async fn bounded<T>(
-        &self,
-        timeout: Duration,
-        call: impl std::future::Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
-        let timeout = if timeout.is_zero() {
-            self.request_timeout
-        } else {
-            timeout
-        };
-        client::bounded(timeout, call).await
+        if let Some(metrics) = &self.metrics {
+            client = client.with_metrics(metrics);
+        }
+        Ok(client)
     }
 
     /// GetMetadata at `address`.
@@ -66,10 +63,9 @@ impl Rpc {
             .pool
             .channel(address)
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let request = self.request(pb::GetMetadataRequest { topics }, Duration::ZERO)?;
-        let mut client = AgentServiceClient::new(channel);
-        Ok(self
-            .bounded(Duration::ZERO, client.get_metadata(request))
+        let mut client = AgentServiceClient::new(self.client(channel, Duration::ZERO)?);
+        Ok(client
+            .get_metadata(pb::GetMetadataRequest { topics })
             .await?
             .into_inner())
     }
@@ -86,20 +82,16 @@ impl Rpc {
             .pool
             .channel_for(address, message.head.partition)
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let request = self.request(message, timeout)?;
-        self.bounded(timeout, async move {
-            let mut grpc = tonic::client::Grpc::new(channel);
-            if self.compression == Compression::Gzip {
-                grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-            }
-            grpc.ready()
-                .await
-                .map_err(|e| Status::unavailable(format!("connecting to {address}: {e}")))?;
-            let codec = tonic_prost::ProstCodec::<EncodedProduce, pb::ProduceResponse>::default();
-            let path = http::uri::PathAndQuery::from_static(PRODUCE_PATH);
-            Ok(grpc.unary(request, path, codec).await?.into_inner())
-        })
-        .await
+        let mut grpc = tonic::client::Grpc::new(self.client(channel, timeout)?);
+        if self.compression == Compression::Gzip {
+            grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("connecting to {address}: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<EncodedProduce, pb::ProduceResponse>::default();
+        let path = http::uri::PathAndQuery::from_static(PRODUCE_PATH);
+        Ok(grpc.unary(Request::new(message), path, codec).await?.into_inner())
     }
 
     /// A producer id and epoch from the agent at `address`.
@@ -108,10 +100,9 @@ impl Rpc {
             .pool
             .channel(address)
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let request = self.request(pb::InitProducerRequest { name: name.to_owned() }, Duration::ZERO)?;
-        let mut client = AgentServiceClient::new(channel);
-        Ok(self
-            .bounded(Duration::ZERO, client.init_producer(request))
+        let mut client = AgentServiceClient::new(self.client(channel, Duration::ZERO)?);
+        Ok(client
+            .init_producer(pb::InitProducerRequest { name: name.to_owned() })
             .await?
             .into_inner())
     }

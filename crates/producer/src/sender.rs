@@ -44,7 +44,6 @@ use bytes::Bytes;
 use cairn_proto::cairn::agent::v1 as pb;
 use tokio::task::JoinSet;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 use crate::{
     Shared,
@@ -73,23 +72,43 @@ pub enum Class {
     Fatal(Code, String),
 }
 
-/// Sorts an error answer.
+/// Sorts an error answer, by the reason it names first (the shared
+/// vocabulary, `cairn/common/v1/errors.proto`), then by its code.
 pub fn classify(status: &Status) -> Class {
-    let info = status.get_details_error_info();
-    let reason = info.as_ref().map(|i| i.reason.as_str()).unwrap_or_default();
-    let meta = |key: &str| info.as_ref().and_then(|i| i.metadata.get(key)).cloned();
+    use cairn_client::{ErrorReason, status::error_metadata};
+    let hint = cairn_client::status::retry_after(status);
+    match cairn_client::status::reason_of(status) {
+        Some(ErrorReason::NotLeader) => {
+            return Class::NotLeader {
+                address: error_metadata(status, "leader_address").filter(|a| !a.is_empty()),
+            };
+        }
+        Some(ErrorReason::ProducerFenced) => return Class::Fenced(status.message().to_owned()),
+        Some(ErrorReason::OutOfOrderSequence) => {
+            return Class::OutOfOrder {
+                expected: error_metadata(status, "expected_sequence").and_then(|e| e.parse().ok()),
+            };
+        }
+        // Refused before anything was done: retrying cannot duplicate.
+        Some(
+            ErrorReason::Overloaded
+            | ErrorReason::ShuttingDown
+            | ErrorReason::PartitionUnavailable
+            | ErrorReason::PartitionMoving
+            | ErrorReason::RateLimited,
+        ) => {
+            return Class::Retry {
+                maybe_written: false,
+                hint,
+            };
+        }
+        _ => {}
+    }
     match status.code() {
-        Code::FailedPrecondition if reason == "NOT_LEADER" => Class::NotLeader {
-            address: meta("leader_address").filter(|a| !a.is_empty()),
-        },
-        Code::FailedPrecondition if reason == "PRODUCER_FENCED" => Class::Fenced(status.message().to_owned()),
-        Code::FailedPrecondition if reason == "OUT_OF_ORDER_SEQUENCE" => Class::OutOfOrder {
-            expected: meta("expected_sequence").and_then(|e| e.parse().ok()),
-        },
         // Refused before anything was done.
         Code::ResourceExhausted => Class::Retry {
             maybe_written: false,
-            hint: cairn_service::status::retry_after(status),
+            hint,
         },
         // The call may have been carried out before the answer was lost.
         Code::Unavailable
@@ -99,7 +118,7 @@ pub fn classify(status: &Status) -> Class {
         | Code::Internal
         | Code::Aborted => Class::Retry {
             maybe_written: true,
-            hint: cairn_service::status::retry_after(status),
+            hint,
         },
         code => Class::Fatal(code, status.message().to_owned()),
     }
@@ -626,6 +645,7 @@ mod tests {
         batch::{OpenBatch, Reservation},
         record::ProducerRecord,
     };
+    use tonic_types::StatusExt;
 
     fn limits(max_in_flight: usize) -> Limits {
         Limits {

@@ -14,6 +14,13 @@ pub mod cairn {
             tonic::include_proto!("cairn.agent.v1");
         }
     }
+    /// What every Cairn API shares: the machine-readable error reasons.
+    pub mod common {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("cairn.common.v1");
+        }
+    }
     /// API keys and principals.
     pub mod auth {
         /// Version 1.

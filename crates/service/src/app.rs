@@ -1,20 +1,20 @@
 //! The shared `main` of every service binary: load config, print it if asked,
-//! start telemetry, bind the listener, run until a signal.
+//! start telemetry, bind the listeners, run until a signal.
 
 use std::{future::Future, process::ExitCode};
 
-use tokio::net::TcpListener;
-
 use crate::{
     config::{self, ConfigArgs, ServiceConfig},
-    server, shutdown, telemetry,
+    exposition,
+    runtime::Runtime,
+    shutdown, telemetry,
 };
 
 /// Runs a service binary; `run` is the service's library entry point.
 pub fn main<C, F, Fut>(service: &'static str, args: &ConfigArgs, run: F) -> ExitCode
 where
     C: ServiceConfig,
-    F: FnOnce(C, TcpListener, shutdown::Shutdown) -> Fut,
+    F: FnOnce(C, Runtime) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let config: C = match config::load(args) {
@@ -43,16 +43,32 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match server::bind(config.server().listen).await {
-            Ok(listener) => listener,
+        let rt = Runtime::new(service);
+        let started = async {
+            let addr = rt.bind("grpc", config.server().listen).await?;
+            if let Some(metrics) = config.metrics().address() {
+                exposition::serve_metrics(&rt, metrics).await?;
+            }
+            anyhow::Ok(addr)
+        };
+        let addr = match started.await {
+            Ok(addr) => addr,
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "cannot listen");
                 return ExitCode::FAILURE;
             }
         };
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "{service} listening");
-        match run(config, listener, shutdown::on_signal()).await {
+        if let Err(error) = write_address_file(&rt) {
+            tracing::error!(error = format!("{error:#}"), "cannot write the address file");
+            return ExitCode::FAILURE;
+        }
+        let signals = rt.clone();
+        tokio::spawn(async move {
+            shutdown::on_signal().await;
+            signals.shutdown();
+        });
+        match run(config, rt).await {
             Ok(()) => {
                 tracing::info!("{service} stopped");
                 ExitCode::SUCCESS
@@ -63,4 +79,26 @@ where
             }
         }
     })
+}
+
+/// Where a process started with `--listen 127.0.0.1:0` says what it bound:
+/// `name=host:port` lines (e.g. `grpc=127.0.0.1:40123`), written once all
+/// listeners are bound, atomically. Test harnesses set it so children choose
+/// their own ports and nothing races for one.
+pub const ADDRESS_FILE_ENV: &str = "CAIRN_ADDRESS_FILE";
+
+fn write_address_file(rt: &Runtime) -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os(ADDRESS_FILE_ENV) else {
+        return Ok(());
+    };
+    let path = std::path::PathBuf::from(path);
+    let text: String = rt
+        .addresses()
+        .iter()
+        .map(|(name, addr)| format!("{name}={addr}\n"))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
 }

@@ -19,21 +19,18 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use cairn_proto::cairn::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::{sync::OnceCell, time::Instant};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 
-use crate::{
-    client,
-    config::{ClientConfig, ConfigError},
-    scope::Scope,
-    status,
-};
+use crate::{ClientConfig, client::Client, config::ConfigError, scope::Scope, status};
+
+pub use cairn_client::channel::attach_key;
 
 /// The revocation bound: no cached answer lives longer than this.
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -85,16 +82,12 @@ impl TryFrom<pb::Principal> for Principal {
             key_id: p.key_id,
             name: p.name,
             scopes,
-            expires_at: p.expires_at.and_then(timestamp_to_system_time),
+            expires_at: p
+                .expires_at
+                .as_ref()
+                .and_then(cairn_client::names::system_time_from_timestamp),
         })
     }
-}
-
-/// Converts a protobuf timestamp; `None` if it is out of range.
-pub fn timestamp_to_system_time(t: cairn_proto::Timestamp) -> Option<SystemTime> {
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 /// Why a key was not accepted.
@@ -124,17 +117,22 @@ pub enum Access {
     Authenticated,
     /// A valid key holding this scope.
     Scope(Scope),
+    /// A valid key holding `resource:action` for some name (e.g. InitProducer
+    /// needs `topics:produce` on at least one topic).
+    AnyName { resource: String, action: String },
 }
 
 /// The access each RPC of a server declares, by full method path
-/// (`/package.Service/Method`). RPCs not listed need a valid key.
+/// (`/package.Service/Method`). Deny unless declared: an RPC with no rule is
+/// refused (`PERMISSION_DENIED`), and a server with auth on will not start
+/// while a method it hosts has none ([`Policy::undeclared`]).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: HashMap<String, Access>,
 }
 
 impl Policy {
-    /// An empty policy: every RPC needs a valid key.
+    /// An empty policy: every RPC is refused until declared.
     pub fn new() -> Self {
         Policy::default()
     }
@@ -145,9 +143,58 @@ impl Policy {
         self
     }
 
-    fn access(&self, path: &str) -> &Access {
-        self.rules.get(path).unwrap_or(&Access::Authenticated)
+    /// Declares the same access for several RPCs.
+    pub fn rpcs(mut self, paths: &[&str], access: Access) -> Self {
+        for path in paths {
+            self.rules.insert((*path).to_owned(), access.clone());
+        }
+        self
     }
+
+    /// What `path` needs, if declared.
+    pub fn access(&self, path: &str) -> Option<&Access> {
+        self.rules.get(path)
+    }
+
+    /// The methods of `services` (full names, as in `FooServer::NAME`) in the
+    /// encoded descriptor sets that have no rule here, as `/svc/Method` paths.
+    pub fn undeclared(&self, descriptor_sets: &[&[u8]], services: &[&str]) -> Vec<String> {
+        let mut missing: Vec<String> = methods(descriptor_sets, services)
+            .into_iter()
+            .filter(|path| !self.rules.contains_key(path))
+            .collect();
+        missing.sort();
+        missing
+    }
+}
+
+/// Every method of `services` in the descriptor sets, as `/package.Service/Method`.
+pub fn methods(descriptor_sets: &[&[u8]], services: &[&str]) -> Vec<String> {
+    use prost::Message;
+    let mut out = Vec::new();
+    for set in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let name = service.name.unwrap_or_default();
+                let full = if package.is_empty() {
+                    name
+                } else {
+                    format!("{package}.{name}")
+                };
+                if !services.contains(&full.as_str()) {
+                    continue;
+                }
+                for method in service.method {
+                    out.push(format!("/{full}/{}", method.name.unwrap_or_default()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Settings for the auth layer of a service that checks keys through `cairn-auth`.
@@ -159,10 +206,12 @@ pub struct AuthClientConfig {
     pub enabled: bool,
     /// Address of `cairn-auth`.
     pub address: String,
-    /// How long a valid key's principal is cached (at most 5000).
-    pub cache_ttl_ms: u64,
-    /// How long a rejected key stays rejected without asking again (at most 5000).
-    pub negative_cache_ttl_ms: u64,
+    /// How long a valid key's principal is cached (at most 5 s, the revocation bound).
+    #[serde(with = "cairn_client::units::duration")]
+    pub cache_ttl: Duration,
+    /// How long a rejected key stays rejected without asking again (at most 5 s).
+    #[serde(with = "cairn_client::units::duration")]
+    pub negative_cache_ttl: Duration,
     /// Most cached keys; beyond it, expired entries and then everything is dropped.
     pub cache_capacity: usize,
     /// Failed validations one client IP may burst before being refused.
@@ -178,13 +227,13 @@ impl Default for AuthClientConfig {
         AuthClientConfig {
             enabled: true,
             address: "127.0.0.1:50051".into(),
-            cache_ttl_ms: 2_000,
-            negative_cache_ttl_ms: 2_000,
+            cache_ttl: Duration::from_secs(2),
+            negative_cache_ttl: Duration::from_secs(2),
             cache_capacity: 100_000,
             failure_burst: 50,
             failures_per_sec: 20,
             client: ClientConfig {
-                request_timeout_ms: 2_000,
+                request_timeout: Duration::from_secs(2),
                 ..ClientConfig::default()
             },
         }
@@ -194,17 +243,16 @@ impl Default for AuthClientConfig {
 impl AuthClientConfig {
     /// Checks the values, naming fields under `section`.
     pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
-        let bound = MAX_CACHE_TTL.as_millis() as u64;
-        if self.cache_ttl_ms > bound {
+        if self.cache_ttl > MAX_CACHE_TTL {
             return Err(ConfigError::invalid(
-                format!("{section}.cache_ttl_ms"),
-                "at most 5000 (the revocation bound)",
+                format!("{section}.cache_ttl"),
+                "at most 5s (the revocation bound)",
             ));
         }
-        if self.negative_cache_ttl_ms > bound {
+        if self.negative_cache_ttl > MAX_CACHE_TTL {
             return Err(ConfigError::invalid(
-                format!("{section}.negative_cache_ttl_ms"),
-                "at most 5000 (the revocation bound)",
+                format!("{section}.negative_cache_ttl"),
+                "at most 5s (the revocation bound)",
             ));
         }
         if self.address.is_empty() {
@@ -216,7 +264,7 @@ impl AuthClientConfig {
                 "limits must be greater than 0",
             ));
         }
-        self.client.validate(&format!("{section}.client"))
+        Ok(self.client.validate(&format!("{section}.client"))?)
     }
 }
 
@@ -244,23 +292,48 @@ impl Auth {
         }
     }
 
+    /// The access rules.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Authenticates `request` per the policy; on success the principal (if
     /// any) is in its extensions.
     pub(crate) async fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
         let required = match self.policy.access(request.uri().path()) {
-            Access::Open => return Ok(()),
-            Access::Authenticated => None,
-            Access::Scope(scope) => Some(scope.clone()),
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "no access rule is declared for {}",
+                    request.uri().path()
+                )));
+            }
+            Some(Access::Open) => return Ok(()),
+            Some(Access::Authenticated) => None,
+            Some(Access::Scope(scope)) => Some(scope.clone()),
+            Some(Access::AnyName { resource, action }) => {
+                return self.authenticate(request, None, Some((resource, action))).await;
+            }
         };
+        self.authenticate(request, required, None).await
+    }
+
+    async fn authenticate<B>(
+        &self,
+        request: &mut http::Request<B>,
+        required: Option<Scope>,
+        any_name: Option<(&String, &String)>,
+    ) -> Result<(), Status> {
         let peer = request
             .extensions()
             .get::<tonic::transport::server::TcpConnectInfo>()
             .and_then(|info| info.remote_addr())
             .map(|addr| addr.ip());
         if let Some(wait) = self.failures.refused(peer) {
-            return Err(status::resource_exhausted(
+            return Err(status::with_reason(
+                Code::ResourceExhausted,
                 "too many failed authentications from this client",
-                wait,
+                crate::ErrorReason::RateLimited,
+                Some(wait),
             ));
         }
         let Some(key) = api_key(request.headers()) else {
@@ -274,6 +347,14 @@ impl Auth {
                 if let Some(scope) = required {
                     principal.require(&scope)?;
                 }
+                if let Some((resource, action)) = any_name
+                    && !principal.scopes.iter().any(|s| s.grants_some(resource, action))
+                {
+                    return Err(Status::permission_denied(format!(
+                        "API key {} lacks scope {resource}:{action} on any name",
+                        principal.key_id
+                    )));
+                }
                 request.extensions_mut().insert(principal);
                 Ok(())
             }
@@ -283,9 +364,11 @@ impl Auth {
             }
             Err(AuthError::Unavailable(reason)) => {
                 tracing::warn!(%reason, "cannot check API key");
-                Err(status::unavailable(
+                Err(status::with_reason(
+                    Code::Unavailable,
                     "auth service unavailable, retry later",
-                    UNAVAILABLE_RETRY_AFTER,
+                    crate::ErrorReason::DependencyUnavailable,
+                    Some(UNAVAILABLE_RETRY_AFTER),
                 ))
             }
         }
@@ -314,15 +397,6 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
         .extensions()
         .get::<Principal>()
         .ok_or_else(|| Status::unauthenticated("missing API key"))
-}
-
-/// Adds `api_key` to an outgoing request as a bearer token.
-pub fn attach_key<T>(request: &mut tonic::Request<T>, api_key: &str) -> Result<(), Status> {
-    let value = format!("Bearer {api_key}")
-        .parse()
-        .map_err(|_| Status::invalid_argument("API key contains characters not allowed in metadata"))?;
-    request.metadata_mut().insert("authorization", value);
-    Ok(())
 }
 
 /// A token bucket per client IP, spent only by failed validations.
@@ -375,6 +449,46 @@ pub struct AuthStats {
     pub cache_hits: AtomicU64,
     /// `Authenticate` calls made to `cairn-auth`.
     pub lookups: AtomicU64,
+    /// Lookups that found the key invalid.
+    pub invalid: AtomicU64,
+    /// Lookups that could not be answered (the auth service unavailable).
+    pub unavailable: AtomicU64,
+}
+
+impl crate::metrics::prometheus_client::collector::Collector for AuthStats {
+    fn encode(
+        &self,
+        mut encoder: crate::metrics::prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::metrics::prometheus_client::{encoding::EncodeMetric, metrics::counter::ConstCounter};
+        for (name, help, value) in [
+            (
+                "cairn_auth_client_cache_hits",
+                "API key checks answered from the cache",
+                &self.cache_hits,
+            ),
+            (
+                "cairn_auth_client_lookups",
+                "API key checks sent to cairn-auth",
+                &self.lookups,
+            ),
+            (
+                "cairn_auth_client_invalid",
+                "Lookups that found the key invalid",
+                &self.invalid,
+            ),
+            (
+                "cairn_auth_client_unavailable",
+                "Lookups cairn-auth could not answer (refused as UNAVAILABLE)",
+                &self.unavailable,
+            ),
+        ] {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 struct Cached {
@@ -388,19 +502,18 @@ type Flight = Arc<OnceCell<Result<Principal, AuthError>>>;
 /// few seconds (never past the revocation bound, never past a key's expiry)
 /// and making one lookup per key at a time however many callers wait for it.
 pub struct RemoteAuthenticator {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<Client>,
     config: AuthClientConfig,
     // Keyed by SHA-256 of the API key so no secret sits in the map.
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     flights: Mutex<HashMap<[u8; 32], Flight>>,
-    stats: AuthStats,
+    stats: Arc<AuthStats>,
 }
 
 impl RemoteAuthenticator {
     /// An authenticator for the `cairn-auth` at `config.address` (connects lazily).
     pub fn new(config: AuthClientConfig) -> Result<Self, tonic::transport::Error> {
-        let channel = client::connect_lazy(&config.address, &config.client)?;
-        let client = AuthServiceClient::new(channel)
+        let client = AuthServiceClient::new(Client::connect_lazy(&config.address, &config.client)?)
             .max_decoding_message_size(config.client.max_message_bytes)
             .max_encoding_message_size(config.client.max_message_bytes);
         Ok(RemoteAuthenticator {
@@ -408,7 +521,7 @@ impl RemoteAuthenticator {
             config,
             cache: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
-            stats: AuthStats::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -417,17 +530,23 @@ impl RemoteAuthenticator {
         &self.stats
     }
 
+    /// Exports the counters in `metrics`, and counts the lookups as outgoing RPCs.
+    pub fn with_metrics(mut self, metrics: &crate::Metrics) -> Result<Self, tonic::transport::Error> {
+        metrics.register_collector(Box::new(self.stats.clone()));
+        let client = Client::connect_lazy(&self.config.address, &self.config.client)?.with_metrics(metrics);
+        self.client = AuthServiceClient::new(client)
+            .max_decoding_message_size(self.config.client.max_message_bytes)
+            .max_encoding_message_size(self.config.client.max_message_bytes);
+        Ok(self)
+    }
+
     async fn lookup(&self, api_key: &str) -> Result<Principal, AuthError> {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
-        let request = client::request(
-            pb::AuthenticateRequest {
-                api_key: api_key.to_owned(),
-            },
-            self.config.client.request_timeout(),
-        );
-        let timeout = self.config.client.request_timeout();
+        let request = pb::AuthenticateRequest {
+            api_key: api_key.to_owned(),
+        };
         let mut auth = self.client.clone();
-        match client::bounded(timeout, auth.authenticate(request)).await {
+        let result = match auth.authenticate(request).await {
             Ok(response) => response
                 .into_inner()
                 .principal
@@ -439,7 +558,13 @@ impl RemoteAuthenticator {
                 status.code(),
                 status.message()
             ))),
-        }
+        };
+        match &result {
+            Err(AuthError::Invalid) => self.stats.invalid.fetch_add(1, Ordering::Relaxed),
+            Err(AuthError::Unavailable(_)) => self.stats.unavailable.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => 0,
+        };
+        result
     }
 
     fn cached(&self, digest: &[u8; 32]) -> Option<Result<Principal, AuthError>> {
@@ -452,13 +577,13 @@ impl RemoteAuthenticator {
         let now = Instant::now();
         let until = match result {
             Ok(principal) => {
-                let mut ttl = Duration::from_millis(self.config.cache_ttl_ms);
+                let mut ttl = self.config.cache_ttl;
                 if let Some(expires) = principal.expires_at {
                     ttl = ttl.min(expires.duration_since(SystemTime::now()).unwrap_or_default());
                 }
                 now + ttl
             }
-            Err(AuthError::Invalid) => now + Duration::from_millis(self.config.negative_cache_ttl_ms),
+            Err(AuthError::Invalid) => now + self.config.negative_cache_ttl,
             // An outage is never cached: the next caller asks again.
             Err(AuthError::Unavailable(_)) => return,
         };
@@ -543,12 +668,12 @@ mod tests {
     #[test]
     fn cache_ttls_are_bounded_by_the_revocation_bound() {
         let config = AuthClientConfig {
-            cache_ttl_ms: 5001,
+            cache_ttl: Duration::from_millis(5001),
             ..AuthClientConfig::default()
         };
         assert!(config.validate("auth").is_err());
         let config = AuthClientConfig {
-            negative_cache_ttl_ms: 60_000,
+            negative_cache_ttl: Duration::from_secs(60),
             ..AuthClientConfig::default()
         };
         assert!(config.validate("auth").is_err());

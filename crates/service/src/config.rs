@@ -14,7 +14,7 @@ use toml::{Table, Value};
 pub const ENV_PREFIX: &str = "CAIRN_";
 
 /// Variables with [`ENV_PREFIX`] that are not config fields.
-const RESERVED_ENV: &[&str] = &["CAIRN_CONFIG", "CAIRN_API_KEY"];
+const RESERVED_ENV: &[&str] = &["CAIRN_CONFIG", "CAIRN_API_KEY", "CAIRN_ADDRESS_FILE"];
 const RESERVED_ENV_PREFIXES: &[&str] = &["CAIRN_TEST_"];
 
 /// A config could not be loaded or is invalid.
@@ -37,6 +37,15 @@ pub enum ConfigError {
     Invalid { field: String, reason: String },
 }
 
+impl From<cairn_client::channel::InvalidField> for ConfigError {
+    fn from(e: cairn_client::channel::InvalidField) -> Self {
+        ConfigError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 impl ConfigError {
     /// A field holds a value `validate()` rejects.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -57,11 +66,13 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     fn server_mut(&mut self) -> &mut ServerConfig;
     /// Logging and tracing settings.
     fn telemetry(&self) -> &TelemetryConfig;
+    /// Where metrics are exposed.
+    fn metrics(&self) -> &MetricsConfig;
 }
 
 /// Implements [`ServiceConfig::server`], `server_mut` and `telemetry` for a
-/// config whose sections are the fields `grpc` and `telemetry`, as every
-/// Cairn service's are. Use inside the `impl ServiceConfig` block.
+/// config whose sections are the fields `grpc`, `telemetry` and `metrics`, as
+/// every Cairn service's are. Use inside the `impl ServiceConfig` block.
 #[macro_export]
 macro_rules! standard_sections {
     () => {
@@ -73,6 +84,9 @@ macro_rules! standard_sections {
         }
         fn telemetry(&self) -> &$crate::TelemetryConfig {
             &self.telemetry
+        }
+        fn metrics(&self) -> &$crate::config::MetricsConfig {
+            &self.metrics
         }
     };
 }
@@ -89,7 +103,7 @@ pub struct ConfigArgs {
     /// Address the gRPC server listens on (same as `--set grpc.listen=ADDR`).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Set any field, e.g. `--set grpc.request_timeout_ms=5000`; wins over file and env.
+    /// Set any field, e.g. `--set grpc.request_timeout=5s`; wins over file and env.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
 }
@@ -149,6 +163,7 @@ pub fn load_from<C: ServiceConfig>(
     }
     config.server().validate()?;
     config.telemetry().validate()?;
+    config.metrics().validate()?;
     config.validate()?;
     Ok(config)
 }
@@ -221,21 +236,35 @@ fn parse_value(raw: &str) -> Value {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Upper bound on any request; a caller's shorter `grpc-timeout` wins.
-    pub request_timeout_ms: u64,
-    /// Requests handled at once across all connections; more are refused with
-    /// `UNAVAILABLE` and retry info instead of queueing.
+    /// Longest a handler may take to answer; a caller's shorter `grpc-timeout` wins.
+    #[serde(with = "cairn_client::units::duration")]
+    pub request_timeout: Duration,
+    /// Calls handled at once across all connections (streams count while
+    /// they run); more are refused at once with `RESOURCE_EXHAUSTED`
+    /// (OVERLOADED, retry info) instead of queueing.
     pub max_concurrent_requests: usize,
     /// HTTP/2 streams one connection may open at once.
     pub max_concurrent_streams: u32,
-    /// Largest request or response message, in bytes.
+    /// Largest request or response message.
+    #[serde(with = "cairn_client::units::bytes_usize")]
     pub max_message_bytes: usize,
     /// HTTP/2 keepalive ping interval; 0 disables pings.
-    pub keepalive_interval_secs: u64,
+    #[serde(with = "cairn_client::units::duration")]
+    pub keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered before the connection closes.
-    pub keepalive_timeout_secs: u64,
-    /// How long in-flight requests get to finish after SIGTERM before the server exits.
-    pub shutdown_grace_secs: u64,
+    #[serde(with = "cairn_client::units::duration")]
+    pub keepalive_timeout: Duration,
+    /// How long calls in flight get to finish once shutdown begins.
+    #[serde(with = "cairn_client::units::duration")]
+    pub shutdown_grace: Duration,
+    /// A response stream that sends nothing for this long is ended with
+    /// `UNAVAILABLE` (STREAM_LIMIT) so the caller resumes; 0 disables.
+    #[serde(with = "cairn_client::units::duration")]
+    pub stream_idle_timeout: Duration,
+    /// A response stream is ended after this long (`UNAVAILABLE`,
+    /// STREAM_LIMIT), so long-lived readers rebalance; 0 disables.
+    #[serde(with = "cairn_client::units::duration")]
+    pub stream_max_lifetime: Duration,
 }
 
 impl ServerConfig {
@@ -243,28 +272,20 @@ impl ServerConfig {
     pub fn on_port(port: u16) -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
-            request_timeout_ms: 30_000,
+            request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 1024,
             max_concurrent_streams: 256,
             max_message_bytes: 16 * 1024 * 1024,
-            keepalive_interval_secs: 30,
-            keepalive_timeout_secs: 10,
-            shutdown_grace_secs: 20,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
+            stream_idle_timeout: Duration::from_secs(600),
+            stream_max_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 
-    /// Upper bound on any request.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    /// Bound on graceful shutdown.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
-        positive("grpc.request_timeout_ms", self.request_timeout_ms)?;
+        positive("grpc.request_timeout", self.request_timeout.as_nanos() as u64)?;
         positive("grpc.max_concurrent_requests", self.max_concurrent_requests as u64)?;
         positive("grpc.max_concurrent_streams", self.max_concurrent_streams.into())?;
         if self.max_message_bytes < 1024 || self.max_message_bytes > 256 * 1024 * 1024 {
@@ -273,8 +294,8 @@ impl ServerConfig {
                 "must be between 1 KiB and 256 MiB",
             ));
         }
-        if self.keepalive_interval_secs > 0 {
-            positive("grpc.keepalive_timeout_secs", self.keepalive_timeout_secs)?;
+        if !self.keepalive_interval.is_zero() {
+            positive("grpc.keepalive_timeout", self.keepalive_timeout.as_nanos() as u64)?;
         }
         Ok(())
     }
@@ -283,6 +304,49 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig::on_port(0)
+    }
+}
+
+/// Where the service exposes its Prometheus metrics (off by default here;
+/// each service's config defaults it beside its gRPC port).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the HTTP listener serving `GET /metrics` (its own
+    /// port, never the gRPC one); empty turns it off.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// Metrics on 127.0.0.1 at `port`.
+    pub fn on_port(port: u16) -> Self {
+        MetricsConfig {
+            listen: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// The documented default beside a gRPC port: 50051 → 9551, 50052 →
+    /// 9552, … (off for ports outside 50000–50499).
+    pub fn beside(grpc_port: u16) -> Self {
+        match grpc_port.checked_sub(50_000) {
+            Some(n) if n < 500 => MetricsConfig::on_port(9_500 + n),
+            _ => MetricsConfig::default(),
+        }
+    }
+
+    /// The address to listen on, if on.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() && self.address().is_none() {
+            return Err(ConfigError::invalid(
+                "metrics.listen",
+                "must be host:port (an IP address), or empty to turn metrics off",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -340,48 +404,6 @@ impl TelemetryConfig {
     }
 }
 
-/// Settings for channels to other Cairn services.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// Bound on establishing a connection.
-    pub connect_timeout_ms: u64,
-    /// Deadline of an outgoing call when the caller has none (a shorter caller deadline wins).
-    pub request_timeout_ms: u64,
-    /// HTTP/2 keepalive ping interval; 0 disables pings.
-    pub keepalive_interval_secs: u64,
-    /// How long a keepalive ping may go unanswered.
-    pub keepalive_timeout_secs: u64,
-    /// Largest message sent or received, in bytes.
-    pub max_message_bytes: usize,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            connect_timeout_ms: 2_000,
-            request_timeout_ms: 10_000,
-            keepalive_interval_secs: 30,
-            keepalive_timeout_secs: 10,
-            max_message_bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-impl ClientConfig {
-    /// Default deadline of an outgoing call.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    /// Checks the values, naming fields under `section`.
-    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
-        positive(&format!("{section}.connect_timeout_ms"), self.connect_timeout_ms)?;
-        positive(&format!("{section}.request_timeout_ms"), self.request_timeout_ms)?;
-        positive(&format!("{section}.max_message_bytes"), self.max_message_bytes as u64)
-    }
-}
-
 fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::invalid(field, "must be greater than 0"));
@@ -400,6 +422,7 @@ mod tests {
     struct TestConfig {
         grpc: ServerConfig,
         telemetry: TelemetryConfig,
+        metrics: MetricsConfig,
         store: Store,
     }
 
@@ -424,6 +447,7 @@ mod tests {
             TestConfig {
                 grpc: ServerConfig::on_port(50099),
                 telemetry: TelemetryConfig::default(),
+                metrics: MetricsConfig::default(),
                 store: Store::default(),
             }
         }
@@ -477,7 +501,7 @@ mod tests {
 
     #[test]
     fn each_layer_overrides_the_one_before() {
-        let f = file("[store]\nurl = \"from-file\"\npool = 7\n[grpc]\nrequest_timeout_ms = 1000\n");
+        let f = file("[store]\nurl = \"from-file\"\npool = 7\n[grpc]\nrequest_timeout = \"1s\"\n");
         let args = ConfigArgs {
             config: Some(f.0.clone()),
             overrides: vec!["store.url=from-flag".into()],
@@ -490,8 +514,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.url, "from-flag");
         assert_eq!(c.store.pool, 9, "env beats file");
-        assert_eq!(c.grpc.request_timeout_ms, 1000, "file beats default");
-        assert_eq!(c.grpc.keepalive_interval_secs, 30, "untouched default stays");
+        assert_eq!(c.grpc.request_timeout, Duration::from_secs(1), "file beats default");
+        assert_eq!(
+            c.grpc.keepalive_interval,
+            Duration::from_secs(30),
+            "untouched default stays"
+        );
     }
 
     #[test]
@@ -558,11 +586,25 @@ mod tests {
         assert!(err.contains("store.pool"), "{err}");
 
         let args = ConfigArgs {
-            overrides: vec!["grpc.request_timeout_ms=0".into()],
+            overrides: vec!["grpc.request_timeout=0".into()],
             ..Default::default()
         };
         let err = load_from::<TestConfig>(&args, env(&[])).unwrap_err().to_string();
-        assert!(err.contains("grpc.request_timeout_ms"), "{err}");
+        assert!(err.contains("grpc.request_timeout"), "{err}");
+
+        let args = ConfigArgs {
+            overrides: vec!["grpc.request_timeout=30".into()],
+            ..Default::default()
+        };
+        let err = load_from::<TestConfig>(&args, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("duration"), "a duration needs its unit: {err}");
+
+        let args = ConfigArgs {
+            overrides: vec!["metrics.listen=localhost".into()],
+            ..Default::default()
+        };
+        let err = load_from::<TestConfig>(&args, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
 
         let args = ConfigArgs {
             overrides: vec!["telemetry.otlp_endpoint=127.0.0.1:4317".into()],
@@ -612,6 +654,8 @@ pub struct BasicConfig<const PORT: u16> {
     pub grpc: ServerConfig,
     /// Logging and tracing.
     pub telemetry: TelemetryConfig,
+    /// The metrics listener.
+    pub metrics: MetricsConfig,
 }
 
 // serde's derive does not handle const generics; these go through plain structs.
@@ -619,6 +663,7 @@ pub struct BasicConfig<const PORT: u16> {
 struct BasicConfigRef<'a> {
     grpc: &'a ServerConfig,
     telemetry: &'a TelemetryConfig,
+    metrics: &'a MetricsConfig,
 }
 
 #[derive(Deserialize)]
@@ -626,6 +671,7 @@ struct BasicConfigRef<'a> {
 struct BasicConfigOwned {
     grpc: Option<ServerConfig>,
     telemetry: Option<TelemetryConfig>,
+    metrics: Option<MetricsConfig>,
 }
 
 impl<const PORT: u16> Serialize for BasicConfig<PORT> {
@@ -633,6 +679,7 @@ impl<const PORT: u16> Serialize for BasicConfig<PORT> {
         BasicConfigRef {
             grpc: &self.grpc,
             telemetry: &self.telemetry,
+            metrics: &self.metrics,
         }
         .serialize(serializer)
     }
@@ -644,6 +691,7 @@ impl<'de, const PORT: u16> Deserialize<'de> for BasicConfig<PORT> {
         Ok(BasicConfig {
             grpc: owned.grpc.unwrap_or_else(|| ServerConfig::on_port(PORT)),
             telemetry: owned.telemetry.unwrap_or_default(),
+            metrics: owned.metrics.unwrap_or_else(|| MetricsConfig::beside(PORT)),
         })
     }
 }
@@ -653,6 +701,7 @@ impl<const PORT: u16> Default for BasicConfig<PORT> {
         BasicConfig {
             grpc: ServerConfig::on_port(PORT),
             telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::beside(PORT),
         }
     }
 }

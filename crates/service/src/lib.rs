@@ -7,17 +7,22 @@
 
 pub mod app;
 pub mod auth;
-pub mod client;
 pub mod config;
-pub mod context;
+pub mod exposition;
+pub mod layers;
+pub mod runtime;
 pub mod scope;
 pub mod server;
 pub mod shutdown;
 pub mod sql;
-pub mod status;
-pub mod task;
 pub mod telemetry;
 
-pub use config::{BasicConfig, ClientConfig, ConfigArgs, ConfigError, ServerConfig, ServiceConfig, TelemetryConfig};
+/// Channels and the client layer (`cairn-client`).
+pub use cairn_client::channel as client;
+pub use cairn_client::{Backoff, Client, ClientConfig, ErrorReason, Metrics, ServiceError};
+/// Shared with clients (`cairn-client`), re-exported so services name one crate.
+pub use cairn_client::{backoff, context, metrics, names, status, units};
+pub use config::{BasicConfig, ConfigArgs, ConfigError, MetricsConfig, ServerConfig, ServiceConfig, TelemetryConfig};
+pub use runtime::{CancellationToken, Phase, Runtime};
 pub use server::{Readiness, Server};
 pub use shutdown::Shutdown;

@@ -109,6 +109,14 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// Whether holding `self` allows `resource:action` for at least one name.
+    pub fn grants_some(&self, resource: &str, action: &str) -> bool {
+        let segment = |granted: &str, wanted: &str| granted == "*" || granted == wanted;
+        segment(&self.resource, resource) && segment(&self.action, action)
+    }
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.resource, self.action)?;

@@ -1,72 +1,65 @@
 //! The standard gRPC server every Cairn service runs.
 //!
 //! It serves `grpc.health.v1` (NOT_SERVING until the service reports its
-//! dependencies ready, and again from SIGTERM on) and reflection v1 and v1alpha
-//! for exactly the services it hosts, and applies the same limits everywhere:
-//! request timeout, a global concurrency limit that refuses excess work at once,
-//! message and header size limits, HTTP/2 keepalive, graceful shutdown with an
-//! upper bound.
+//! dependencies ready, and again from shutdown on) and reflection v1 and
+//! v1alpha for exactly the services it hosts, and composes the standard
+//! layers ([`crate::layers`]): metrics, load shedding, tracing, deadlines and
+//! stream limits, authentication. Message and header size limits and HTTP/2
+//! keepalive are the same everywhere. It runs in a [`Runtime`], which stops
+//! it in its shutdown phases; a service may run several (a second listener
+//! for another protocol or a private network).
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    net::TcpListener,
-    sync::{Mutex, Notify, Semaphore},
-    time::Instant,
-};
+use tokio::sync::Mutex;
 use tonic::{body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
-use tower::{Layer, Service};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
+use tower::Service;
 
-use crate::{auth::Auth, config::ServerConfig, context, status, telemetry};
+use crate::{
+    auth::Auth,
+    config::ServerConfig,
+    layers::{
+        authn::AuthLayer,
+        limits::{Limits, LimitsLayer},
+        metrics::MetricsLayer,
+        shed::{Intake, LoadShedLayer},
+        trace::TraceLayer,
+    },
+    runtime::Runtime,
+};
 
-/// HTTP/2 flow-control windows for every Cairn server and client: large enough
-/// that a multi-megabyte request streams without waiting for window updates.
-pub const HTTP2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// See [`HTTP2_STREAM_WINDOW`].
-pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub use cairn_client::channel::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
-/// How long a client refused for overload is told to wait.
-const OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(100);
 
-/// Builds and runs a service's gRPC server.
+/// Builds and runs one gRPC listener of a service.
 pub struct Server {
     config: ServerConfig,
+    runtime: Runtime,
     routes: RoutesBuilder,
     names: Vec<&'static str>,
-    readiness: Readiness,
     descriptor_sets: Vec<&'static [u8]>,
     auth: Option<Auth>,
 }
 
 impl Server {
-    /// A server with health and reflection and no services yet.
-    pub fn new(config: ServerConfig) -> Self {
-        let (reporter, health) = tonic_health::server::health_reporter();
+    /// A server with health and reflection and no services yet, in `runtime`.
+    pub fn new(config: ServerConfig, runtime: &Runtime) -> Self {
         let mut routes = RoutesBuilder::default();
-        routes.add_service(health);
+        routes.add_service(runtime.readiness().health_server());
         Server {
             config,
+            runtime: runtime.clone(),
             routes,
             names: Vec::new(),
-            readiness: Readiness {
-                inner: Arc::new(ReadinessInner {
-                    reporter,
-                    names: std::sync::Mutex::new(Vec::new()),
-                    serving: Mutex::new(false),
-                    draining: std::sync::atomic::AtomicBool::new(false),
-                }),
-            },
             descriptor_sets: vec![cairn_proto::FILE_DESCRIPTOR_SET],
             auth: None,
         }
@@ -84,9 +77,7 @@ impl Server {
         S::Future: Send + 'static,
     {
         self.names.push(S::NAME);
-        if let Ok(mut names) = self.readiness.inner.names.lock() {
-            names.push(S::NAME);
-        }
+        self.runtime.readiness().add_name(S::NAME);
         self.routes.add_service(service);
         self
     }
@@ -104,18 +95,19 @@ impl Server {
         self
     }
 
-    /// The handle that flips health between SERVING and NOT_SERVING.
-    pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
-    }
-
-    /// Serves on `listener` until `shutdown` resolves, then reports NOT_SERVING,
-    /// stops accepting, and waits for in-flight requests up to the grace period.
-    pub async fn serve(
-        mut self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> anyhow::Result<()> {
+    /// Starts serving on the runtime's listener `name` (bound at
+    /// `grpc.listen` if the runtime has none under that name) until the
+    /// runtime's Close phase. Refuses to start when auth is on and a hosted
+    /// RPC has no declared access rule. Returns the address it serves on.
+    pub async fn start(mut self, name: &str) -> anyhow::Result<SocketAddr> {
+        if let Some(auth) = &self.auth {
+            let missing = auth.policy().undeclared(&self.descriptor_sets, &self.names);
+            anyhow::ensure!(
+                missing.is_empty(),
+                "no access rule is declared for {}; every RPC must declare one",
+                missing.join(", ")
+            );
+        }
         // Each reflection version describes both versions, so a client of either
         // can resolve every name it lists.
         let mut reflection_v1 = tonic_reflection::server::Builder::configure().include_reflection_service(false);
@@ -134,9 +126,9 @@ impl Server {
             .iter()
             .copied()
             .chain([HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA]);
-        for name in advertised {
-            reflection_v1 = reflection_v1.with_service_name(name);
-            reflection_v1alpha = reflection_v1alpha.with_service_name(name);
+        for service in advertised {
+            reflection_v1 = reflection_v1.with_service_name(service);
+            reflection_v1alpha = reflection_v1alpha.with_service_name(service);
         }
         self.routes
             .add_service(reflection_v1.build_v1().context("building reflection v1")?);
@@ -145,60 +137,57 @@ impl Server {
                 .build_v1alpha()
                 .context("building reflection v1alpha")?,
         );
-
         // Whatever the service reported before serving is what health shows first.
-        self.readiness.publish().await;
+        self.runtime.readiness().publish().await;
 
+        let rt = &self.runtime;
+        let listener = rt.listener(name, self.config.listen).await?;
+        let addr = listener.local_addr()?;
         let config = &self.config;
-        let keepalive =
-            (config.keepalive_interval_secs > 0).then(|| Duration::from_secs(config.keepalive_interval_secs));
+        let intake = Intake::new(config.max_concurrent_requests, rt.metrics());
+        rt.register_intake(intake.clone(), config.shutdown_grace);
+        let keepalive = (!config.keepalive_interval.is_zero()).then_some(config.keepalive_interval);
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        let middleware = MiddlewareLayer {
-            shared: Arc::new(Shared {
-                permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-                auth: self.auth.take(),
-            }),
-        };
-        let router = tonic::transport::Server::builder()
-            .timeout(config.request_timeout())
+        let layers = tower::ServiceBuilder::new()
+            .layer(MetricsLayer::new(rt.metrics().rpc_server().clone()))
+            .layer(LoadShedLayer::new(intake))
+            .layer(TraceLayer)
+            .layer(LimitsLayer::new(Limits {
+                request_timeout: config.request_timeout,
+                stream_idle_timeout: config.stream_idle_timeout,
+                stream_max_lifetime: config.stream_max_lifetime,
+            }))
+            .layer(AuthLayer::new(self.auth.take()));
+        #[allow(clippy::disallowed_methods)] // the one place servers are built
+        let builder = tonic::transport::Server::builder();
+        let router = builder
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(keepalive)
-            .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .http2_max_header_list_size(64 * 1024)
             // Large request bodies (batches of records) would otherwise stall on
             // the 64 KiB default windows, waiting a round trip per window.
             .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
             .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
-            .layer(middleware)
+            .layer(layers)
             .add_routes(self.routes.routes());
-
-        let draining = Arc::new(Notify::new());
-        let readiness = self.readiness.clone();
-        let signal = {
-            let draining = draining.clone();
-            async move {
-                shutdown.await;
-                readiness.drain().await;
-                tracing::info!("draining in-flight requests");
-                draining.notify_one();
-            }
-        };
-        let grace = config.shutdown_grace();
-        let serve = router.serve_with_incoming_shutdown(incoming, signal);
-        tokio::select! {
-            result = serve => result.context("grpc server failed")?,
-            () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the shutdown grace period; closing them");
-            }
-        }
-        tracing::info!("grpc server stopped");
-        Ok(())
+        let closing = rt.closing_token();
+        let handle = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, closing.cancelled_owned())
+                .await
+                .context("grpc server failed")
+        });
+        rt.register_server(name, handle);
+        tracing::info!(listener = name, %addr, "grpc server listening");
+        Ok(addr)
     }
 }
 
-/// Reports whether the service is ready, through `grpc.health.v1`.
+/// Reports whether the service is ready, through `grpc.health.v1`, on every
+/// server of the service.
 #[derive(Clone)]
 pub struct Readiness {
     inner: Arc<ReadinessInner>,
@@ -209,11 +198,42 @@ struct ReadinessInner {
     names: std::sync::Mutex<Vec<&'static str>>,
     // Held while statuses are written so concurrent flips land in order.
     serving: Mutex<bool>,
-    // Set once shutdown begins; from then on nothing reports SERVING again.
-    draining: std::sync::atomic::AtomicBool,
+    // Set once shutdown begins (or a critical task failed); from then on
+    // nothing reports SERVING again.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness::new()
+    }
 }
 
 impl Readiness {
+    /// NOT_SERVING until told otherwise.
+    pub fn new() -> Self {
+        Readiness {
+            inner: Arc::new(ReadinessInner {
+                reporter: HealthReporter::new(),
+                names: std::sync::Mutex::new(Vec::new()),
+                serving: Mutex::new(false),
+                stopped: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The health service a server hosts, answering from these statuses.
+    pub fn health_server(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.inner.reporter.clone()))
+    }
+
+    fn add_name(&self, name: &'static str) {
+        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+
     /// Reports SERVING for the server and every hosted service.
     pub async fn set_serving(&self) {
         self.set(true).await;
@@ -240,7 +260,7 @@ impl Readiness {
         tokio::spawn(async move {
             loop {
                 let ok = ready().await;
-                if ok != readiness.is_serving().await {
+                if ok != readiness.is_serving().await && !readiness.is_stopped() {
                     if ok {
                         tracing::info!("dependencies ready");
                     } else {
@@ -253,19 +273,24 @@ impl Readiness {
         })
     }
 
-    async fn drain(&self) {
-        self.inner.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// NOT_SERVING for good (shutdown, or a critical task failed).
+    pub async fn stop(&self) {
+        self.inner.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.set(false).await;
     }
 
     async fn set(&self, serving: bool) {
-        let serving = serving && !self.inner.draining.load(std::sync::atomic::Ordering::SeqCst);
+        let serving = serving && !self.is_stopped();
         let mut state = self.inner.serving.lock().await;
         *state = serving;
         self.write(serving).await;
     }
 
-    async fn publish(&self) {
+    pub(crate) async fn publish(&self) {
         let state = self.inner.serving.lock().await;
         self.write(*state).await;
     }
@@ -276,123 +301,18 @@ impl Readiness {
         } else {
             ServingStatus::NotServing
         };
-        let names: Vec<&'static str> = match self.inner.names.lock() {
-            Ok(names) => names.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let names: Vec<&'static str> = self.inner.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for name in std::iter::once("").chain(names) {
             self.inner.reporter.set_service_status(name, status).await;
         }
     }
 }
 
-struct Shared {
-    permits: Arc<Semaphore>,
-    auth: Option<Auth>,
-}
-
-/// Wraps every request: load shedding, trace context, deadline, authentication.
-#[derive(Clone)]
-struct MiddlewareLayer {
-    shared: Arc<Shared>,
-}
-
-impl<S> Layer<S> for MiddlewareLayer {
-    type Service = Middleware<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Middleware {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Middleware<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-/// Health and reflection are never shed: a probe must see an overloaded server
-/// as alive, not restart it.
-fn is_infrastructure(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
-}
-
-impl<S> Service<http::Request<Body>> for Middleware<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        // The clone is not ready; keep the one that is (tower's documented pattern).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let path = request.uri().path().to_owned();
-        let permit = if is_infrastructure(&path) {
-            None
-        } else {
-            match self.shared.permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    tracing::debug!(rpc = %path, "overloaded, refusing request");
-                    let refusal = status::unavailable("server overloaded, retry later", OVERLOAD_RETRY_AFTER);
-                    return Box::pin(async move { Ok(refusal.into_http()) });
-                }
-            }
-        };
-        let deadline = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(context::parse_grpc_timeout)
-            .map(|timeout| Instant::now() + timeout);
-        let span = tracing::info_span!("grpc", otel.name = %path, otel.kind = "server", rpc = %path);
-        telemetry::set_parent(&span, request.headers());
-        let auth = if is_infrastructure(&path) {
-            None
-        } else {
-            self.shared.auth.clone()
-        };
-        Box::pin(tracing::Instrument::instrument(
-            async move {
-                if let Some(auth) = auth
-                    && let Err(refusal) = auth.check(&mut request).await
-                {
-                    return Ok(refusal.into_http());
-                }
-                let response = context::with_deadline(deadline, inner.call(request)).await;
-                drop(permit);
-                response
-            },
-            span,
-        ))
-    }
-}
-
-/// Binds `addr`, naming it in the error.
-pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
-}
-
 /// Serves a service that has no dependencies and no RPCs of its own yet:
 /// health (SERVING at once) and reflection only.
-pub async fn serve_standalone(
-    config: ServerConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    let server = Server::new(config);
-    server.readiness().set_serving().await;
-    server.serve(listener, shutdown).await
+pub async fn serve_standalone(config: ServerConfig, runtime: Runtime) -> anyhow::Result<()> {
+    let server = Server::new(config, &runtime);
+    runtime.readiness().set_serving().await;
+    server.start("grpc").await?;
+    runtime.run_until_stopped().await
 }

@@ -3,11 +3,7 @@
 
 use std::io::IsTerminal;
 
-use opentelemetry::{
-    Context,
-    propagation::{Extractor, Injector},
-    trace::TracerProvider as _,
-};
+use opentelemetry::{Context, propagation::Extractor, trace::TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
@@ -89,11 +85,7 @@ pub(crate) fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
-/// Writes the current span's trace context into outgoing request metadata.
-pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
-    let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut MetadataInjector(metadata)));
-}
+pub use cairn_client::propagation::inject;
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
@@ -104,18 +96,5 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
-
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            tonic::metadata::MetadataValue::try_from(value),
-        ) {
-            self.0.insert(key, value);
-        }
     }
 }

@@ -64,25 +64,26 @@ impl Cluster {
         self.launch(Some(port), name, extra).await
     }
 
-    /// Starts the agent, trying again when its port was taken between choosing
-    /// and binding it (another port, or the same one a moment later).
+    /// Starts the agent: on a port it chooses itself, or on `port` (a
+    /// restart), waiting a moment when the port is still held by the
+    /// process that had it (its sockets may linger after a kill).
     async fn launch(&self, port: Option<u16>, name: &str, extra: &[&str]) -> Process {
         let mut last = String::new();
         for _ in 0..5 {
-            let mut agent = self.spawn(port.unwrap_or_else(crate::free_port), name, extra);
+            let mut agent = self.spawn(port, name, extra);
             match agent.try_wait_serving(Duration::from_secs(60)).await {
                 Ok(()) => return agent,
-                Err(exited) if exited.contains("Address already in use") => {
+                Err(exited) if port.is_some() && exited.contains("Address already in use") => {
                     last = exited;
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 Err(exited) => panic!("{exited}"),
             }
         }
-        panic!("no port to listen on after 5 tries: {last}");
+        panic!("port still taken after 5 tries: {last}");
     }
 
-    fn spawn(&self, port: u16, name: &str, extra: &[&str]) -> Process {
+    fn spawn(&self, port: Option<u16>, name: &str, extra: &[&str]) -> Process {
         let data = self.data_dir(name);
         std::fs::create_dir_all(&data).unwrap();
         let mut args: Vec<String> = vec![
@@ -93,11 +94,11 @@ impl Cluster {
             "--set".into(),
             format!("agent.data_dir={}", data.display()),
             "--set".into(),
-            "agent.lease_ms=3000".into(),
+            "agent.lease=3s".into(),
             "--set".into(),
-            "agent.renew_interval_ms=500".into(),
+            "agent.renew_interval=500ms".into(),
             "--set".into(),
-            "agent.lease_safety_margin_ms=1000".into(),
+            "agent.lease_safety_margin=1s".into(),
             // One object store for the whole cluster (a partition's segments must be
             // readable by whichever agent leads it next); `extra` may point elsewhere.
             "--set".into(),
@@ -105,7 +106,10 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Process::start_on(port, "cairn-agent", &args, &[], &data)
+        match port {
+            Some(port) => Process::start_on(port, "cairn-agent", &args, &[], &data),
+            None => Process::start("cairn-agent", &args, &[], &data),
+        }
     }
 }
 

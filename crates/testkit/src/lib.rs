@@ -124,37 +124,47 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary --listen 127.0.0.1:PORT ARGS…` on a free port with extra environment, in `dir`.
+    /// Starts `binary ARGS…` in `dir` with extra environment. It binds
+    /// `127.0.0.1:0` itself and reports the port it got (through
+    /// `CAIRN_ADDRESS_FILE`), so no other process can take the port between
+    /// choosing and binding it. Waits until it has bound (not until SERVING).
     pub fn start(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
-        Process::start_on(free_port(), binary_name, args, env, dir)
+        Process::spawn(&binary(binary_name), None, args, env, dir)
     }
 
     /// [`Process::start`] on a given port (a restart that keeps its address).
     pub fn start_on(port: u16, binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
-        Process::spawn(&binary(binary_name), port, args, env, dir)
+        Process::spawn(&binary(binary_name), Some(port), args, env, dir)
     }
 
     /// [`Process::start`] for a binary given by path (another build, say).
     pub fn start_binary(path: &Path, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
-        Process::spawn(path, free_port(), args, env, dir)
+        Process::spawn(path, None, args, env, dir)
     }
 
-    fn spawn(path: &Path, port: u16, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+    fn spawn(path: &Path, port: Option<u16>, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let binary_name = path
             .file_name()
             .map_or("process".into(), |n| n.to_string_lossy().into_owned());
-        let addr = format!("127.0.0.1:{port}");
-        let log = dir.join(format!("{binary_name}-{port}.log"));
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stem = format!("{binary_name}-{}-{n}", std::process::id());
+        let log = dir.join(format!("{stem}.log"));
+        let address_file = dir.join(format!("{stem}.addr"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
         let err = out.try_clone().unwrap();
-        let child = Command::new(path)
+        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let mut child = Command::new(path)
             .arg("--listen")
-            .arg(&addr)
+            .arg(&listen)
+            // Metrics on a port of its own choosing too (tests may override).
+            .args(["--set", "metrics.listen=127.0.0.1:0"])
             .args(args)
+            .env(cairn_service::app::ADDRESS_FILE_ENV, &address_file)
             .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -162,6 +172,20 @@ impl Process {
             .stderr(err)
             .spawn()
             .unwrap();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&address_file)
+                && let Some(addr) = text.lines().find_map(|l| l.strip_prefix("grpc="))
+            {
+                break addr.to_owned();
+            }
+            // Exited early (a port taken on restart, a bad flag): the caller
+            // sees it at wait_serving with the log.
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
+                break listen;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         Process {
             child: Some(child),
             addr,
@@ -196,7 +220,7 @@ impl Process {
                 return Err(format!("{} exited with {status}:\n{}", self.addr, self.log_text()));
             }
             let config = cairn_service::ClientConfig {
-                connect_timeout_ms: 500,
+                connect_timeout: Duration::from_millis(500),
                 ..Default::default()
             };
             if let Ok(endpoint) = cairn_service::client::endpoint(&self.addr, &config)

@@ -14,9 +14,9 @@ use std::{
 
 use anyhow::Context;
 use bytes::Bytes;
+use cairn_client::{Client, ClientConfig};
 use cairn_producer::{Delivery, ProduceError, ProducerRecord};
 use cairn_proto::cairn::agent::v1::{self as pb, topic_service_client::TopicServiceClient};
-use cairn_service::{ClientConfig, auth::attach_key, client};
 use clap::Args;
 use hdrhistogram::Histogram;
 
@@ -53,21 +53,18 @@ pub struct PerfArgs {
 
 async fn ensure_topic(args: &PerfArgs, partitions: u32) -> anyhow::Result<()> {
     let address = args.producer.bootstrap.first().context("no bootstrap address")?;
-    let channel = client::connect_lazy(address, &ClientConfig::default())?;
-    let mut request = client::request(
-        pb::CreateTopicRequest {
-            name: args.topic.clone(),
-            config: Some(pb::TopicConfig {
-                partitions,
-                ..Default::default()
-            }),
-        },
-        Duration::from_secs(10),
-    );
+    let mut client = Client::connect_lazy(address, &ClientConfig::default())?.with_timeout(Duration::from_secs(10));
     if let Some(key) = &args.producer.api_key {
-        attach_key(&mut request, key)?;
+        client = client.with_key(key)?;
     }
-    match TopicServiceClient::new(channel).create_topic(request).await {
+    let request = pb::CreateTopicRequest {
+        name: args.topic.clone(),
+        config: Some(pb::TopicConfig {
+            partitions,
+            ..Default::default()
+        }),
+    };
+    match TopicServiceClient::new(client).create_topic(request).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
         Err(s) => Err(anyhow::anyhow!("creating topic {}: {}", args.topic, s.message())),

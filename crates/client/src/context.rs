@@ -9,8 +9,9 @@ tokio::task_local! {
     static DEADLINE: Option<Instant>;
 }
 
-/// Runs `fut` with `deadline` as the current request's deadline.
-pub(crate) async fn with_deadline<F: Future>(deadline: Option<Instant>, fut: F) -> F::Output {
+/// Runs `fut` with `deadline` as the current request's deadline (the standard
+/// server does this for every handler).
+pub async fn with_deadline<F: Future>(deadline: Option<Instant>, fut: F) -> F::Output {
     DEADLINE.scope(deadline, fut).await
 }
 
