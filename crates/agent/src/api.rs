@@ -98,17 +98,19 @@ impl Api {
             });
         }
         if let Some(stuck) = self.node.stuck(topic, partition) {
-            return Err(Error::Retryable(format!(
-                "{topic}/{partition} is held here but not served ({}); an operator may need to act, see the agent's log",
-                stuck.reason
-            )));
+            return Err(Error::PartitionUnavailable {
+                topic: topic.to_owned(),
+                partition,
+                detail: stuck.reason,
+            });
         }
         let leader = self.node.leader_of(topic, partition).await?;
         if leader.as_ref().is_some_and(|(id, _)| *id == self.node.id) {
             // This agent has the lease but is still recovering the partition.
-            return Err(Error::Retryable(format!(
-                "{topic}/{partition} is opening here; retry shortly"
-            )));
+            return Err(Error::PartitionMoving {
+                topic: topic.to_owned(),
+                partition,
+            });
         }
         Err(Error::NotLeader {
             topic: topic.to_owned(),
@@ -306,10 +308,10 @@ impl AgentService for Api {
             self.node.wake_roller();
             if !held.partition.wait_committed(end, wait).await {
                 // Durable already; an idempotent retry gets the same offsets and waits again.
-                return Err(Error::Retryable(format!(
-                    "offsets {}..{end} are durable but not yet committed to object storage",
-                    a.base_offset
-                ))
+                return Err(Error::NotCommitted {
+                    from: a.base_offset,
+                    to: end,
+                }
                 .into());
             }
         }

@@ -1,10 +1,12 @@
-//! The agent's errors and their gRPC statuses (the mapping the proto documents).
+//! The agent's errors and their gRPC statuses (the mapping the proto
+//! documents), through the shared vocabulary (`cairn_service::ServiceError`):
+//! every code, reason and retry delay is decided here, once.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use cairn_service::status;
+use cairn_object_store::StoreError;
+use cairn_service::{ErrorReason, ServiceError};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,18 @@ pub enum Error {
         partition: u32,
         leader: Option<(String, String)>,
     },
+    /// This agent holds the lease and is still opening the partition.
+    #[error("{topic}/{partition} is opening here; retry shortly")]
+    PartitionMoving { topic: String, partition: u32 },
+    /// This agent holds the lease but cannot serve the partition.
+    #[error(
+        "{topic}/{partition} is held here but not served ({detail}); an operator may need to act, see the agent's log"
+    )]
+    PartitionUnavailable {
+        topic: String,
+        partition: u32,
+        detail: String,
+    },
     /// A newer epoch of this producer exists.
     #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current}")]
     ProducerFenced { producer_id: u64, epoch: u32, current: u32 },
@@ -40,9 +54,42 @@ pub enum Error {
     /// Fetch offset outside [log start, high watermark].
     #[error("offset {offset} is outside [{start}, {end}]")]
     OffsetOutOfRange { offset: u64, start: u64, end: u64 },
-    /// Something that will pass: overload, recovery, a storage hiccup.
-    #[error("{0}")]
-    Retryable(String),
+    /// The partition's write queue is full: refused before anything was written.
+    #[error("{partition}: write queue full")]
+    Overloaded { partition: String },
+    /// The records are durable but their segment was not committed in time.
+    #[error("offsets {from}..{to} are durable but not yet committed to object storage")]
+    NotCommitted { from: u64, to: u64 },
+    /// Two InitProducer calls raced for one name.
+    #[error("concurrent InitProducer for the same name; retry")]
+    InitRace,
+    /// The partition's writer stopped while the append was queued: it may or
+    /// may not have been written.
+    #[error("{partition}: the partition writer stopped")]
+    WriterStopped { partition: String },
+    /// The partition's storage failed; it takes no more writes here.
+    #[error("{partition}: storage failed")]
+    StorageFailed {
+        partition: String,
+        #[source]
+        source: Arc<Error>,
+    },
+    /// A WAL file went away under a read (it was just covered by segments).
+    #[error("the WAL moved on during the read; retry")]
+    ReadRace,
+    /// The object store failed.
+    #[error("object store: {what}")]
+    ObjectStore {
+        what: String,
+        #[source]
+        source: StoreError,
+    },
+    /// A bounded step did not finish.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// A blocking task failed (a bug: it panicked).
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// The WAL is damaged in a way recovery must not paper over.
     #[error("WAL corrupt: {0}")]
     Corrupt(String),
@@ -65,51 +112,124 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    /// An object store failure while doing `what`.
+    pub fn store(what: impl Into<String>) -> impl FnOnce(StoreError) -> Error {
+        let what = what.into();
+        move |source| Error::ObjectStore { what, source }
+    }
 }
 
-const DOMAIN: &str = "cairn.dev";
+impl ServiceError for Error {
+    fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => Code::NotFound,
+            Error::TopicExists(_) => Code::AlreadyExists,
+            Error::NotLeader { .. }
+            | Error::ProducerFenced { .. }
+            | Error::OutOfOrderSequence { .. }
+            | Error::UnknownProducer(_) => Code::FailedPrecondition,
+            Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+            Error::Overloaded { .. } => Code::ResourceExhausted,
+            Error::Task(_) => Code::Internal,
+            Error::PartitionMoving { .. }
+            | Error::PartitionUnavailable { .. }
+            | Error::NotCommitted { .. }
+            | Error::InitRace
+            | Error::WriterStopped { .. }
+            | Error::StorageFailed { .. }
+            | Error::ReadRace
+            | Error::ObjectStore { .. }
+            | Error::Timeout(_)
+            | Error::Corrupt(_)
+            | Error::Io(_)
+            | Error::Database(_)
+            | Error::Migrate(_) => Code::Unavailable,
+        }
+    }
 
-fn with_reason(code: Code, message: String, reason: &str, metadata: Vec<(String, String)>) -> Status {
-    let details = ErrorDetails::with_error_info(
-        reason,
-        DOMAIN,
-        metadata.into_iter().collect::<std::collections::HashMap<_, _>>(),
-    );
-    Status::with_error_details(code, message, details)
+    fn reason(&self) -> Option<ErrorReason> {
+        Some(match self {
+            Error::NotLeader { .. } => ErrorReason::NotLeader,
+            Error::ProducerFenced { .. } => ErrorReason::ProducerFenced,
+            Error::OutOfOrderSequence { .. } => ErrorReason::OutOfOrderSequence,
+            Error::UnknownProducer(_) => ErrorReason::UnknownProducer,
+            Error::Overloaded { .. } => ErrorReason::Overloaded,
+            Error::PartitionMoving { .. } => ErrorReason::PartitionMoving,
+            Error::PartitionUnavailable { .. } => ErrorReason::PartitionUnavailable,
+            Error::NotCommitted { .. } => ErrorReason::NotCommitted,
+            Error::StorageFailed { .. }
+            | Error::ObjectStore { .. }
+            | Error::Corrupt(_)
+            | Error::Io(_)
+            | Error::Database(_)
+            | Error::Migrate(_) => ErrorReason::DependencyUnavailable,
+            _ => return None,
+        })
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self.code() {
+            Code::ResourceExhausted => Some(Duration::from_millis(50)),
+            Code::Unavailable => Some(match self {
+                Error::PartitionUnavailable { .. } => Duration::from_secs(5),
+                Error::ReadRace => Duration::from_millis(10),
+                Error::StorageFailed { .. }
+                | Error::Corrupt(_)
+                | Error::Io(_)
+                | Error::Database(_)
+                | Error::Migrate(_)
+                | Error::ObjectStore { .. } => Duration::from_secs(1),
+                _ => Duration::from_millis(200),
+            }),
+            _ => None,
+        }
+    }
+
+    fn metadata(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Error::NotLeader {
+                leader: Some((id, address)),
+                ..
+            } => vec![("leader_id", id.clone()), ("leader_address", address.clone())],
+            Error::OutOfOrderSequence { expected, .. } => vec![("expected_sequence", expected.to_string())],
+            Error::PartitionUnavailable { detail, .. } => vec![("detail", detail.clone())],
+            _ => Vec::new(),
+        }
+    }
+
+    fn field_violation(&self) -> Option<(String, String)> {
+        match self {
+            Error::InvalidArgument { field, reason } => Some((field.clone(), reason.clone())),
+            _ => None,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Error::StorageFailed { .. } | Error::Corrupt(_) | Error::Io(_) => {
+                "partition storage unavailable, retry later".into()
+            }
+            Error::Database(_) | Error::Migrate(_) => "metadata database unavailable, retry later".into(),
+            Error::Task(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
-        let message = error.to_string();
-        match error {
-            Error::InvalidArgument { field, reason } => status::invalid_argument(field, reason),
-            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => Status::not_found(message),
-            Error::TopicExists(_) => Status::already_exists(message),
-            Error::NotLeader { leader, .. } => {
-                let metadata = leader
-                    .map(|(id, address)| vec![("leader_id".to_owned(), id), ("leader_address".to_owned(), address)])
-                    .unwrap_or_default();
-                with_reason(Code::FailedPrecondition, message, "NOT_LEADER", metadata)
+        // Failures of the agent's own storage are logged here, where the call
+        // that met them is answered; the caller is told only that it may retry.
+        match &error {
+            Error::StorageFailed { .. } | Error::Corrupt(_) | Error::Io(_) | Error::Task(_) => {
+                tracing::error!(error = %error, source = ?std::error::Error::source(&error).map(ToString::to_string), "partition storage failed");
             }
-            Error::ProducerFenced { .. } => with_reason(Code::FailedPrecondition, message, "PRODUCER_FENCED", vec![]),
-            Error::OutOfOrderSequence { expected, .. } => with_reason(
-                Code::FailedPrecondition,
-                message,
-                "OUT_OF_ORDER_SEQUENCE",
-                vec![("expected_sequence".to_owned(), expected.to_string())],
-            ),
-            Error::UnknownProducer(_) => with_reason(Code::FailedPrecondition, message, "UNKNOWN_PRODUCER", vec![]),
-            Error::OffsetOutOfRange { .. } => Status::out_of_range(message),
-            Error::Retryable(_) => status::unavailable(message, Duration::from_millis(200)),
-            Error::Corrupt(_) | Error::Io(_) => {
-                tracing::error!(error = %message, "partition storage failed");
-                status::unavailable("partition storage unavailable, retry later", Duration::from_secs(1))
-            }
-            Error::Database(_) | Error::Migrate(_) => {
-                tracing::error!(error = %message, "metadata database failed");
-                status::unavailable("metadata database unavailable, retry later", Duration::from_secs(1))
-            }
+            Error::Database(_) | Error::Migrate(_) => tracing::error!(%error, "metadata database failed"),
+            _ => {}
         }
+        error.to_status()
     }
 }
 

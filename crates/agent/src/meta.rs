@@ -631,9 +631,7 @@ impl Meta {
                 tx.commit().await?;
                 Ok((id as u64, 0))
             }
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                Err(Error::Retryable("concurrent InitProducer; retry".into()))
-            }
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(Error::InitRace),
             Err(e) => Err(e.into()),
         }
     }

@@ -113,7 +113,7 @@ impl Node {
         let id = resolve_id(&config)?;
         let meta = Meta::connect(&config.metadata.url, config.metadata.max_connections).await?;
         let store = cairn_object_store::open(&config.object_store.url, &config.object_store.s3)
-            .map_err(|e| Error::Retryable(format!("object store: {e}")))?;
+            .map_err(Error::store("opening the object store"))?;
         let node = Arc::new(Node {
             id,
             address,
@@ -507,9 +507,7 @@ impl Node {
             wal_file_bytes: self.config.agent.wal_file_bytes,
         };
         let (topic, dir, tenure, snapshot) = (topic.to_owned(), dir.to_owned(), tenure.clone(), snapshot.clone());
-        tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer))
-            .await
-            .map_err(|e| Error::Retryable(format!("recovery task failed: {e}")))?
+        tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer)).await?
     }
 
     /// Stops every partition taking writes (shutdown's first phase): produces
@@ -591,7 +589,7 @@ impl Node {
             }
             Ok(Ok(())) => Ok(false),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Retryable("final segment upload timed out".into())),
+            Err(_) => Err(Error::Timeout("final segment upload")),
         };
         match result {
             Ok(true) => {

@@ -193,6 +193,8 @@ impl Partition {
             failed: failed.clone(),
             stats: stats.clone(),
             config,
+            topic: topic.to_owned(),
+            partition,
             name: format!("{topic}/{partition}"),
             committed: committed_rx,
         };
@@ -234,10 +236,10 @@ impl Partition {
         ack: Option<Ack>,
     ) -> Result<Option<Appended>> {
         if self.failed.load(Ordering::SeqCst) {
-            return Err(Error::Retryable(format!(
-                "{}/{} storage failed; not accepting writes",
-                self.topic, self.partition
-            )));
+            return Err(Error::StorageFailed {
+                partition: format!("{}/{}", self.topic, self.partition),
+                source: Arc::new(Error::Corrupt("an earlier write failed; see the agent's log".into())),
+            });
         }
         if !self.fence.is_valid() {
             return Err(Error::NotLeader {
@@ -255,16 +257,18 @@ impl Partition {
         };
         // A full queue is overload: refuse now, retryably, instead of queueing without bound.
         self.queue.try_send(Op::Append(request)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Retryable("partition write queue full".into()),
-            mpsc::error::TrySendError::Closed(_) => Error::Retryable("partition is closing".into()),
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded {
+                partition: format!("{}/{}", self.topic, self.partition),
+            },
+            mpsc::error::TrySendError::Closed(_) => Error::PartitionMoving {
+                topic: self.topic.clone(),
+                partition: self.partition,
+            },
         })?;
         if ack.is_none() {
             return Ok(None);
         }
-        answer
-            .await
-            .map_err(|_| Error::Retryable("partition writer stopped".into()))?
-            .map(Some)
+        answer.await.map_err(|_| self.writer_stopped())?.map(Some)
     }
 
     /// Durable records from `offset`, waiting up to `wait` for some when at the end.
@@ -284,10 +288,14 @@ impl Partition {
             hw = *hw_rx.borrow();
         }
         let reader = self.reader.clone();
-        let records = tokio::task::spawn_blocking(move || reader.read(offset, hw, max_bytes))
-            .await
-            .map_err(|e| Error::Retryable(format!("read task failed: {e}")))??;
+        let records = tokio::task::spawn_blocking(move || reader.read(offset, hw, max_bytes)).await??;
         Ok((records, hw))
+    }
+
+    fn writer_stopped(&self) -> Error {
+        Error::WriterStopped {
+            partition: format!("{}/{}", self.topic, self.partition),
+        }
     }
 
     /// Offset below which every record is in a committed segment.
@@ -351,10 +359,8 @@ impl Partition {
         self.queue
             .send(Op::Retire(reply))
             .await
-            .map_err(|_| Error::Retryable("partition writer stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Retryable("partition writer stopped".into()))?
+            .map_err(|_| self.writer_stopped())?;
+        answer.await.map_err(|_| self.writer_stopped())?
     }
 
     /// The WAL reader, for segment building.
@@ -379,6 +385,9 @@ struct Writer {
     failed: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
     config: WriterConfig,
+    topic: String,
+    partition: u32,
+    /// `topic/partition`, for logs and errors.
     name: String,
     committed: watch::Receiver<u64>,
 }
@@ -453,15 +462,17 @@ impl Writer {
         while let Ok(op) = self.rx.try_recv() {
             match op {
                 Op::Append(request) => {
-                    let _ = request
-                        .reply
-                        .send(Err(Error::Retryable("partition writer stopped".into())));
+                    let _ = request.reply.send(Err(Error::WriterStopped {
+                        partition: self.name.clone(),
+                    }));
                 }
                 Op::Drain(reply) => {
                     let _ = reply.send(());
                 }
                 Op::Retire(reply) => {
-                    let _ = reply.send(Err(Error::Retryable("partition writer stopped".into())));
+                    let _ = reply.send(Err(Error::WriterStopped {
+                        partition: self.name.clone(),
+                    }));
                 }
             }
         }
@@ -471,9 +482,11 @@ impl Writer {
         let now = crate::partition::now_ms();
         if !self.fence.is_valid() {
             for request in round {
-                let _ = request
-                    .reply
-                    .send(Err(Error::Retryable("lease lost; refresh metadata".into())));
+                let _ = request.reply.send(Err(Error::NotLeader {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    leader: None,
+                }));
             }
             return Ok(());
         }
@@ -534,10 +547,17 @@ impl Writer {
         if !headers.is_empty()
             && let Err(error) = self.wal.append(&frames, &headers)
         {
+            let error = Arc::new(error);
             for p in pending {
-                let _ = p.reply.send(Err(Error::Retryable("WAL write failed".into())));
+                let _ = p.reply.send(Err(Error::StorageFailed {
+                    partition: self.name.clone(),
+                    source: error.clone(),
+                }));
             }
-            return Err(error);
+            return Err(Error::StorageFailed {
+                partition: self.name.clone(),
+                source: error,
+            });
         }
         let mut durable = Vec::with_capacity(pending.len());
         for p in pending {
@@ -549,10 +569,17 @@ impl Writer {
         }
         if !headers.is_empty() {
             if let Err(error) = self.wal.sync() {
+                let error = Arc::new(error);
                 for p in durable {
-                    let _ = p.reply.send(Err(Error::Retryable("WAL fsync failed".into())));
+                    let _ = p.reply.send(Err(Error::StorageFailed {
+                        partition: self.name.clone(),
+                        source: error.clone(),
+                    }));
                 }
-                return Err(error);
+                return Err(Error::StorageFailed {
+                    partition: self.name.clone(),
+                    source: error,
+                });
             }
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.stats.batches.fetch_add(headers.len() as u64, Ordering::Relaxed);

@@ -120,5 +120,8 @@ impl SegmentReader {
 }
 
 fn store_error(key: &str, e: StoreError) -> Error {
-    Error::Retryable(format!("reading {key}: {e}"))
+    Error::ObjectStore {
+        what: format!("reading {key}"),
+        source: e,
+    }
 }

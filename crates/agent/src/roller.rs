@@ -235,7 +235,7 @@ impl Node {
             .store
             .list(&format!("{}/{}/", p.topic, p.partition))
             .await
-            .map_err(|e| Error::Retryable(e.to_string()))?
+            .map_err(Error::store("listing the partition's objects"))?
         {
             if referenced.contains(&object.key) {
                 continue;
@@ -296,8 +296,7 @@ impl Node {
             let footer = segment::read_footer(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
             Ok(Some((headers, range, bytes, footer)))
         })
-        .await
-        .map_err(|e| Error::Retryable(format!("segment build task failed: {e}")))??;
+        .await??;
         let Some((headers, range, bytes, footer)) = built else {
             return Ok(());
         };
@@ -310,7 +309,7 @@ impl Node {
             // An earlier attempt under this epoch uploaded the same range (same
             // WAL, same bytes) but stopped before committing it.
             Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(Error::Retryable(format!("uploading {key}: {e}"))),
+            Err(e) => return Err(Error::store(format!("uploading {key}"))(e)),
         }
         let row = SegmentRow {
             topic: p.topic.clone(),

@@ -622,7 +622,7 @@ impl WalReader {
             let files = self.files.read().unwrap_or_else(|p| p.into_inner());
             files.iter().find(|(b, _)| *b == entry.file).map(|(_, f)| f.clone())
         };
-        let file = file.ok_or_else(|| Error::Retryable("WAL file dropped during the read; retry".into()))?;
+        let file = file.ok_or(Error::ReadRace)?;
         let mut buf = vec![0u8; entry.len as usize];
         file.read_exact_at(&mut buf, entry.position)?;
         let (_, body) = batch::frame(&buf).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;

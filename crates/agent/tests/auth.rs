@@ -97,6 +97,36 @@ async fn produce_fetch_and_topic_admin_need_their_scopes() {
             .code(),
         Code::PermissionDenied
     );
+
+    // InitProducer (which can fence a named producer) needs topics:produce on some topic.
+    let init = || pb::InitProducerRequest { name: "billing".into() };
+    let fenced_by_reader = agent(&a.addr)
+        .await
+        .init_producer(with(init(), &reader))
+        .await
+        .unwrap_err();
+    assert_eq!(fenced_by_reader.code(), Code::PermissionDenied, "{fenced_by_reader:?}");
+    assert!(fenced_by_reader.message().contains("topics:produce"));
+    agent(&a.addr).await.init_producer(with(init(), &writer)).await.unwrap();
+}
+
+#[test]
+fn every_rpc_the_agent_hosts_declares_its_access() {
+    use cairn_proto::cairn::agent::v1::{
+        agent_service_server::AgentServiceServer, topic_service_server::TopicServiceServer,
+    };
+    use tonic::server::NamedService;
+    let hosted = [
+        <AgentServiceServer<cairn_agent::api::Api> as NamedService>::NAME,
+        <TopicServiceServer<cairn_agent::api::Api> as NamedService>::NAME,
+    ];
+    let methods = cairn_service::auth::methods(&[cairn_proto::FILE_DESCRIPTOR_SET], &hosted);
+    assert!(
+        methods.len() >= 8,
+        "the descriptor set lists the agent's methods: {methods:?}"
+    );
+    let missing = cairn_agent::policy().undeclared(&[cairn_proto::FILE_DESCRIPTOR_SET], &hosted);
+    assert!(missing.is_empty(), "RPCs without an access rule: {missing:?}");
 }
 
 /// Waits until `addr` leads and serves clicks/0 (probing with a fetch as `reader`).

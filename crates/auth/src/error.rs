@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use cairn_service::status;
-use tonic::Status;
+use cairn_service::{ErrorReason, ServiceError};
+use tonic::{Code, Status};
 
 /// What can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
@@ -41,27 +41,53 @@ impl Error {
     }
 }
 
-impl From<Error> for Status {
-    fn from(error: Error) -> Status {
-        match error {
-            Error::InvalidKey => Status::unauthenticated("invalid API key"),
-            Error::InvalidArgument { field, reason } => status::invalid_argument(field, reason),
-            Error::NotFound(id) => Status::not_found(format!("no API key with id {id}")),
-            Error::Revoked(id) => Status::failed_precondition(format!("API key {id} is revoked")),
-            Error::AlreadyBootstrapped(id) => {
-                Status::already_exists(format!("an admin key was already bootstrapped (key id {id})"))
-            }
+impl ServiceError for Error {
+    fn code(&self) -> Code {
+        match self {
+            Error::InvalidKey => Code::Unauthenticated,
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::Revoked(_) => Code::FailedPrecondition,
+            Error::AlreadyBootstrapped(_) => Code::AlreadyExists,
             // The key store failing is never the caller's fault and never a
             // reason to let anyone in: retryable, always.
-            Error::Database(error) => {
-                tracing::error!(%error, "key store failed");
-                status::unavailable("key store unavailable, retry later", Duration::from_secs(1))
-            }
-            Error::Migrate(error) => {
-                tracing::error!(%error, "key store schema is not usable");
-                status::unavailable("key store unavailable, retry later", Duration::from_secs(5))
-            }
+            Error::Database(_) | Error::Migrate(_) => Code::Unavailable,
         }
+    }
+
+    fn reason(&self) -> Option<ErrorReason> {
+        matches!(self, Error::Database(_) | Error::Migrate(_)).then_some(ErrorReason::DependencyUnavailable)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Database(_) => Some(Duration::from_secs(1)),
+            Error::Migrate(_) => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+
+    fn field_violation(&self) -> Option<(String, String)> {
+        match self {
+            Error::InvalidArgument { field, reason } => Some((field.clone(), reason.clone())),
+            _ => None,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Error::Database(_) | Error::Migrate(_) => "key store unavailable, retry later".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        if matches!(error, Error::Database(_) | Error::Migrate(_)) {
+            tracing::error!(%error, "key store failed");
+        }
+        error.to_status()
     }
 }
 

@@ -252,3 +252,53 @@ async fn a_flood_of_bad_keys_is_cut_off_per_client_without_starving_others() {
     );
     assert!(status::retry_after(&error).is_some());
 }
+
+#[test]
+fn every_rpc_cairn_auth_hosts_declares_its_access() {
+    use cairn_proto::{
+        cairn::auth::v1::{auth_service_server::AuthServiceServer, key_admin_service_server::KeyAdminServiceServer},
+        ingestion::internal_auth_service_server::InternalAuthServiceServer,
+    };
+    use tonic::server::NamedService;
+    let hosted = [
+        <AuthServiceServer<cairn_auth::api::AuthApi> as NamedService>::NAME,
+        <InternalAuthServiceServer<cairn_auth::api::AuthApi> as NamedService>::NAME,
+        <KeyAdminServiceServer<cairn_auth::api::AdminApi> as NamedService>::NAME,
+    ];
+    let methods = cairn_service::auth::methods(&[cairn_proto::FILE_DESCRIPTOR_SET], &hosted);
+    assert_eq!(methods.len(), 7, "{methods:?}");
+    let missing = cairn_auth::policy().undeclared(&[cairn_proto::FILE_DESCRIPTOR_SET], &hosted);
+    assert!(missing.is_empty(), "RPCs without an access rule: {missing:?}");
+}
+
+#[tokio::test]
+async fn a_server_with_an_rpc_lacking_an_access_rule_refuses_to_start() {
+    struct Anyone;
+    #[tonic::async_trait]
+    impl cairn_service::auth::Authenticator for Anyone {
+        async fn authenticate(
+            &self,
+            _: &str,
+        ) -> Result<cairn_service::auth::Principal, cairn_service::auth::AuthError> {
+            Ok(cairn_service::auth::Principal {
+                key_id: "k".into(),
+                name: "k".into(),
+                scopes: vec![Scope::parse("*:*").unwrap()],
+                expires_at: None,
+            })
+        }
+    }
+    let rt = cairn_service::Runtime::new("test");
+    let refused = Server::new(ServerConfig::on_port(0), &rt)
+        .add_service(InternalAuthServiceServer::new(Vehicle))
+        .with_auth(Auth::new(Arc::new(Anyone), Policy::new()))
+        .start("grpc")
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("/ingestion.InternalAuthService/ValidateApiKey"),
+        "{refused}"
+    );
+}

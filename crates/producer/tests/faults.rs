@@ -688,3 +688,77 @@ async fn gzip_compressed_batches_arrive_intact_and_smaller() {
         "the compressed copy is byte for byte the same"
     );
 }
+
+/// Holds one of the agent's call slots with a Fetch long-polling at the end
+/// of partition 0 (`at`, its high watermark) until aborted.
+async fn occupy_a_slot(addr: &str, at: u64) -> JoinHandle<()> {
+    let mut client = agent(addr).await;
+    let task = tokio::spawn(async move {
+        let _ = client
+            .fetch(pb::FetchRequest {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset: at,
+                max_bytes: 1,
+                max_wait_ms: 60_000,
+            })
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_produce_is_retried_with_its_sequence_and_never_reported_as_maybe_written() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &["--set", "grpc.max_concurrent_requests=2"]).await;
+    create_topic(&a.addr, TOPIC, 1).await;
+    leaders(&a.addr, 1).await;
+    let p = producer(&[&a.addr])
+        .delivery_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    p.send_and_wait(ProducerRecord::new(TOPIC, "first")).await.unwrap();
+    let identity = p.identity();
+    let requests_before = p.stats().requests;
+
+    // Both slots are taken by long polls: every Produce is shed (RESOURCE_EXHAUSTED,
+    // OVERLOADED) until one ends, and the producer keeps retrying the same batch.
+    let holds = [occupy_a_slot(&a.addr, 1).await, occupy_a_slot(&a.addr, 1).await];
+    let delivery = p.send(ProducerRecord::new(TOPIC, "shed-then-written")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for hold in holds {
+        hold.abort();
+    }
+    let landed = delivery.await.unwrap();
+    assert_eq!(landed.offset, Some(1));
+    assert!(p.stats().requests > requests_before + 1, "the shed batch was retried");
+    assert_eq!(
+        p.identity(),
+        identity,
+        "same producer id: the sequence was not abandoned"
+    );
+
+    // Shed until its delivery timeout: reported as not written, and not in the log.
+    let short = producer(&[&a.addr])
+        .delivery_timeout(Duration::from_millis(1500))
+        .request_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    short.send_and_wait(ProducerRecord::new(TOPIC, "warm")).await.unwrap();
+    let holds = [occupy_a_slot(&a.addr, 3).await, occupy_a_slot(&a.addr, 3).await];
+    let err = short
+        .send_and_wait(ProducerRecord::new(TOPIC, "never"))
+        .await
+        .unwrap_err();
+    for hold in holds {
+        hold.abort();
+    }
+    assert_eq!(err.fate(), Fate::NotWritten, "shed means not written: {err}");
+    let values: Vec<String> = read_all(&a.addr, TOPIC, 0)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect();
+    assert_eq!(values, ["first", "shed-then-written", "warm"]);
+}
