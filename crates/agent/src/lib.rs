@@ -24,6 +24,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod producers;
@@ -81,6 +82,7 @@ pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
         config.agent.advertised_address.clone()
     };
     let node = Node::start(config.clone(), address).await?;
+    metrics::register(&node, rt.metrics());
     let api = api::Api::new(node.clone(), config.limits.clone(), config.auth.enabled);
     let max = config.grpc.max_message_bytes;
     let mut server = Server::new(config.grpc.clone(), &rt)

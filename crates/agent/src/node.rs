@@ -88,6 +88,7 @@ pub struct Node {
     held: RwLock<HashMap<Key, Arc<Held>>>,
     stuck: std::sync::Mutex<HashMap<Key, Stuck>>,
     wake: tokio::sync::Notify,
+    pub(crate) metrics: crate::metrics::AgentMetrics,
 }
 
 fn resolve_id(config: &Config) -> Result<String> {
@@ -125,6 +126,7 @@ impl Node {
             held: RwLock::new(HashMap::new()),
             stuck: std::sync::Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            metrics: crate::metrics::AgentMetrics::default(),
         });
         node.round().await?;
         tracing::info!(agent_id = %node.id, address = %node.address, partitions = node.held_count(), "agent started");
@@ -165,6 +167,11 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(topic.to_owned(), partition))
             .cloned()
+    }
+
+    /// How many partitions this agent holds but does not serve.
+    pub fn stuck_count(&self) -> usize {
+        self.stuck.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Asks the lease loop to run a round now (e.g. after a topic was created).
@@ -248,6 +255,7 @@ impl Node {
                 p.fence.extend(self.fence_until(started));
             } else {
                 tracing::warn!(topic = %p.topic, partition = p.partition, epoch = held.epoch, "lease lost");
+                self.metrics.leases_lost.inc();
                 self.drop_partition(&held);
             }
         }
@@ -283,6 +291,7 @@ impl Node {
             reason,
             "giving the partition up; it is taken again from metadata after a pause"
         );
+        self.metrics.partitions_given_up.inc();
         if still_mine && let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, held.epoch).await {
             tracing::warn!(topic = %p.topic, partition = p.partition, %error, "releasing the lease failed");
         }
@@ -466,6 +475,7 @@ impl Node {
             }
         };
         if let Some(d) = recovery.discarded {
+            self.metrics.records_lost_unclean.inc_by(d.records());
             tracing::warn!(topic = %lease.topic, partition = lease.partition, records = d.records(), from = d.from, to = d.to, "durable records lost to an unclean takeover");
         }
         self.stuck.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
@@ -489,6 +499,7 @@ impl Node {
             rolling: AtomicBool::new(false),
         });
         tracing::info!(topic = %lease.topic, partition = lease.partition, epoch, reclaim, "lease acquired");
+        self.metrics.leases_acquired.inc();
         self.held.write().unwrap_or_else(|p| p.into_inner()).insert(key, held);
         Ok(())
     }
@@ -505,6 +516,7 @@ impl Node {
             max_round_bytes: self.config.agent.max_round_bytes,
             queue_depth: self.config.agent.write_queue_depth,
             wal_file_bytes: self.config.agent.wal_file_bytes,
+            fsync_seconds: Some(self.metrics.fsync_seconds.clone()),
         };
         let (topic, dir, tenure, snapshot) = (topic.to_owned(), dir.to_owned(), tenure.clone(), snapshot.clone());
         tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer)).await?

@@ -144,7 +144,7 @@ pub struct Partition {
 }
 
 /// Writer settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterConfig {
     /// Stop adding requests to a round past this many bytes.
     pub max_round_bytes: usize,
@@ -153,6 +153,8 @@ pub struct WriterConfig {
     /// Start a new WAL file past this size, so files below the committed
     /// offset can be deleted.
     pub wal_file_bytes: u64,
+    /// Where each fsync's time is recorded.
+    pub fsync_seconds: Option<cairn_service::metrics::prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Partition {
@@ -568,7 +570,12 @@ impl Writer {
             }
         }
         if !headers.is_empty() {
-            if let Err(error) = self.wal.sync() {
+            let started = std::time::Instant::now();
+            let synced = self.wal.sync();
+            if let Some(h) = &self.config.fsync_seconds {
+                h.observe(started.elapsed().as_secs_f64());
+            }
+            if let Err(error) = synced {
                 let error = Arc::new(error);
                 for p in durable {
                     let _ = p.reply.send(Err(Error::StorageFailed {

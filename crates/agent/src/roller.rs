@@ -166,6 +166,7 @@ impl Node {
         match self.roll(held, false).await {
             Ok(()) => *held.retry.lock().unwrap_or_else(|p| p.into_inner()) = (now, 0),
             Err(error) => {
+                self.metrics.segment_failures.inc();
                 let mut retry = held.retry.lock().unwrap_or_else(|p| p.into_inner());
                 let attempt = retry.1;
                 let backoff = self.config.object_store.upload_backoff.delay(attempt, None);
@@ -333,6 +334,7 @@ impl Node {
         if self.meta.commit_segment(&row, &self.id, &producers.to_rows()).await? {
             *held.committed_producers.lock().unwrap_or_else(|p| p.into_inner()) = producers;
             p.set_committed(range.end);
+            self.metrics.segments_committed.inc();
             tracing::debug!(topic = %p.topic, partition = p.partition, %key, "segment committed");
             Ok(())
         } else {

@@ -248,3 +248,44 @@ async fn bad_input_is_refused_precisely_and_appends_nothing() {
         1
     );
 }
+
+#[tokio::test]
+async fn the_agent_exposes_its_figures_on_the_metrics_listener() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &[]).await;
+    create_topic(&a.addr, "m", 1).await;
+    wait_leader(&a.addr, "m", 0).await;
+    for i in 0..3 {
+        let values: Vec<String> = (0..10).map(|j| format!("{i}-{j}")).collect();
+        agent(&a.addr)
+            .await
+            .produce(pb::ProduceRequest {
+                topic: "m".into(),
+                partition: 0,
+                records: records(&values),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let text = a.scrape().await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let value =
+        |series: &str| cairn_testkit::metric(&text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"));
+    assert_eq!(value(r#"cairn_agent_wal_records_total{topic="m",partition="0"}"#), 30.0);
+    assert_eq!(value(r#"cairn_agent_wal_appends_total{topic="m",partition="0"}"#), 3.0);
+    assert_eq!(value(r#"cairn_agent_high_watermark{topic="m",partition="0"}"#), 30.0);
+    assert_eq!(
+        value(r#"cairn_agent_upload_lag_records{topic="m",partition="0"}"#),
+        30.0,
+        "nothing rolled yet"
+    );
+    assert_eq!(value("cairn_agent_partitions_led"), 1.0);
+    assert_eq!(value("cairn_agent_partitions_unrecoverable"), 0.0);
+    assert!(value("cairn_agent_leases_acquired_total") >= 1.0);
+    assert!(value("cairn_agent_wal_fsync_seconds_count") >= 3.0);
+    assert_eq!(
+        value(r#"cairn_rpc_server_requests_total{service="cairn.agent.v1.AgentService",method="Produce",code="OK"}"#),
+        3.0
+    );
+}

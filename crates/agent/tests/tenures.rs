@@ -354,3 +354,73 @@ async fn sigterm_exits_within_its_bound_when_partitions_cannot_hand_off() {
     );
     held.abort();
 }
+
+#[tokio::test]
+async fn a_partition_whose_wal_cannot_be_recovered_says_so_and_serves_once_an_operator_moves_the_wal() {
+    let cluster = Cluster::new();
+    let mut a = cluster.start("a", &["--set", "agent.id=agent-a"]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    for batch in 0..2 {
+        let values: Vec<String> = (0..5).map(|i| format!("{batch}-{i}")).collect();
+        let request = pb::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            records: records(&values),
+            ..Default::default()
+        };
+        agent(&a.addr).await.produce(request).await.unwrap();
+    }
+    a.kill();
+    // Damage the first batch (a valid one follows it: corruption, not a torn tail).
+    let wal = cluster.data_dir("a").join("wal").join("t").join("0");
+    let file = wal.join(format!("{:020}.wal", 0));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[30] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let a = cluster.start("a", &["--set", "agent.id=agent-a"]).await;
+    let produce = || pb::ProduceRequest {
+        topic: "t".into(),
+        partition: 0,
+        records: records(&["after".into()]),
+        ..Default::default()
+    };
+    let refused = agent(&a.addr).await.produce(produce()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        cairn_service::status::reason_of(&refused),
+        Some(cairn_service::ErrorReason::PartitionUnavailable)
+    );
+    assert!(refused.message().contains("WAL corrupt"), "{refused:?}");
+    assert_eq!(
+        cairn_testkit::metric(&a.scrape().await, "cairn_agent_partitions_unrecoverable"),
+        Some(1.0)
+    );
+    assert!(
+        a.log_text().contains("move the WAL directory out of the way"),
+        "{}",
+        a.log_text()
+    );
+
+    // The operator gives the unrecoverable records up: the partition comes
+    // back from its (empty) committed log on the next retry.
+    std::fs::rename(&wal, cluster.dir.path().join("wal-moved-aside")).unwrap();
+    let mut served = None;
+    for _ in 0..100 {
+        if let Ok(ack) = agent(&a.addr).await.produce(produce()).await {
+            served = Some(ack.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        served.expect("served again").base_offset,
+        0,
+        "the log continues at the committed offset"
+    );
+    assert_eq!(
+        cairn_testkit::metric(&a.scrape().await, "cairn_agent_partitions_unrecoverable"),
+        Some(0.0)
+    );
+}

@@ -55,6 +55,27 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// A plain HTTP/1.1 GET: the whole response (status line, headers, body) as text.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    socket.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of the series `series` (name with labels, as exposed) in a scrape.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A SQLite URL for a new database file under `dir`.
 pub fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", dir.join("test.db").display())
@@ -119,6 +140,8 @@ pub struct Process {
     child: Option<Child>,
     /// `127.0.0.1:PORT` it listens on.
     pub addr: String,
+    /// Where its metrics listener is, when it reported one.
+    pub metrics_addr: Option<String>,
     /// Its combined stdout and stderr.
     pub log: PathBuf,
 }
@@ -173,24 +196,35 @@ impl Process {
             .spawn()
             .unwrap();
         let give_up = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
+        let (addr, metrics_addr) = loop {
             if let Ok(text) = std::fs::read_to_string(&address_file)
                 && let Some(addr) = text.lines().find_map(|l| l.strip_prefix("grpc="))
             {
-                break addr.to_owned();
+                let metrics = text.lines().find_map(|l| l.strip_prefix("metrics=")).map(str::to_owned);
+                break (addr.to_owned(), metrics);
             }
             // Exited early (a port taken on restart, a bad flag): the caller
             // sees it at wait_serving with the log.
             if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
-                break listen;
+                break (listen, None);
             }
             std::thread::sleep(Duration::from_millis(10));
         };
         Process {
             child: Some(child),
             addr,
+            metrics_addr,
             log,
         }
+    }
+
+    /// What its metrics listener answers to `GET /metrics` (Prometheus text).
+    pub async fn scrape(&self) -> String {
+        let addr = self
+            .metrics_addr
+            .as_deref()
+            .expect("the process reported no metrics listener");
+        http_get(addr, "/metrics").await
     }
 
     /// The process id.
