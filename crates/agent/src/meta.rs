@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use sqlx::{AnyPool, Row};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    producers::ProducerState,
+};
 
 /// A topic and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,12 +372,7 @@ impl Meta {
     /// to `segment.next_offset`, in one transaction guarded by the holder's
     /// epoch. False (and nothing written) if the lease moved or the committed
     /// offset is not where this segment starts.
-    pub async fn commit_segment(
-        &self,
-        segment: &SegmentRow,
-        me: &str,
-        producers: &[(u64, u32, String)],
-    ) -> Result<bool> {
+    pub async fn commit_segment(&self, segment: &SegmentRow, me: &str, producers: &[ProducerState]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE leases SET committed_offset = $1 \
@@ -408,16 +406,17 @@ impl Meta {
         .bind(segment.created_at)
         .execute(&mut *tx)
         .await?;
-        for (producer_id, epoch, batches) in producers {
+        for state in producers {
             sqlx::query(
-                "INSERT INTO producer_states (topic, partition, producer_id, epoch, batches) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (topic, partition, producer_id) DO UPDATE SET epoch = $4, batches = $5",
+                "INSERT INTO producer_states (topic, partition, producer_id, epoch, batches, state) \
+                 VALUES ($1, $2, $3, $4, '', $5) \
+                 ON CONFLICT (topic, partition, producer_id) DO UPDATE SET epoch = $4, batches = '', state = $5",
             )
             .bind(&segment.topic)
             .bind(i64::from(segment.partition))
-            .bind(*producer_id as i64)
-            .bind(i64::from(*epoch))
-            .bind(batches)
+            .bind(state.producer_id as i64)
+            .bind(i64::from(state.epoch))
+            .bind(state.encode_batches())
             .execute(&mut *tx)
             .await?;
         }
@@ -460,19 +459,31 @@ impl Meta {
         Ok(true)
     }
 
-    /// The idempotence state stored with the last segment commit.
-    pub async fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<(u64, u32, String)>> {
-        let rows =
-            sqlx::query("SELECT producer_id, epoch, batches FROM producer_states WHERE topic = $1 AND partition = $2")
-                .bind(topic)
-                .bind(i64::from(partition))
-                .fetch_all(&self.pool)
-                .await?;
+    /// The idempotence state stored with the last segment commit. A row that
+    /// does not decode is an error (`Corrupt`), never skipped: exactly-once
+    /// state that is silently dropped lets a retry append twice.
+    pub async fn producer_states(&self, topic: &str, partition: u32) -> Result<Vec<ProducerState>> {
+        let rows = sqlx::query(
+            "SELECT producer_id, epoch, batches, state FROM producer_states WHERE topic = $1 AND partition = $2",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
-                let id = r.try_get::<i64, _>("producer_id")? as u64;
-                let epoch = r.try_get::<i64, _>("epoch")? as u32;
-                Ok((id, epoch, r.try_get::<String, _>("batches")?))
+                let producer_id = unsigned(r, "producer_id")?;
+                let epoch = u32::try_from(r.try_get::<i64, _>("epoch")?)
+                    .map_err(|_| Error::Corrupt(format!("stored producer state: epoch of producer {producer_id}")))?;
+                let batches = match r.try_get::<Option<Vec<u8>>, _>("state")? {
+                    Some(bytes) => ProducerState::decode_batches(&bytes)?,
+                    None => ProducerState::decode_legacy(&r.try_get::<String, _>("batches")?)?,
+                };
+                Ok(ProducerState {
+                    producer_id,
+                    epoch,
+                    batches,
+                })
             })
             .collect()
     }

@@ -439,7 +439,7 @@ impl Node {
             reclaim,
             segments,
         };
-        let snapshot = Producers::from_rows(&self.meta.producer_states(&lease.topic, lease.partition).await?);
+        let snapshot = Producers::from_states(&self.meta.producer_states(&lease.topic, lease.partition).await?);
         let opened = self
             .open_partition(&lease.topic, lease.partition, &dir, &tenure, &snapshot)
             .await;

@@ -27,6 +27,91 @@ struct Producer {
     batches: VecDeque<Appended>,
 }
 
+/// One producer's idempotence state as the metadata database stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerState {
+    pub producer_id: u64,
+    pub epoch: u32,
+    /// Oldest first, at most [`REMEMBERED_BATCHES`].
+    pub batches: Vec<Appended>,
+}
+
+const STATE_VERSION: u8 = 1;
+const ENTRY: usize = 8 + 4 + 8 + 8;
+
+impl ProducerState {
+    /// The batches, checked: version, count, entries, CRC-32 of all before it.
+    pub fn encode_batches(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.batches.len() * ENTRY + 4);
+        out.push(STATE_VERSION);
+        out.push(self.batches.len() as u8);
+        for b in &self.batches {
+            out.extend_from_slice(&b.base_sequence.to_le_bytes());
+            out.extend_from_slice(&b.count.to_le_bytes());
+            out.extend_from_slice(&b.base_offset.to_le_bytes());
+            out.extend_from_slice(&b.append_time_ms.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes [`ProducerState::encode_batches`]; anything else is corruption.
+    pub fn decode_batches(bytes: &[u8]) -> Result<Vec<Appended>> {
+        let corrupt = |why: &str| Error::Corrupt(format!("stored producer state: {why}"));
+        let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
+            return Err(corrupt("too short"));
+        };
+        if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let [version, count, entries @ ..] = body else {
+            return Err(corrupt("too short"));
+        };
+        if *version != STATE_VERSION {
+            return Err(corrupt("unknown version"));
+        }
+        if usize::from(*count) > REMEMBERED_BATCHES || entries.len() != usize::from(*count) * ENTRY {
+            return Err(corrupt("wrong length"));
+        }
+        Ok(entries
+            .chunks_exact(ENTRY)
+            .map(|e| {
+                let u64_at = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().unwrap_or([0; 8]));
+                Appended {
+                    base_sequence: u64_at(0),
+                    count: u32::from_le_bytes(e[8..12].try_into().unwrap_or([0; 4])),
+                    base_offset: u64_at(12),
+                    append_time_ms: u64_at(20) as i64,
+                }
+            })
+            .collect())
+    }
+
+    /// Parses the text form rows written before the checked encoding held
+    /// (`seq:count:offset:time` joined by `,`); anything malformed is corruption.
+    pub fn decode_legacy(text: &str) -> Result<Vec<Appended>> {
+        text.split(',')
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                let f: Vec<&str> = b.split(':').collect();
+                let parse = || -> Option<Appended> {
+                    let [seq, count, offset, time] = f.as_slice() else {
+                        return None;
+                    };
+                    Some(Appended {
+                        base_sequence: seq.parse().ok()?,
+                        count: count.parse().ok()?,
+                        base_offset: offset.parse().ok()?,
+                        append_time_ms: time.parse().ok()?,
+                    })
+                };
+                parse().ok_or_else(|| Error::Corrupt(format!("stored producer state: malformed batch `{b}`")))
+            })
+            .collect()
+    }
+}
+
 /// What to do with an incoming batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -69,48 +154,32 @@ impl Producers {
         }
     }
 
-    /// The state as rows: producer id, epoch, and the remembered batches as text.
-    pub fn to_rows(&self) -> Vec<(u64, u32, String)> {
-        let mut rows: Vec<(u64, u32, String)> = self
+    /// The state as typed rows, one per producer, by id.
+    pub fn to_states(&self) -> Vec<ProducerState> {
+        let mut states: Vec<ProducerState> = self
             .by_id
             .iter()
-            .map(|(id, p)| {
-                let batches = p
-                    .batches
-                    .iter()
-                    .map(|b| format!("{}:{}:{}:{}", b.base_sequence, b.count, b.base_offset, b.append_time_ms))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                (*id, p.epoch, batches)
+            .map(|(id, p)| ProducerState {
+                producer_id: *id,
+                epoch: p.epoch,
+                batches: p.batches.iter().copied().collect(),
             })
             .collect();
-        rows.sort();
-        rows
+        states.sort_by_key(|s| s.producer_id);
+        states
     }
 
-    /// The state from rows written by [`Producers::to_rows`]; malformed rows are skipped.
-    pub fn from_rows(rows: &[(u64, u32, String)]) -> Self {
+    /// The state from stored rows.
+    pub fn from_states(states: &[ProducerState]) -> Self {
         let mut state = Producers::default();
-        for (id, epoch, text) in rows {
-            let batches: Option<VecDeque<Appended>> = text
-                .split(',')
-                .filter(|b| !b.is_empty())
-                .map(|b| {
-                    let mut f = b.split(':');
-                    Some(Appended {
-                        base_sequence: f.next()?.parse().ok()?,
-                        count: f.next()?.parse().ok()?,
-                        base_offset: f.next()?.parse().ok()?,
-                        append_time_ms: f.next()?.parse().ok()?,
-                    })
-                })
-                .collect();
-            match batches {
-                Some(batches) => {
-                    state.by_id.insert(*id, Producer { epoch: *epoch, batches });
-                }
-                None => tracing::warn!(producer_id = id, "skipping a malformed stored producer state"),
-            }
+        for s in states {
+            state.by_id.insert(
+                s.producer_id,
+                Producer {
+                    epoch: s.epoch,
+                    batches: s.batches.iter().copied().collect(),
+                },
+            );
         }
         state
     }
@@ -245,13 +314,44 @@ mod tests {
     }
 
     #[test]
-    fn rows_round_trip_and_replay_skips_what_the_snapshot_has() {
+    fn stored_state_round_trips_and_damage_is_corruption() {
+        let mut s = Producers::default();
+        for i in 0..7 {
+            s.record(p(3, i), 1, 100 + i, -5);
+        }
+        let states = s.to_states();
+        assert_eq!(states[0].batches.len(), REMEMBERED_BATCHES);
+        let encoded = states[0].encode_batches();
+        assert_eq!(ProducerState::decode_batches(&encoded).unwrap(), states[0].batches);
+        for i in 0..encoded.len() {
+            let mut bad = encoded.clone();
+            bad[i] ^= 0x04;
+            assert!(ProducerState::decode_batches(&bad).is_err(), "flip at {i} undetected");
+        }
+        for cut in 0..encoded.len() {
+            assert!(ProducerState::decode_batches(&encoded[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(
+            ProducerState::decode_legacy("0:1:0:0,1:2:1:5").unwrap().len(),
+            2,
+            "rows from before the checked encoding still read"
+        );
+        for bad in ["x:y", "1:2:3", "1:2:3:4:5", "a:1:1:1"] {
+            assert!(
+                matches!(ProducerState::decode_legacy(bad), Err(Error::Corrupt(_))),
+                "{bad} is corruption, never skipped"
+            );
+        }
+    }
+
+    #[test]
+    fn states_round_trip_and_replay_skips_what_the_snapshot_has() {
         let mut s = Producers::default();
         s.record(p(3, 0), 2, 10, 7);
         s.record(p(3, 2), 1, 12, 8);
-        let rows = s.to_rows();
-        let back = Producers::from_rows(&rows);
-        assert_eq!(back.to_rows(), rows);
+        let rows = s.to_states();
+        let back = Producers::from_states(&rows);
+        assert_eq!(back.to_states(), rows);
         assert!(matches!(back.check(p(3, 0), 2).unwrap(), Verdict::Duplicate(a) if a.base_offset == 10));
         let mut replayed = back.clone();
         let headers = [BatchHeader {
@@ -262,11 +362,10 @@ mod tests {
         }];
         replayed.replay(&headers, 13);
         assert_eq!(
-            replayed.to_rows(),
+            replayed.to_states(),
             rows,
             "a batch below the snapshot offset is not applied twice"
         );
-        assert!(Producers::from_rows(&[(1, 0, "x:y".into())]).to_rows().is_empty());
     }
 
     #[test]

@@ -331,7 +331,7 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         producers.replay(&headers, range.start);
-        if self.meta.commit_segment(&row, &self.id, &producers.to_rows()).await? {
+        if self.meta.commit_segment(&row, &self.id, &producers.to_states()).await? {
             *held.committed_producers.lock().unwrap_or_else(|p| p.into_inner()) = producers;
             p.set_committed(range.end);
             self.metrics.segments_committed.inc();

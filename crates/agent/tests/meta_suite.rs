@@ -158,7 +158,10 @@ async fn the_database_clock_is_used(meta: Meta) {
 }
 
 async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
-    use cairn_agent::meta::SegmentRow;
+    use cairn_agent::{
+        meta::SegmentRow,
+        producers::{Appended, ProducerState},
+    };
     meta.create_topic(&topic("t", 1)).await.unwrap();
     meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch);
     let seg = |base, next, epoch| SegmentRow {
@@ -174,11 +177,17 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
         max_ts: 0,
         created_at: 0,
     };
-    assert!(
-        meta.commit_segment(&seg(0, 10, 1), "a", &[(5, 0, "0:1:0:0".into())])
-            .await
-            .unwrap()
-    );
+    let state = |epoch| ProducerState {
+        producer_id: 5,
+        epoch,
+        batches: vec![Appended {
+            base_sequence: 0,
+            count: 1,
+            base_offset: 0,
+            append_time_ms: 0,
+        }],
+    };
+    assert!(meta.commit_segment(&seg(0, 10, 1), "a", &[state(0)]).await.unwrap());
     assert!(
         !meta.commit_segment(&seg(20, 30, 1), "a", &[]).await.unwrap(),
         "must start at the committed offset"
@@ -189,17 +198,14 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
         Some(2)
     );
     assert!(
-        !meta
-            .commit_segment(&seg(10, 20, 1), "a", &[(5, 9, "x".into())])
-            .await
-            .unwrap(),
+        !meta.commit_segment(&seg(10, 20, 1), "a", &[state(9)]).await.unwrap(),
         "the old holder commits nothing"
     );
     let segments = meta.segments("t", 0).await.unwrap();
     assert_eq!(segments.len(), 1, "a refused commit writes no row");
     assert_eq!(meta.leases().await.unwrap()[0].committed_offset, 10);
     let states = meta.producer_states("t", 0).await.unwrap();
-    assert_eq!(states, vec![(5, 0, "0:1:0:0".to_owned())], "nor its producer state");
+    assert_eq!(states, vec![state(0)], "nor its producer state");
     assert!(meta.commit_segment(&seg(10, 20, 2), "b", &[]).await.unwrap());
     assert_eq!(meta.segments("t", 0).await.unwrap().len(), 2);
 }

@@ -180,10 +180,43 @@ pub async fn topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         TopicsCommand::Describe { name } => {
-            let d = client
-                .describe_topic(request(pb::DescribeTopicRequest { name }, key)?)
+            let mut d = client
+                .describe_topic(request(pb::DescribeTopicRequest { name: name.clone() }, key)?)
                 .await?
                 .into_inner();
+            // Any agent knows another's offsets only as of its last lease
+            // renewal; each leader knows its own exactly, so ask it.
+            let leaders: std::collections::BTreeSet<String> = d
+                .partitions
+                .iter()
+                .map(|p| p.leader_address.clone())
+                .filter(|a| !a.is_empty())
+                .collect();
+            for leader in leaders {
+                let asked = async {
+                    let mut at = TopicServiceClient::new(connect(&leader).await?);
+                    anyhow::Ok(
+                        at.describe_topic(request(pb::DescribeTopicRequest { name: name.clone() }, key)?)
+                            .await?
+                            .into_inner(),
+                    )
+                };
+                match asked.await {
+                    Ok(exact) => {
+                        for p in &mut d.partitions {
+                            if p.leader_address == leader
+                                && let Some(e) = exact.partitions.iter().find(|e| e.partition == p.partition)
+                            {
+                                p.log_start_offset = e.log_start_offset;
+                                p.high_watermark = e.high_watermark;
+                            }
+                        }
+                    }
+                    Err(error) => eprintln!(
+                        "note: {leader} did not answer ({error:#}); its partitions' figures are as last published"
+                    ),
+                }
+            }
             let t = d.topic.context("no topic in response")?;
             let c = t.config.unwrap_or_default();
             println!(
