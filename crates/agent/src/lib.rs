@@ -20,9 +20,11 @@
 //! retention deletes whole segments and sweeps orphaned objects.
 
 pub mod api;
+pub mod balance;
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod meta;
 pub mod metrics;
 pub mod node;

@@ -15,7 +15,7 @@
 //! segment commit is fenced is given up.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{
         Arc, RwLock,
@@ -29,8 +29,10 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::{
+    balance,
     config::Config,
     error::{Error, Result},
+    ids::PartitionId,
     meta::{LeaseRow, Meta},
     partition::{Partition, WriterConfig},
     producers::Producers,
@@ -63,8 +65,6 @@ pub struct Held {
     pub(crate) rolling: AtomicBool,
 }
 
-pub(crate) type Key = (String, u32);
-
 /// A partition this agent holds the lease of but does not serve: recovery
 /// failed, or it was given up. Retried with backoff.
 #[derive(Debug, Clone)]
@@ -85,8 +85,8 @@ pub struct Node {
     pub(crate) segments: SegmentReader,
     pub(crate) roll_wake: tokio::sync::Notify,
     pub(crate) config: Config,
-    held: RwLock<HashMap<Key, Arc<Held>>>,
-    stuck: std::sync::Mutex<HashMap<Key, Stuck>>,
+    held: RwLock<HashMap<PartitionId, Arc<Held>>>,
+    stuck: std::sync::Mutex<HashMap<PartitionId, Stuck>>,
     wake: tokio::sync::Notify,
     pub(crate) metrics: crate::metrics::AgentMetrics,
 }
@@ -146,7 +146,7 @@ impl Node {
         self.held
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(topic.to_owned(), partition))
+            .get(&PartitionId::new(topic, partition))
             .cloned()
     }
 
@@ -165,7 +165,7 @@ impl Node {
         self.stuck
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(topic.to_owned(), partition))
+            .get(&PartitionId::new(topic, partition))
             .cloned()
     }
 
@@ -266,7 +266,7 @@ impl Node {
     fn drop_partition(&self, held: &Arc<Held>) {
         let p = &held.partition;
         let mut map = self.held.write().unwrap_or_else(|p| p.into_inner());
-        let key = (p.topic.clone(), p.partition);
+        let key = PartitionId::new(&p.topic, p.partition);
         if map.get(&key).is_some_and(|h| Arc::ptr_eq(h, held)) {
             map.remove(&key);
         }
@@ -295,11 +295,11 @@ impl Node {
         if still_mine && let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, held.epoch).await {
             tracing::warn!(topic = %p.topic, partition = p.partition, %error, "releasing the lease failed");
         }
-        self.mark_stuck(&(p.topic.clone(), p.partition), format!("given up: {reason}"));
+        self.mark_stuck(&PartitionId::new(&p.topic, p.partition), format!("given up: {reason}"));
     }
 
     /// Records that the partition is not served here, and backs off retrying it.
-    fn mark_stuck(&self, key: &Key, reason: String) {
+    fn mark_stuck(&self, key: &PartitionId, reason: String) {
         let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
         let backoff = stuck
             .get(key)
@@ -318,10 +318,10 @@ impl Node {
         let leases = self.meta.leases().await?;
         let db_now = self.meta.now().await?;
         // Partitions of deleted topics: stop leading them and drop their WAL.
-        let existing: std::collections::HashSet<Key> = leases.iter().map(|l| (l.topic.clone(), l.partition)).collect();
+        let existing: HashSet<PartitionId> = leases.iter().map(|l| PartitionId::new(&l.topic, l.partition)).collect();
         for held in self.all_held() {
             let p = &held.partition;
-            if !existing.contains(&(p.topic.clone(), p.partition)) {
+            if !existing.contains(&PartitionId::new(&p.topic, p.partition)) {
                 self.drop_partition(&held);
                 let _ = std::fs::remove_dir_all(self.wal_dir(&p.topic, p.partition));
                 tracing::info!(topic = %p.topic, partition = p.partition, "topic deleted; partition dropped");
@@ -331,80 +331,73 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|k, _| existing.contains(k));
-        let agents = self.meta.live_agents(self.lease()).await?;
-        let live = agents.len().max(1);
-        let floor = leases.len() / live;
-        let held_by = |agent: &str| {
+        let agents: Vec<String> = self
+            .meta
+            .live_agents(self.lease())
+            .await?
+            .into_iter()
+            .map(|a| a.agent_id)
+            .collect();
+        let serving: HashSet<PartitionId> = self
+            .held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let plan = balance::plan(&balance::View {
+            me: &self.id,
+            leases: &leases,
+            live: &agents,
+            now: db_now,
+            serving: &serving,
+            unclean: self.config.agent.unclean_takeover,
+        });
+        let row = |id: &PartitionId| {
             leases
                 .iter()
-                .filter(|l| l.holder.as_deref() == Some(agent) && l.expires_at > db_now)
-                .count()
+                .find(|l| l.topic == id.topic && l.partition == id.partition)
         };
-        // While another live agent has less than the floor share, take no more
-        // than the floor: the free partitions are for it.
-        let starved = agents
-            .iter()
-            .any(|a| a.agent_id != self.id && held_by(&a.agent_id) < floor);
-        let share = if starved {
-            floor.max(1)
-        } else {
-            leases.len().div_ceil(live)
-        };
-        // Ours first (a restart reclaims), then free ones in an order that
-        // differs per agent so agents starting together spread out.
-        let mut candidates: Vec<&LeaseRow> = leases
-            .iter()
-            .filter(|l| self.held(&l.topic, l.partition).is_none())
-            .filter(|l| {
-                let mine = l.holder.as_deref() == Some(self.id.as_str());
-                let free = l.holder.is_none() || l.expires_at < db_now;
-                mine || (free && (!l.dirty || self.config.agent.unclean_takeover || l.holder.is_none()))
-            })
-            .collect();
-        candidates.sort_by_key(|l| {
-            let mine = l.holder.as_deref() == Some(self.id.as_str());
-            (!mine, spread(&self.id, &l.topic, l.partition))
-        });
-        for lease in candidates {
-            let mine = lease.holder.as_deref() == Some(self.id.as_str());
-            if !mine && self.held_count() >= share {
+        for id in &plan.reclaim {
+            if let Some(lease) = row(id) {
+                self.take(lease).await?;
+            }
+        }
+        let mut taken = 0;
+        for id in &plan.take {
+            if taken >= plan.room {
                 break;
             }
-            self.take(lease).await?;
+            if let Some(lease) = row(id)
+                && self.take(lease).await?
+            {
+                taken += 1;
+            }
         }
-        // Give one partition back per round while this agent has more than the
-        // floor and another has less: newcomers get work, nobody drops below
-        // the floor, and the spread settles.
-        if starved && self.held_count() > floor {
-            let victim = self
-                .all_held()
-                .into_iter()
-                .max_by_key(|h| spread(&self.id, &h.partition.topic, h.partition.partition));
-            if let Some(held) = victim {
-                let p = &held.partition;
-                tracing::info!(topic = %p.topic, partition = p.partition, "rebalancing: handing a partition to a less loaded agent");
-                self.drop_partition(&held);
-                p.drain().await;
-                if !self.hand_off(&held).await {
-                    // Reclaimed (it is still ours) after a pause rather than
-                    // handed back and forth every round.
-                    self.mark_stuck(
-                        &(p.topic.clone(), p.partition),
-                        "a rebalancing hand-off did not complete".into(),
-                    );
-                }
+        if let Some(id) = plan.give_back
+            && let Some(held) = self.held(&id.topic, id.partition)
+        {
+            let p = &held.partition;
+            tracing::info!(topic = %p.topic, partition = p.partition, "rebalancing: handing a partition to a less loaded agent");
+            self.drop_partition(&held);
+            p.drain().await;
+            if !self.hand_off(&held).await {
+                // Reclaimed (it is still ours) after a pause rather than
+                // handed back and forth every round.
+                self.mark_stuck(&id, "a rebalancing hand-off did not complete".into());
             }
         }
         Ok(())
     }
 
-    async fn take(&self, lease: &LeaseRow) -> Result<()> {
-        let key = (lease.topic.clone(), lease.partition);
+    /// Takes the lease and opens the partition; true if it now serves it.
+    async fn take(&self, lease: &LeaseRow) -> Result<bool> {
+        let key = PartitionId::new(&lease.topic, lease.partition);
         if self
             .stuck(&lease.topic, lease.partition)
             .is_some_and(|s| Instant::now() < s.retry_at)
         {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         let unclean = self.config.agent.unclean_takeover;
@@ -413,7 +406,7 @@ impl Node {
             .acquire(&lease.topic, lease.partition, &self.id, self.lease(), unclean)
             .await?
         else {
-            return Ok(());
+            return Ok(false);
         };
         let epoch = row.epoch;
         // The epoch grows whenever the holder changes: the same holder at the
@@ -471,7 +464,7 @@ impl Node {
                      recovery is retried with backoff"
                 );
                 self.mark_stuck(&key, format!("recovery failed: {reason}"));
-                return Ok(());
+                return Ok(false);
             }
         };
         if let Some(d) = recovery.discarded {
@@ -501,7 +494,7 @@ impl Node {
         tracing::info!(topic = %lease.topic, partition = lease.partition, epoch, reclaim, "lease acquired");
         self.metrics.leases_acquired.inc();
         self.held.write().unwrap_or_else(|p| p.into_inner()).insert(key, held);
-        Ok(())
+        Ok(true)
     }
 
     async fn open_partition(
@@ -640,8 +633,4 @@ impl Node {
             .find(|a| a.agent_id == holder)
             .map(|a| (a.agent_id, a.address)))
     }
-}
-
-fn spread(agent: &str, topic: &str, partition: u32) -> u32 {
-    crc32fast::hash(format!("{agent}/{topic}/{partition}").as_bytes())
 }

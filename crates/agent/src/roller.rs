@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::{
     batch::Record,
     error::{Error, Result},
+    ids::SegmentKey,
     meta::SegmentRow,
     node::{Held, Node},
     partition::now_ms,
@@ -241,7 +242,7 @@ impl Node {
             if referenced.contains(&object.key) {
                 continue;
             }
-            let Some((base, epoch)) = parse_segment_key(&object.key) else {
+            let Some(SegmentKey { base, epoch, .. }) = SegmentKey::parse(&object.key) else {
                 continue;
             };
             if epoch != held.epoch || base < committed {
@@ -303,7 +304,14 @@ impl Node {
         };
         // The epoch is in the key: a fenced holder's upload never lands on a key
         // the current holder writes, and writes are create-only anyway.
-        let key = segment_key(&p.topic, p.partition, range.start, range.end, held.epoch);
+        let key = SegmentKey {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            base: range.start,
+            next: range.end,
+            epoch: held.epoch,
+        }
+        .to_string();
         let size = bytes.len() as u64;
         match self.store.put_if_absent(&key, bytes::Bytes::from(bytes)).await {
             Ok(()) => {}
@@ -344,36 +352,6 @@ impl Node {
                 partition: p.partition,
                 leader: None,
             })
-        }
-    }
-}
-
-/// The object key of a segment: `topic/partition/BASE-NEXT-eEPOCH.seg`.
-pub fn segment_key(topic: &str, partition: u32, base: u64, next: u64, epoch: u64) -> String {
-    format!("{topic}/{partition}/{base:020}-{next:020}-e{epoch}.seg")
-}
-
-/// `(base offset, epoch)` from a key made by [`segment_key`].
-fn parse_segment_key(key: &str) -> Option<(u64, u64)> {
-    let name = key.rsplit('/').next()?.strip_suffix(".seg")?;
-    let (offsets, epoch) = name.split_once("-e")?;
-    let (base, _next) = offsets.split_once('-')?;
-    Some((base.parse().ok()?, epoch.parse().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_keys_parse() {
-        assert_eq!(
-            parse_segment_key("t/0/00000000000000000100-00000000000000000200-e7.seg"),
-            Some((100, 7))
-        );
-        assert_eq!(parse_segment_key(&segment_key("t", 3, 5, 9, 2)), Some((5, 2)));
-        for bad in ["t/0/x.seg", "t/0/1-2.seg", "t/0/1-2-e.seg", "t/0/1-2-e3.txt", ""] {
-            assert_eq!(parse_segment_key(bad), None, "{bad}");
         }
     }
 }
