@@ -9,6 +9,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::{
     error::{Error, Result},
+    ids::{LeaseToken, PartitionId},
     producers::ProducerState,
 };
 
@@ -312,10 +313,8 @@ impl Meta {
     /// partition's `(log start, high watermark)`; false if the lease was lost.
     pub async fn renew(
         &self,
-        topic: &str,
-        partition: u32,
-        me: &str,
-        epoch: u64,
+        id: &PartitionId,
+        token: &LeaseToken,
         lease: Duration,
         offsets: (u64, u64),
     ) -> Result<bool> {
@@ -325,10 +324,10 @@ impl Meta {
             now = self.now_sql
         );
         let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(topic)
-            .bind(i64::from(partition))
-            .bind(me)
-            .bind(epoch as i64)
+            .bind(&id.topic)
+            .bind(i64::from(id.partition))
+            .bind(&token.holder)
+            .bind(token.epoch as i64)
             .bind(lease.as_millis() as i64)
             .bind(offsets.0 as i64)
             .bind(offsets.1 as i64)
@@ -339,14 +338,14 @@ impl Meta {
 
     /// Marks that the holder at `epoch` has acknowledged records not yet in
     /// object storage. Fenced by the epoch: false if the lease moved.
-    pub async fn mark_dirty(&self, topic: &str, partition: u32, me: &str, epoch: u64) -> Result<bool> {
+    pub async fn mark_dirty(&self, id: &PartitionId, token: &LeaseToken) -> Result<bool> {
         let updated = sqlx::query(
             "UPDATE leases SET dirty = 1 WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4",
         )
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(me)
-        .bind(epoch as i64)
+        .bind(&id.topic)
+        .bind(i64::from(id.partition))
+        .bind(&token.holder)
+        .bind(token.epoch as i64)
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
@@ -354,15 +353,15 @@ impl Meta {
 
     /// Gives up a clean lease so another agent can take it at once (the holder
     /// is cleared, so this agent does not reclaim it as its own).
-    pub async fn release(&self, topic: &str, partition: u32, me: &str, epoch: u64) -> Result<()> {
+    pub async fn release(&self, id: &PartitionId, token: &LeaseToken) -> Result<()> {
         sqlx::query(
             "UPDATE leases SET expires_at = 0, holder = NULL \
              WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4 AND dirty = 0",
         )
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(me)
-        .bind(epoch as i64)
+        .bind(&id.topic)
+        .bind(i64::from(id.partition))
+        .bind(&token.holder)
+        .bind(token.epoch as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -426,32 +425,25 @@ impl Meta {
 
     /// Moves the log start to `offset` and deletes the segment rows below it,
     /// in one transaction guarded by the holder's epoch. False if the lease moved.
-    pub async fn advance_log_start(
-        &self,
-        topic: &str,
-        partition: u32,
-        me: &str,
-        epoch: u64,
-        offset: u64,
-    ) -> Result<bool> {
+    pub async fn advance_log_start(&self, id: &PartitionId, token: &LeaseToken, offset: u64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE leases SET log_start_offset = $1 \
              WHERE topic = $2 AND partition = $3 AND holder = $4 AND epoch = $5 AND log_start_offset <= $1",
         )
         .bind(offset as i64)
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(me)
-        .bind(epoch as i64)
+        .bind(&id.topic)
+        .bind(i64::from(id.partition))
+        .bind(&token.holder)
+        .bind(token.epoch as i64)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {
             return Ok(false);
         }
         sqlx::query("DELETE FROM segments WHERE topic = $1 AND partition = $2 AND next_offset <= $3")
-            .bind(topic)
-            .bind(i64::from(partition))
+            .bind(&id.topic)
+            .bind(i64::from(id.partition))
             .bind(offset as i64)
             .execute(&mut *tx)
             .await?;
@@ -490,15 +482,15 @@ impl Meta {
 
     /// Hands the partition back clean: clears the dirty mark and releases the
     /// lease, but only if everything up to `end` is committed under this epoch.
-    pub async fn release_clean(&self, topic: &str, partition: u32, me: &str, epoch: u64, end: u64) -> Result<bool> {
+    pub async fn release_clean(&self, id: &PartitionId, token: &LeaseToken, end: u64) -> Result<bool> {
         let updated = sqlx::query(
             "UPDATE leases SET dirty = 0, expires_at = 0, holder = NULL \
              WHERE topic = $1 AND partition = $2 AND holder = $3 AND epoch = $4 AND committed_offset = $5",
         )
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(me)
-        .bind(epoch as i64)
+        .bind(&id.topic)
+        .bind(i64::from(id.partition))
+        .bind(&token.holder)
+        .bind(token.epoch as i64)
         .bind(end as i64)
         .execute(&self.pool)
         .await?;

@@ -32,7 +32,7 @@ use crate::{
     balance,
     config::Config,
     error::{Error, Result},
-    ids::PartitionId,
+    ids::{LeaseToken, PartitionId},
     meta::{LeaseRow, Meta},
     partition::{Partition, WriterConfig},
     producers::Producers,
@@ -63,6 +63,13 @@ pub struct Held {
     pub(crate) roll_lock: tokio::sync::Mutex<()>,
     /// Whether the roller has a roll of this partition in flight.
     pub(crate) rolling: AtomicBool,
+}
+
+impl Held {
+    /// Which partition this is.
+    pub fn id(&self) -> PartitionId {
+        PartitionId::new(&self.partition.topic, self.partition.partition)
+    }
 }
 
 /// A partition this agent holds the lease of but does not serve: recovery
@@ -160,6 +167,14 @@ impl Node {
             .collect()
     }
 
+    /// This agent's claim on `held`'s lease: what its fenced updates carry.
+    pub fn token(&self, held: &Held) -> LeaseToken {
+        LeaseToken {
+            holder: self.id.clone(),
+            epoch: held.epoch,
+        }
+    }
+
     /// Why this agent holds the partition's lease but does not serve it, if so.
     pub fn stuck(&self, topic: &str, partition: u32) -> Option<Stuck> {
         self.stuck
@@ -195,11 +210,7 @@ impl Node {
             return Ok(());
         }
         let p = &held.partition;
-        if !self
-            .meta
-            .mark_dirty(&p.topic, p.partition, &self.id, held.epoch)
-            .await?
-        {
+        if !self.meta.mark_dirty(&held.id(), &self.token(held)).await? {
             p.close();
             return Err(Error::NotLeader {
                 topic: p.topic.clone(),
@@ -247,11 +258,7 @@ impl Node {
             let started = Instant::now();
             let offsets = (held.log_start.load(Ordering::SeqCst), p.high_watermark());
             let lease = self.lease();
-            if self
-                .meta
-                .renew(&p.topic, p.partition, &self.id, held.epoch, lease, offsets)
-                .await?
-            {
+            if self.meta.renew(&held.id(), &self.token(&held), lease, offsets).await? {
                 p.fence.extend(self.fence_until(started));
             } else {
                 tracing::warn!(topic = %p.topic, partition = p.partition, epoch = held.epoch, "lease lost");
@@ -292,7 +299,7 @@ impl Node {
             "giving the partition up; it is taken again from metadata after a pause"
         );
         self.metrics.partitions_given_up.inc();
-        if still_mine && let Err(error) = self.meta.release(&p.topic, p.partition, &self.id, held.epoch).await {
+        if still_mine && let Err(error) = self.meta.release(&held.id(), &self.token(held)).await {
             tracing::warn!(topic = %p.topic, partition = p.partition, %error, "releasing the lease failed");
         }
         self.mark_stuck(&PartitionId::new(&p.topic, p.partition), format!("given up: {reason}"));
@@ -568,7 +575,7 @@ impl Node {
         if held.dirty.load(Ordering::SeqCst) {
             return self.hand_off(&held).await;
         }
-        match self.meta.release(&p.topic, p.partition, &self.id, held.epoch).await {
+        match self.meta.release(&held.id(), &self.token(&held)).await {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(%error, topic = %p.topic, partition = p.partition, "releasing lease failed");
@@ -587,11 +594,7 @@ impl Node {
         let bound = self.config.agent.handoff_timeout;
         let committed = tokio::time::timeout(bound, self.roll(held, true)).await;
         let result = match committed {
-            Ok(Ok(())) if p.committed() >= end => {
-                self.meta
-                    .release_clean(&p.topic, p.partition, &self.id, held.epoch, end)
-                    .await
-            }
+            Ok(Ok(())) if p.committed() >= end => self.meta.release_clean(&held.id(), &self.token(held), end).await,
             Ok(Ok(())) => Ok(false),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Timeout("final segment upload")),

@@ -211,7 +211,7 @@ impl Node {
             let new_start = segments[keep_from - 1].next_offset;
             if !self
                 .meta
-                .advance_log_start(&p.topic, p.partition, &self.id, held.epoch, new_start)
+                .advance_log_start(&held.id(), &self.token(held), new_start)
                 .await?
             {
                 return Ok(());

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cairn_agent::ids::{LeaseToken, PartitionId};
 use cairn_agent::meta::{Meta, TopicRow};
 
 fn topic(name: &str, partitions: u32) -> TopicRow {
@@ -20,6 +21,17 @@ fn topic(name: &str, partitions: u32) -> TopicRow {
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(200);
+
+fn id() -> PartitionId {
+    PartitionId::new("t", 0)
+}
+
+fn token(holder: &str, epoch: u64) -> LeaseToken {
+    LeaseToken {
+        holder: holder.into(),
+        epoch,
+    }
+}
 
 async fn topics_and_lease_rows(meta: Meta) {
     meta.create_topic(&topic("clicks", 3)).await.unwrap();
@@ -47,7 +59,7 @@ async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
         None,
         "held and not expired"
     );
-    assert!(meta.renew("t", 0, "a", 1, SHORT, (0, 7)).await.unwrap());
+    assert!(meta.renew(&id(), &token("a", 1), SHORT, (0, 7)).await.unwrap());
     assert_eq!(meta.leases().await.unwrap()[0].epoch, 1, "renewal keeps the epoch");
     assert_eq!(
         meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch),
@@ -61,11 +73,11 @@ async fn epoch_grows_only_when_the_holder_changes(meta: Meta) {
         "new holder, new epoch"
     );
     assert!(
-        !meta.renew("t", 0, "a", 1, LONG, (0, 99)).await.unwrap(),
+        !meta.renew(&id(), &token("a", 1), LONG, (0, 99)).await.unwrap(),
         "the old holder can't renew"
     );
     assert!(
-        !meta.mark_dirty("t", 0, "a", 1).await.unwrap(),
+        !meta.mark_dirty(&id(), &token("a", 1)).await.unwrap(),
         "nor change anything under its old epoch"
     );
     assert_eq!(meta.leases().await.unwrap()[0].holder.as_deref(), Some("b"));
@@ -82,7 +94,7 @@ async fn a_dirty_partition_is_not_taken_over(meta: Meta) {
         meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch),
         Some(1)
     );
-    assert!(meta.mark_dirty("t", 0, "a", 1).await.unwrap());
+    assert!(meta.mark_dirty(&id(), &token("a", 1)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
@@ -94,7 +106,7 @@ async fn a_dirty_partition_is_not_taken_over(meta: Meta) {
         Some(1),
         "its holder reclaims it"
     );
-    meta.release("t", 0, "a", 1).await.unwrap();
+    meta.release(&id(), &token("a", 1)).await.unwrap();
     assert_eq!(
         meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
         None,
@@ -111,7 +123,7 @@ async fn a_dirty_partition_is_not_taken_over(meta: Meta) {
 async fn unclean_takeover_when_enabled(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
     meta.acquire("t", 0, "a", SHORT, false).await.unwrap().map(|l| l.epoch);
-    meta.mark_dirty("t", 0, "a", 1).await.unwrap();
+    meta.mark_dirty(&id(), &token("a", 1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         meta.acquire("t", 0, "b", LONG, true).await.unwrap().map(|l| l.epoch),
@@ -122,7 +134,7 @@ async fn unclean_takeover_when_enabled(meta: Meta) {
 async fn a_clean_release_hands_over_at_once(meta: Meta) {
     meta.create_topic(&topic("t", 1)).await.unwrap();
     meta.acquire("t", 0, "a", LONG, false).await.unwrap().map(|l| l.epoch);
-    meta.release("t", 0, "a", 1).await.unwrap();
+    meta.release(&id(), &token("a", 1)).await.unwrap();
     assert_eq!(
         meta.acquire("t", 0, "b", LONG, false).await.unwrap().map(|l| l.epoch),
         Some(2)
@@ -210,31 +222,17 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
     assert_eq!(meta.segments("t", 0).await.unwrap().len(), 2);
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let dir = cairn_testkit::TempDir::new("meta");
-                    let meta = super::Meta::connect(&cairn_testkit::sqlite_url(dir.path()), 4).await.unwrap();
-                    super::$test(meta).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let Some(url) = cairn_testkit::postgres_url().await else { return };
-                    super::$test(super::Meta::connect(&url, 4).await.unwrap()).await;
-                }
-            )*
-        }
-    };
+async fn on_sqlite(dir: &cairn_testkit::TempDir) -> Option<Meta> {
+    Some(Meta::connect(&cairn_testkit::sqlite_url(dir.path()), 4).await.unwrap())
 }
 
-suite!(
+async fn on_postgres(_: &cairn_testkit::TempDir) -> Option<Meta> {
+    Some(Meta::connect(&cairn_testkit::postgres_url().await?, 4).await.unwrap())
+}
+
+cairn_testkit::behaviour_suite! {
+    backends { sqlite => on_sqlite, postgres => on_postgres }
+    tests {
     topics_and_lease_rows,
     epoch_grows_only_when_the_holder_changes,
     a_dirty_partition_is_not_taken_over,
@@ -243,4 +241,5 @@ suite!(
     membership_and_producers,
     the_database_clock_is_used,
     segment_commits_are_fenced_by_epoch_and_contiguous,
-);
+    }
+}

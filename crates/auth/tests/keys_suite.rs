@@ -174,32 +174,19 @@ async fn only_a_hash_of_the_secret_is_stored(keys: Keys) {
     assert_eq!(stored.secret_hash.len(), 64, "hex SHA-256");
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let dir = cairn_testkit::TempDir::new("auth");
-                    let store = super::Store::connect(&cairn_testkit::sqlite_url(dir.path()), 4).await.unwrap();
-                    super::$test(super::Keys::new(store, Default::default())).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let Some(url) = cairn_testkit::postgres_url().await else { return };
-                    let store = super::Store::connect(&url, 4).await.unwrap();
-                    super::$test(super::Keys::new(store, Default::default())).await;
-                }
-            )*
-        }
-    };
+async fn on_sqlite(dir: &TempDir) -> Option<Keys> {
+    let store = Store::connect(&cairn_testkit::sqlite_url(dir.path()), 4).await.unwrap();
+    Some(Keys::new(store, Default::default()))
 }
 
-suite!(
+async fn on_postgres(_: &TempDir) -> Option<Keys> {
+    let store = Store::connect(&cairn_testkit::postgres_url().await?, 4).await.unwrap();
+    Some(Keys::new(store, Default::default()))
+}
+
+cairn_testkit::behaviour_suite! {
+    backends { sqlite => on_sqlite, postgres => on_postgres }
+    tests {
     create_then_authenticate,
     revoked_keys_stop_working,
     expired_keys_stop_working,
@@ -208,10 +195,8 @@ suite!(
     bootstrap_happens_once_even_when_raced,
     last_used_is_written_in_batches,
     only_a_hash_of_the_secret_is_stored,
-);
-
-#[allow(dead_code)]
-fn _uses(_: TempDir) {}
+    }
+}
 
 #[tokio::test]
 async fn a_database_migrated_by_a_newer_version_still_opens() {

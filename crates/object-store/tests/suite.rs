@@ -128,30 +128,17 @@ fn rand_u64() -> u64 {
     (t.as_nanos() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id())
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let dir = cairn_testkit::TempDir::new("objects");
-                    super::$test(std::sync::Arc::new(super::LocalStore::new(dir.path()).unwrap())).await;
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let Some(store) = super::s3_store().await else { return };
-                    super::$test(store).await;
-                }
-            )*
-        }
-    };
+async fn on_local(dir: &cairn_testkit::TempDir) -> Option<Arc<dyn ObjectStore>> {
+    Some(Arc::new(LocalStore::new(dir.path()).unwrap()))
 }
 
-suite!(
+async fn on_s3(_: &cairn_testkit::TempDir) -> Option<Arc<dyn ObjectStore>> {
+    s3_store().await
+}
+
+cairn_testkit::behaviour_suite! {
+    backends { local => on_local, s3 => on_s3 }
+    tests {
     round_trip_and_missing,
     writes_are_create_only,
     concurrent_creates_have_one_winner,
@@ -159,4 +146,5 @@ suite!(
     list_filters_by_prefix_in_key_order,
     delete_is_idempotent_and_frees_the_key,
     bad_keys_are_refused,
-);
+    }
+}

@@ -104,22 +104,23 @@ impl Writer {
 
 /// The current leader of each partition, asked of `any` agent.
 async fn leaders(any: &str, partitions: u32) -> Vec<String> {
-    for _ in 0..600 {
-        if let Ok(meta) = agent(any)
-            .await
-            .get_metadata(pb::GetMetadataRequest {
-                topics: vec![TOPIC.into()],
-            })
-            .await
-        {
+    cairn_testkit::eventually(
+        Duration::from_secs(60),
+        &format!("every partition of {TOPIC} has a leader"),
+        || async move {
+            let meta = agent(any)
+                .await
+                .get_metadata(pb::GetMetadataRequest {
+                    topics: vec![TOPIC.into()],
+                })
+                .await
+                .ok()?;
             let parts = &meta.into_inner().topics[0].partitions;
-            if parts.len() == partitions as usize && parts.iter().all(|p| !p.leader_address.is_empty()) {
-                return parts.iter().map(|p| p.leader_address.clone()).collect();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("partitions of {TOPIC} never all had leaders");
+            (parts.len() == partitions as usize && parts.iter().all(|p| !p.leader_address.is_empty()))
+                .then(|| parts.iter().map(|p| p.leader_address.clone()).collect())
+        },
+    )
+    .await
 }
 
 /// Reads every partition back and checks the outcome against it.
@@ -360,14 +361,12 @@ async fn wait_for_leaders(any: &str, done: impl Fn(&[String]) -> bool) {
 }
 
 async fn wait_for_leaders_of(any: &str, partitions: u32, done: impl Fn(&[String]) -> bool) {
-    for _ in 0..600 {
+    let done = &done;
+    cairn_testkit::eventually(Duration::from_secs(60), "leadership moved as expected", || async move {
         let l = leaders(any, partitions).await;
-        if done(&l) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("leadership never moved as expected");
+        done(&l).then_some(())
+    })
+    .await;
 }
 
 /// A TCP proxy whose connections can all be dropped at once.

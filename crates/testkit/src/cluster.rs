@@ -175,15 +175,18 @@ pub fn records(values: &[String]) -> Vec<pb::Record> {
 
 /// Waits until this agent leads `partition` (it acquires leases in the background).
 pub async fn wait_leader(addr: &str, topic: &str, partition: u32) {
-    for _ in 0..200 {
-        let meta = agent(addr)
-            .await
-            .get_metadata(pb::GetMetadataRequest {
-                topics: vec![topic.into()],
-            })
-            .await;
-        if let Ok(meta) = meta {
-            let p = &meta.into_inner().topics[0].partitions[partition as usize];
+    crate::eventually(
+        Duration::from_secs(10),
+        &format!("{addr} leads {topic}/{partition}"),
+        || async move {
+            let meta = agent(addr)
+                .await
+                .get_metadata(pb::GetMetadataRequest {
+                    topics: vec![topic.into()],
+                })
+                .await
+                .ok()?;
+            let p = meta.into_inner().topics[0].partitions[partition as usize].clone();
             // The lease row names the leader before it has opened the partition:
             // wait until it actually serves it.
             let probe = pb::FetchRequest {
@@ -193,13 +196,10 @@ pub async fn wait_leader(addr: &str, topic: &str, partition: u32) {
                 max_bytes: 1,
                 max_wait_ms: 0,
             };
-            if p.leader_address == addr && agent(addr).await.fetch(probe).await.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{addr} never became leader of {topic}/{partition}");
+            (p.leader_address == addr && agent(addr).await.fetch(probe).await.is_ok()).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Every record of a partition, from offset 0 to the high watermark.

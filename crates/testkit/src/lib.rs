@@ -55,6 +55,57 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Polls `check` every 50 ms until it answers `Some`, and returns that; panics
+/// naming `what` once `timeout` has passed. The one way tests wait for
+/// something to become true.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One behaviour suite, several real backends: every test function runs on
+/// each backend, as `backend::test`. A backend is an async function taking the
+/// test's [`TempDir`] and returning the subject, or `None` to skip (a peer
+/// that is not configured; [`postgres_url`] and friends fail instead when
+/// `CAIRN_TEST_REQUIRE_PEERS` is set).
+///
+/// ```ignore
+/// cairn_testkit::behaviour_suite! {
+///     backends { sqlite => open_sqlite, postgres => open_postgres }
+///     tests { create_then_read, deletes_are_idempotent }
+/// }
+/// ```
+#[macro_export]
+macro_rules! behaviour_suite {
+    (backends { $($backend:ident => $setup:ident),+ $(,)? } tests $tests:tt) => {
+        $( $crate::behaviour_suite!(@backend $backend, $setup, $tests); )+
+    };
+    (@backend $backend:ident, $setup:ident, { $($test:ident),* $(,)? }) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let dir = $crate::TempDir::new(stringify!($backend));
+                    let Some(subject) = super::$setup(&dir).await else {
+                        return;
+                    };
+                    super::$test(subject).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A plain HTTP/1.1 GET: the whole response (status line, headers, body) as text.
 pub async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
