@@ -6,20 +6,18 @@ use std::{
     time::Duration,
 };
 
-use cairn_proto::{
-    Timestamp,
-    cairn::agent::v1::{self as pb, agent_service_server::AgentService, topic_service_server::TopicService},
+use cairn_proto::cairn::agent::v1::{
+    self as pb, agent_service_server::AgentService, topic_service_server::TopicService,
 };
 use cairn_service::{auth, context, scope::Scope};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    batch::{ProducerInfo, Record},
     config::Limits,
     error::Error,
     meta::TopicRow,
     node::{Held, Node},
-    partition::{Ack, now_ms},
+    partition::now_ms,
 };
 
 /// Default segment size and age. Large enough to avoid the small-file problem
@@ -29,31 +27,8 @@ pub const DEFAULT_SEGMENT_BYTES: i64 = 64 * 1024 * 1024;
 /// See [`DEFAULT_SEGMENT_BYTES`]: bounds how long records wait before upload.
 pub const DEFAULT_SEGMENT_MS: i64 = 10 * 60 * 1000;
 
-/// Kafka's topic name rule: `[a-zA-Z0-9._-]`, 1–249 characters, not `.` or `..`.
-pub fn check_topic_name(field: &str, name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 249
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            "must be 1-249 characters of [a-zA-Z0-9._-], and not \".\" or \"..\"",
-        ))
-    }
-}
-
-fn timestamp(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub use crate::convert::check_topic_name;
+use crate::convert::{self, timestamp};
 
 /// Both services share the node and the limits.
 #[derive(Clone)]
@@ -117,50 +92,6 @@ impl Api {
             partition,
             leader,
         })
-    }
-
-    fn records(&self, records: Vec<pb::Record>, now: i64) -> Result<Vec<Record>, Error> {
-        if records.is_empty() {
-            return Err(Error::invalid("records", "at least one record is required"));
-        }
-        if records.len() > self.limits.max_records_per_request {
-            return Err(Error::invalid(
-                "records",
-                format!("at most {} records per request", self.limits.max_records_per_request),
-            ));
-        }
-        let mut total = 0usize;
-        let mut out = Vec::with_capacity(records.len());
-        for (i, r) in records.into_iter().enumerate() {
-            let record = Record {
-                key: r.key,
-                value: r.value,
-                timestamp_ms: if r.timestamp_ms == 0 { now } else { r.timestamp_ms },
-                headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-            };
-            let size = record.encoded_len();
-            if size > self.limits.max_record_bytes {
-                return Err(Error::invalid(
-                    format!("records[{i}]"),
-                    format!(
-                        "{size} bytes is larger than the {} byte limit",
-                        self.limits.max_record_bytes
-                    ),
-                ));
-            }
-            total += size;
-            out.push(record);
-        }
-        if total > self.limits.max_request_bytes {
-            return Err(Error::invalid(
-                "records",
-                format!(
-                    "{total} bytes in one request is more than the {} byte limit",
-                    self.limits.max_request_bytes
-                ),
-            ));
-        }
-        Ok(out)
     }
 
     async fn partition_metadata(&self, topic: &TopicRow, leases_now: &LeaseView) -> Vec<pb::PartitionMetadata> {
@@ -277,29 +208,13 @@ impl AgentService for Api {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         check_topic_name("topic", &request.get_ref().topic)?;
         self.authorize(&request, "produce", &request.get_ref().topic)?;
-        let req = request.into_inner();
-        let ack = match pb::AckMode::try_from(req.ack_mode) {
-            Ok(pb::AckMode::Unspecified | pb::AckMode::Durable) => Some(Ack::Durable),
-            Ok(pb::AckMode::Leader) => Some(Ack::Leader),
-            Ok(pb::AckMode::None) => None,
-            Ok(pb::AckMode::Committed) => Some(Ack::Durable),
-            Err(_) => return Err(Error::invalid("ack_mode", "unknown ack mode").into()),
-        };
-        let now = now_ms();
+        let req = convert::Produce::try_from(request.into_inner())?;
+        convert::check_limits(&req.records, &self.limits)?;
         let count = req.records.len() as u32;
-        let records = self.records(req.records, now)?;
-        let producer = ProducerInfo {
-            producer_id: req.producer_id,
-            epoch: req.producer_epoch,
-            base_sequence: req.base_sequence,
-        };
-        if producer.producer_id != 0 && producer.base_sequence.checked_add(u64::from(count)).is_none() {
-            return Err(Error::invalid("base_sequence", "sequence overflows").into());
-        }
         let held = self.partition(&req.topic, req.partition).await?;
         self.node.ensure_dirty(&held).await?;
-        let appended = held.partition.append(records, producer, ack).await?;
-        if let (Some(a), Ok(pb::AckMode::Committed)) = (&appended, pb::AckMode::try_from(req.ack_mode)) {
+        let appended = held.partition.append(req.records, req.producer, req.ack.wal()).await?;
+        if let (Some(a), convert::AckLevel::Committed) = (&appended, req.ack) {
             let end = a.base_offset + u64::from(a.count);
             let mut wait = self.limits.max_commit_wait;
             if let Some(left) = context::remaining() {
@@ -374,37 +289,13 @@ impl AgentService for Api {
         };
         let records = records
             .into_iter()
-            .map(|(offset, r)| pb::StoredRecord {
-                offset,
-                key: r.key,
-                value: r.value,
-                timestamp_ms: r.timestamp_ms,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(key, value)| pb::Header { key, value })
-                    .collect(),
-            })
+            .map(|(offset, r)| convert::stored_record(offset, r))
             .collect();
         Ok(Response::new(pb::FetchResponse {
             records,
             high_watermark,
             log_start_offset: held.log_start.load(Ordering::SeqCst),
         }))
-    }
-}
-
-fn topic_pb(row: &TopicRow) -> pb::Topic {
-    pb::Topic {
-        name: row.name.clone(),
-        config: Some(pb::TopicConfig {
-            partitions: row.partitions,
-            retention_ms: row.retention_ms,
-            retention_bytes: row.retention_bytes,
-            segment_bytes: row.segment_bytes,
-            segment_ms: row.segment_ms,
-        }),
-        created_at: Some(timestamp(row.created_at)),
     }
 }
 
@@ -455,12 +346,12 @@ impl TopicService for Api {
         self.node.wake();
         tracing::info!(topic = %row.name, partitions = row.partitions, "topic created");
         Ok(Response::new(pb::CreateTopicResponse {
-            topic: Some(topic_pb(&row)),
+            topic: Some(convert::topic(&row)),
         }))
     }
 
     async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        let topics = self.node.meta.topics().await?.iter().map(topic_pb).collect();
+        let topics = self.node.meta.topics().await?.iter().map(convert::topic).collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
@@ -474,7 +365,7 @@ impl TopicService for Api {
         let view = self.lease_view().await?;
         let partitions = self.partition_metadata(&row, &view).await;
         Ok(Response::new(pb::DescribeTopicResponse {
-            topic: Some(topic_pb(&row)),
+            topic: Some(convert::topic(&row)),
             partitions,
         }))
     }
@@ -491,20 +382,5 @@ impl TopicService for Api {
         self.node.wake();
         tracing::info!(topic = %name, "topic deleted");
         Ok(Response::new(pb::DeleteTopicResponse {}))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_names_follow_kafkas_rule() {
-        for ok in ["a", "clicks", "a.b-c_d", &"x".repeat(249)] {
-            assert!(check_topic_name("t", ok).is_ok(), "{ok}");
-        }
-        for bad in ["", ".", "..", "a b", "a/b", "é", &"x".repeat(250)] {
-            assert!(check_topic_name("t", bad).is_err(), "{bad}");
-        }
     }
 }

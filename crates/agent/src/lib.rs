@@ -23,6 +23,7 @@ pub mod api;
 pub mod balance;
 pub mod batch;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod ids;
 pub mod meta;

@@ -135,12 +135,10 @@ pub fn status_error(status: &Status) -> ProduceError {
     }
 }
 
-/// Full jitter: a uniform pick in `[0, min(max, base × 2^attempt)]`, but no
-/// sooner than the server asked.
+/// The shared retry policy (`cairn_client::Backoff`): full jitter under
+/// `min(max, base × 2^attempt)`, but no sooner than the server asked.
 pub fn backoff(attempt: u32, base: Duration, max: Duration, hint: Option<Duration>) -> Duration {
-    let cap = base.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let jitter = Duration::from_micros(rand::random_range(0..=cap.as_micros() as u64));
-    jitter.max(hint.unwrap_or_default().min(max))
+    cairn_client::Backoff::new(base, max).delay(attempt, hint)
 }
 
 #[derive(Debug)]
