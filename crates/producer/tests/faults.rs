@@ -761,3 +761,40 @@ async fn a_shed_produce_is_retried_with_its_sequence_and_never_reported_as_maybe
         .collect();
     assert_eq!(values, ["first", "shed-then-written", "warm"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_reports_into_the_applications_registry() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &[]).await;
+    create_topic(&a.addr, TOPIC, 1).await;
+    leaders(&a.addr, 1).await;
+    let metrics = cairn_client::Metrics::new();
+    let p = producer(&[&a.addr]).metrics(&metrics).build().unwrap();
+    for i in 0..10 {
+        p.send_and_wait(ProducerRecord::new(TOPIC, format!("{i}")))
+            .await
+            .unwrap();
+    }
+    let text = metrics.encode();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing from:\n{text}"))
+    };
+    let requests = p.stats().requests as f64;
+    assert!(requests >= 1.0);
+    assert_eq!(value("cairn_producer_requests_total{producer="), requests);
+    assert_eq!(value("cairn_producer_errors_total{producer="), 0.0);
+    assert_eq!(
+        value(r#"cairn_rpc_client_requests_total{service="cairn.agent.v1.AgentService",method="Produce",code="OK"}"#),
+        requests,
+        "every Produce call counted by the client layer"
+    );
+    assert_eq!(
+        value("cairn_producer_buffer_used_bytes{producer="),
+        0.0,
+        "all acknowledged"
+    );
+}
