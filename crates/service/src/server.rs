@@ -24,13 +24,7 @@ use tower::Service;
 use crate::{
     auth::Auth,
     config::ServerConfig,
-    layers::{
-        authn::AuthLayer,
-        limits::{Limits, LimitsLayer},
-        metrics::MetricsLayer,
-        shed::{Intake, LoadShedLayer},
-        trace::TraceLayer,
-    },
+    layers::{authn, limits, limits::Limits, metrics, shed, shed::Intake, trace},
     runtime::Runtime,
 };
 
@@ -151,15 +145,15 @@ impl Server {
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
         let layers = tower::ServiceBuilder::new()
-            .layer(MetricsLayer::new(rt.metrics().rpc_server().clone()))
-            .layer(LoadShedLayer::new(intake))
-            .layer(TraceLayer)
-            .layer(LimitsLayer::new(Limits {
+            .layer(metrics::layer(rt.metrics().rpc_server().clone()))
+            .layer(shed::layer(intake))
+            .layer(trace::layer())
+            .layer(limits::layer(Limits {
                 request_timeout: config.request_timeout,
                 stream_idle_timeout: config.stream_idle_timeout,
                 stream_max_lifetime: config.stream_max_lifetime,
             }))
-            .layer(AuthLayer::new(self.auth.take()));
+            .layer(authn::layer(self.auth.take()));
         #[allow(clippy::disallowed_methods)] // the one place servers are built
         let builder = tonic::transport::Server::builder();
         let router = builder

@@ -22,9 +22,9 @@ use cairn_client::{ErrorReason, context, status};
 use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status, body::Body};
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::{BoxFuture, take_ready};
+use super::{BoxFuture, Concern, ConcernLayer};
 
 /// The limits every call gets.
 #[derive(Debug, Clone, Copy)]
@@ -39,51 +39,22 @@ pub struct Limits {
 
 /// Applies [`Limits`].
 #[derive(Clone)]
-pub struct LimitsLayer {
+pub struct Bound {
     limits: Limits,
 }
 
-impl LimitsLayer {
-    /// Every call bounded by `limits`.
-    pub fn new(limits: Limits) -> Self {
-        LimitsLayer { limits }
-    }
+/// Every call bounded by `limits`.
+pub fn layer(limits: Limits) -> ConcernLayer<Bound> {
+    ConcernLayer(Bound { limits })
 }
 
-impl<S> Layer<S> for LimitsLayer {
-    type Service = Limited<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Limited {
-            inner,
-            limits: self.limits,
-        }
-    }
-}
-
-/// The service [`LimitsLayer`] makes.
-#[derive(Clone)]
-pub struct Limited<S> {
-    inner: S,
-    limits: Limits,
-}
-
-impl<S> Service<http::Request<Body>> for Limited<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+impl Concern for Bound {
+    fn call<S>(&self, request: http::Request<Body>, mut inner: S) -> BoxFuture<Result<http::Response<Body>, S::Error>>
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let now = Instant::now();
         let asked = request
             .headers()

@@ -1,61 +1,31 @@
 //! RPC metrics for every call a server answers: counted and timed until the
 //! response's last frame, by service, method and final code.
 
-use std::task::{Context, Poll};
-
 use cairn_client::{body, metrics::RpcMetrics};
 use tonic::body::Body;
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::{BoxFuture, is_infrastructure, take_ready};
+use super::{BoxFuture, Concern, ConcernLayer, is_infrastructure};
 
-/// Counts every non-infrastructure call in `metrics`.
+/// Counts every non-infrastructure call.
 #[derive(Clone)]
-pub struct MetricsLayer {
+pub struct Measure {
     metrics: RpcMetrics,
 }
 
-impl MetricsLayer {
-    /// Records into `metrics` (the server side of the process registry).
-    pub fn new(metrics: RpcMetrics) -> Self {
-        MetricsLayer { metrics }
-    }
+/// Counts every non-infrastructure call in `metrics` (the server side of
+/// the process registry).
+pub fn layer(metrics: RpcMetrics) -> ConcernLayer<Measure> {
+    ConcernLayer(Measure { metrics })
 }
 
-impl<S> Layer<S> for MetricsLayer {
-    type Service = Measured<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Measured {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// The service [`MetricsLayer`] makes.
-#[derive(Clone)]
-pub struct Measured<S> {
-    inner: S,
-    metrics: RpcMetrics,
-}
-
-impl<S> Service<http::Request<Body>> for Measured<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+impl Concern for Measure {
+    fn call<S>(&self, request: http::Request<Body>, mut inner: S) -> BoxFuture<Result<http::Response<Body>, S::Error>>
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let path = request.uri().path();
         if is_infrastructure(path) {
             return Box::pin(inner.call(request));

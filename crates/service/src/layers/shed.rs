@@ -11,7 +11,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -25,9 +24,9 @@ use cairn_client::{
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, body::Body};
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::{BoxFuture, is_infrastructure, take_ready};
+use super::{BoxFuture, Concern, ConcernLayer, is_infrastructure};
 
 /// How long a caller refused for overload is told to wait.
 pub const OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(100);
@@ -111,53 +110,24 @@ impl Drop for Admission {
     }
 }
 
-/// Applies an [`Intake`].
+/// Admission through an [`Intake`].
 #[derive(Clone)]
-pub struct LoadShedLayer {
+pub struct Admit {
     intake: Arc<Intake>,
 }
 
-impl LoadShedLayer {
-    /// Admission through `intake`.
-    pub fn new(intake: Arc<Intake>) -> Self {
-        LoadShedLayer { intake }
-    }
+/// Admission through `intake`.
+pub fn layer(intake: Arc<Intake>) -> ConcernLayer<Admit> {
+    ConcernLayer(Admit { intake })
 }
 
-impl<S> Layer<S> for LoadShedLayer {
-    type Service = Shed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Shed {
-            inner,
-            intake: self.intake.clone(),
-        }
-    }
-}
-
-/// The service [`LoadShedLayer`] makes.
-#[derive(Clone)]
-pub struct Shed<S> {
-    inner: S,
-    intake: Arc<Intake>,
-}
-
-impl<S> Service<http::Request<Body>> for Shed<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+impl Concern for Admit {
+    fn call<S>(&self, request: http::Request<Body>, mut inner: S) -> BoxFuture<Result<http::Response<Body>, S::Error>>
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         if is_infrastructure(request.uri().path()) {
             return Box::pin(inner.call(request));
         }
