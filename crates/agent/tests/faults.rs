@@ -189,27 +189,8 @@ async fn two_agents_split_partitions_and_point_at_each_other() {
     let b = cluster.start("b", &[]).await;
     create_topic(&a.addr, "t", 4).await;
     // Both agents take their share within a few lease rounds.
-    let mut leaders = Vec::new();
-    for _ in 0..100 {
-        let meta = agent(&a.addr)
-            .await
-            .get_metadata(pb::GetMetadataRequest {
-                topics: vec!["t".into()],
-            })
-            .await
-            .unwrap();
-        leaders = meta.into_inner().topics[0]
-            .partitions
-            .iter()
-            .map(|p| p.leader_address.clone())
-            .collect();
-        let on_a = leaders.iter().filter(|l| **l == a.addr).count();
-        let on_b = leaders.iter().filter(|l| **l == b.addr).count();
-        if on_a == 2 && on_b == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let count = |l: &[String], addr: &str| l.iter().filter(|x| *x == addr).count();
+    let leaders = leaders_when(&a.addr, "t", |l| count(l, &a.addr) == 2 && count(l, &b.addr) == 2).await;
     assert_eq!(leaders.iter().filter(|l| **l == a.addr).count(), 2, "{leaders:?}");
     let on_b = leaders.iter().position(|l| *l == b.addr).unwrap() as u32;
     let wrong = agent(&a.addr)

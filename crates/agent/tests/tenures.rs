@@ -253,11 +253,7 @@ async fn twenty_up_write_sigterm_rounds_with_alternating_leaders_keep_every_part
         }
         let leaders = serving_leaders(&first.addr, partitions).await;
         for (p, leader) in leaders.iter().enumerate() {
-            let log: Vec<String> = read_all(leader, "t", p as u32)
-                .await
-                .into_iter()
-                .map(|r| String::from_utf8(r.value).unwrap())
-                .collect();
+            let log: Vec<String> = read_values(leader, "t", p as u32).await;
             assert_eq!(log, expected[p], "round {round}: partition {p} as {leader} serves it");
         }
         // SIGTERM both, as `scripts/dev down` does, one after the other.
@@ -299,11 +295,7 @@ async fn a_partition_that_passed_through_an_agent_without_writes_comes_back_to_i
         };
         agent(&staying.addr).await.produce(request).await.unwrap();
         written.extend(values);
-        let log: Vec<String> = read_all(&staying.addr, "t", 0)
-            .await
-            .into_iter()
-            .map(|r| String::from_utf8(r.value).unwrap())
-            .collect();
+        let log: Vec<String> = read_values(&staying.addr, "t", 0).await;
         assert_eq!(log, written, "round {round}");
         let name = if round % 2 == 0 { "a" } else { "b" };
         *leaving = cluster.start(name, &[]).await;

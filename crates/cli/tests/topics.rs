@@ -2,10 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use cairn_proto::cairn::agent::v1 as pb;
-use cairn_testkit::cluster::{Cluster, agent, create_topic, records};
+use cairn_testkit::cluster::{Cluster, agent, create_topic, leaders_when, records};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describe_shows_every_partitions_high_watermark_as_its_leader_knows_it() {
@@ -14,26 +12,10 @@ async fn describe_shows_every_partitions_high_watermark_as_its_leader_knows_it()
     let b = cluster.start("b", &[]).await;
     create_topic(&a.addr, "t", 4).await;
     // Wait for both agents to lead two partitions each.
-    let mut leaders = Vec::new();
-    for _ in 0..100 {
-        let meta = agent(&a.addr)
-            .await
-            .get_metadata(pb::GetMetadataRequest {
-                topics: vec!["t".into()],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        leaders = meta.topics[0]
-            .partitions
-            .iter()
-            .map(|p| p.leader_address.clone())
-            .collect();
-        if leaders.iter().filter(|l| **l == b.addr).count() == 2 && leaders.iter().all(|l| !l.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let leaders = leaders_when(&a.addr, "t", |l| {
+        l.iter().filter(|x| **x == b.addr).count() == 2 && l.iter().all(|x| !x.is_empty())
+    })
+    .await;
     for (p, leader) in leaders.iter().enumerate() {
         let values: Vec<String> = (0..=p).map(|i| format!("{p}-{i}")).collect();
         let request = pb::ProduceRequest {

@@ -17,7 +17,7 @@ use std::{
 use cairn_producer::{Acks, Fate, ProduceError, Producer, ProducerBuilder, ProducerRecord};
 use cairn_proto::cairn::agent::v1 as pb;
 use cairn_testkit::{
-    cluster::{Cluster, agent, create_topic, read_all},
+    cluster::{Cluster, agent, create_topic, read_all, read_values},
     free_port,
 };
 use tokio::{
@@ -507,11 +507,7 @@ async fn a_second_instance_with_the_same_name_fences_the_first() {
         "a fenced producer refuses new records: {err}"
     );
     second.send_and_wait(ProducerRecord::new(TOPIC, "5")).await.unwrap();
-    let values: Vec<String> = read_all(&a.addr, TOPIC, 0)
-        .await
-        .into_iter()
-        .map(|r| String::from_utf8(r.value).unwrap())
-        .collect();
+    let values: Vec<String> = read_values(&a.addr, TOPIC, 0).await;
     assert_eq!(values, ["1", "2", "5"]);
 }
 
@@ -674,11 +670,7 @@ async fn gzip_compressed_batches_arrive_intact_and_smaller() {
         sent_bytes[1] * 3 < sent_bytes[0],
         "gzip requests are much smaller on the wire: {sent_bytes:?}"
     );
-    let log: Vec<String> = read_all(&a.addr, TOPIC, 0)
-        .await
-        .into_iter()
-        .map(|r| String::from_utf8(r.value).unwrap())
-        .collect();
+    let log: Vec<String> = read_values(&a.addr, TOPIC, 0).await;
     assert_eq!(log.len(), values.len() * 2);
     assert_eq!(log[..values.len()], values[..]);
     assert_eq!(
@@ -754,11 +746,7 @@ async fn a_shed_produce_is_retried_with_its_sequence_and_never_reported_as_maybe
         hold.abort();
     }
     assert_eq!(err.fate(), Fate::NotWritten, "shed means not written: {err}");
-    let values: Vec<String> = read_all(&a.addr, TOPIC, 0)
-        .await
-        .into_iter()
-        .map(|r| String::from_utf8(r.value).unwrap())
-        .collect();
+    let values: Vec<String> = read_values(&a.addr, TOPIC, 0).await;
     assert_eq!(values, ["first", "shed-then-written", "warm"]);
 }
 

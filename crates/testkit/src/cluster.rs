@@ -202,6 +202,32 @@ pub async fn wait_leader(addr: &str, topic: &str, partition: u32) {
     .await;
 }
 
+/// The leader address of every partition of `topic` (as `any` agent answers),
+/// once `done` accepts them.
+pub async fn leaders_when(any: &str, topic: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let done = &done;
+    crate::eventually(
+        Duration::from_secs(30),
+        &format!("leaders of {topic} as expected"),
+        || async move {
+            let meta = agent(any)
+                .await
+                .get_metadata(pb::GetMetadataRequest {
+                    topics: vec![topic.into()],
+                })
+                .await
+                .ok()?;
+            let leaders: Vec<String> = meta.into_inner().topics[0]
+                .partitions
+                .iter()
+                .map(|p| p.leader_address.clone())
+                .collect();
+            done(&leaders).then_some(leaders)
+        },
+    )
+    .await
+}
+
 /// Every record of a partition, from offset 0 to the high watermark.
 pub async fn read_all(addr: &str, topic: &str, partition: u32) -> Vec<pb::StoredRecord> {
     let mut client = agent(addr).await;
@@ -224,6 +250,15 @@ pub async fn read_all(addr: &str, topic: &str, partition: u32) -> Vec<pb::Stored
         }
         out.extend(page.records);
     }
+}
+
+/// Every record value of a partition, as text.
+pub async fn read_values(addr: &str, topic: &str, partition: u32) -> Vec<String> {
+    read_all(addr, topic, partition)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect()
 }
 
 /// A `cairn-auth` process with its own SQLite store in the cluster's directory,
