@@ -480,6 +480,19 @@ impl Writer {
         }
     }
 
+    /// Answers every waiting append with the storage failure, and returns it.
+    fn fail_all(&self, waiting: Vec<Pending>, error: Error) -> Error {
+        let error = Arc::new(error);
+        let failed = || Error::StorageFailed {
+            partition: self.name.clone(),
+            source: error.clone(),
+        };
+        for p in waiting {
+            let _ = p.reply.send(Err(failed()));
+        }
+        failed()
+    }
+
     fn commit(&mut self, round: Vec<Request>) -> Result<()> {
         let now = crate::partition::now_ms();
         if !self.fence.is_valid() {
@@ -549,17 +562,7 @@ impl Writer {
         if !headers.is_empty()
             && let Err(error) = self.wal.append(&frames, &headers)
         {
-            let error = Arc::new(error);
-            for p in pending {
-                let _ = p.reply.send(Err(Error::StorageFailed {
-                    partition: self.name.clone(),
-                    source: error.clone(),
-                }));
-            }
-            return Err(Error::StorageFailed {
-                partition: self.name.clone(),
-                source: error,
-            });
+            return Err(self.fail_all(pending, error));
         }
         let mut durable = Vec::with_capacity(pending.len());
         for p in pending {
@@ -576,17 +579,7 @@ impl Writer {
                 h.observe(started.elapsed().as_secs_f64());
             }
             if let Err(error) = synced {
-                let error = Arc::new(error);
-                for p in durable {
-                    let _ = p.reply.send(Err(Error::StorageFailed {
-                        partition: self.name.clone(),
-                        source: error.clone(),
-                    }));
-                }
-                return Err(Error::StorageFailed {
-                    partition: self.name.clone(),
-                    source: error,
-                });
+                return Err(self.fail_all(durable, error));
             }
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.stats.batches.fetch_add(headers.len() as u64, Ordering::Relaxed);
