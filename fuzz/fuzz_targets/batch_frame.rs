@@ -2,7 +2,7 @@
 //! batch that encodes back to the same frame, never a panic.
 #![no_main]
 
-use cairn_agent::batch;
+use cairn_log::batch;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

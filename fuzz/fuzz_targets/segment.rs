@@ -2,7 +2,7 @@
 //! arbitrary bytes must be errors, never panics or huge allocations.
 #![no_main]
 
-use cairn_agent::segment;
+use cairn_log::segment;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,7 @@ use crate::{
     error::Error,
     meta::TopicRow,
     node::{Held, Node},
-    partition::now_ms,
+    partition::{Fetched, now_ms},
 };
 
 /// Default segment size and age. Large enough to avoid the small-file problem
@@ -271,8 +271,9 @@ impl AgentService for Api {
             }
             .into());
         }
-        let (records, high_watermark) = if req.offset < held.partition.wal_start() {
+        let fetched = if req.offset < held.partition.wal_start() {
             // Below the local WAL: the committed segments have it.
+            let time_floor = held.partition.time_floor();
             let records = self
                 .node
                 .read_segments(
@@ -283,18 +284,71 @@ impl AgentService for Api {
                     max_bytes,
                 )
                 .await?;
-            (records, held.partition.high_watermark())
+            Fetched {
+                records,
+                high_watermark: held.partition.high_watermark(),
+                time_floor,
+            }
         } else {
             held.partition.fetch(req.offset, max_bytes, wait).await?
         };
-        let records = records
-            .into_iter()
-            .map(|(offset, r)| convert::stored_record(offset, r))
-            .collect();
         Ok(Response::new(pb::FetchResponse {
-            records,
-            high_watermark,
+            records: fetched.records.into_iter().map(convert::stored_record).collect(),
+            high_watermark: fetched.high_watermark,
             log_start_offset: held.log_start.load(Ordering::SeqCst),
+            time_floor_ms: fetched.time_floor,
+        }))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        check_topic_name("topic", &request.get_ref().topic)?;
+        self.authorize(&request, "consume", &request.get_ref().topic)?;
+        let req = request.into_inner();
+        let meta = &self.node.meta;
+        let Some(lease) = meta.lease(&req.topic, req.partition).await.map_err(Error::from)? else {
+            return Err(match meta.topic(&req.topic).await.map_err(Error::from)? {
+                None => Error::UnknownTopic(req.topic),
+                Some(_) => Error::UnknownPartition {
+                    topic: req.topic,
+                    partition: req.partition,
+                },
+            }
+            .into());
+        };
+        let limit = match req.limit {
+            0 => 100,
+            n => i64::from(n.min(1_000)),
+        };
+        let start = match req.from {
+            None => lease.log_start_offset,
+            Some(pb::list_segments_request::From::Offset(offset)) => offset.max(lease.log_start_offset),
+            Some(pb::list_segments_request::From::TimestampMs(ts)) => {
+                match meta
+                    .segment_at_time(&req.topic, req.partition, ts)
+                    .await
+                    .map_err(Error::from)?
+                {
+                    Some(first) => first.base_offset.max(lease.log_start_offset),
+                    // No committed record at or after `ts`: nothing to list.
+                    None => lease.committed_offset,
+                }
+            }
+        };
+        let segments = meta
+            .segments_from(&req.topic, req.partition, start, limit)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: segments
+                .into_iter()
+                .filter(|s| s.next_offset > lease.log_start_offset)
+                .map(convert::segment_info)
+                .collect(),
+            log_start_offset: lease.log_start_offset,
+            committed_offset: lease.committed_offset,
         }))
     }
 }

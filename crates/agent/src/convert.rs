@@ -7,10 +7,10 @@ use cairn_proto::{Timestamp, cairn::agent::v1 as pb};
 use cairn_service::names;
 
 use crate::{
-    batch::{ProducerInfo, Record},
+    batch::{ProducerInfo, Record, Stored},
     config::Limits,
     error::Error,
-    meta::TopicRow,
+    meta::{SegmentRow, TopicRow},
     partition::{Ack, now_ms},
 };
 
@@ -137,9 +137,15 @@ pub fn check_limits(records: &[Record], limits: &Limits) -> Result<(), Error> {
 }
 
 /// A stored record as the wire carries it.
-pub fn stored_record(offset: u64, r: Record) -> pb::StoredRecord {
+pub fn stored_record(stored: Stored) -> pb::StoredRecord {
+    let Stored {
+        offset,
+        append_time_ms,
+        record: r,
+    } = stored;
     pb::StoredRecord {
         offset,
+        append_time_ms,
         key: r.key,
         value: r.value,
         timestamp_ms: r.timestamp_ms,
@@ -148,6 +154,21 @@ pub fn stored_record(offset: u64, r: Record) -> pb::StoredRecord {
             .into_iter()
             .map(|(key, value)| pb::Header { key, value })
             .collect(),
+    }
+}
+
+/// A committed segment as the wire carries it.
+pub fn segment_info(row: SegmentRow) -> pb::SegmentInfo {
+    pb::SegmentInfo {
+        base_offset: row.base_offset,
+        next_offset: row.next_offset,
+        object_key: row.object_key,
+        size_bytes: row.size_bytes,
+        records: row.records,
+        min_timestamp_ms: row.min_ts,
+        max_timestamp_ms: row.max_ts,
+        max_append_time_ms: row.max_append_ms,
+        epoch: row.epoch,
     }
 }
 

@@ -21,7 +21,7 @@
 
 pub mod api;
 pub mod balance;
-pub mod batch;
+pub use cairn_log::batch;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -33,7 +33,7 @@ pub mod partition;
 pub mod producers;
 pub mod reader;
 pub mod roller;
-pub mod segment;
+pub use cairn_log::segment;
 pub mod wal;
 
 use std::{sync::Arc, time::Duration};
@@ -63,6 +63,7 @@ pub fn policy() -> Policy {
                 "/cairn.agent.v1.AgentService/GetMetadata",
                 "/cairn.agent.v1.AgentService/Produce",
                 "/cairn.agent.v1.AgentService/Fetch",
+                "/cairn.agent.v1.AgentService/ListSegments",
             ],
             Access::Authenticated,
         )

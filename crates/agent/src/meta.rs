@@ -54,6 +54,8 @@ pub struct SegmentRow {
     pub records: u64,
     pub min_ts: i64,
     pub max_ts: i64,
+    /// The latest append time of its records (unix ms; 0 for segments from before it was kept).
+    pub max_append_ms: i64,
     pub created_at: i64,
 }
 
@@ -73,7 +75,7 @@ macro_rules! lease_columns {
 }
 macro_rules! segment_columns {
     () => {
-        "topic, partition, base_offset, next_offset, epoch, object_key, size_bytes, records, min_ts, max_ts, created_at"
+        "topic, partition, base_offset, next_offset, epoch, object_key, size_bytes, records, min_ts, max_ts, max_append_ms, created_at"
     };
 }
 
@@ -107,6 +109,7 @@ fn segment_row(row: &sqlx::any::AnyRow) -> Result<SegmentRow> {
         records: unsigned(row, "records")?,
         min_ts: row.try_get("min_ts")?,
         max_ts: row.try_get("max_ts")?,
+        max_append_ms: row.try_get("max_append_ms")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -390,7 +393,8 @@ impl Meta {
         }
         sqlx::query(
             "INSERT INTO segments (topic, partition, base_offset, next_offset, epoch, object_key, size_bytes, \
-             records, min_ts, max_ts, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             records, min_ts, max_ts, max_append_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&segment.topic)
         .bind(i64::from(segment.partition))
@@ -402,6 +406,7 @@ impl Meta {
         .bind(segment.records as i64)
         .bind(segment.min_ts)
         .bind(segment.max_ts)
+        .bind(segment.max_append_ms)
         .bind(segment.created_at)
         .execute(&mut *tx)
         .await?;
@@ -540,6 +545,35 @@ impl Meta {
             .map(segment_row)
             .transpose()?
             .filter(|s| offset < s.next_offset))
+    }
+
+    /// The latest append time in a partition's committed segments (0 when none
+    /// is recorded): where a new leader's clock starts.
+    pub async fn last_append_time(&self, topic: &str, partition: u32) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT max_append_ms FROM segments WHERE topic = $1 AND partition = $2 ORDER BY base_offset DESC LIMIT 1",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("max_append_ms")).transpose()?.unwrap_or(0))
+    }
+
+    /// The first committed segment that may hold a record with timestamp at
+    /// or after `ts` (unix ms), if any.
+    pub async fn segment_at_time(&self, topic: &str, partition: u32, ts: i64) -> Result<Option<SegmentRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            segment_columns!(),
+            " FROM segments WHERE topic = $1 AND partition = $2 AND max_ts >= $3 ORDER BY base_offset LIMIT 1"
+        ))
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(ts)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(segment_row).transpose()
     }
 
     /// The first offset of a partition's first committed segment.

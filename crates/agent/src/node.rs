@@ -438,6 +438,7 @@ impl Node {
             committed,
             reclaim,
             segments,
+            time_floor: self.meta.last_append_time(&lease.topic, lease.partition).await?,
         };
         let snapshot = Producers::from_states(&self.meta.producer_states(&lease.topic, lease.partition).await?);
         let opened = self

@@ -18,7 +18,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    batch::{self, BatchHeader, ProducerInfo, Record},
+    batch::{self, BatchHeader, ProducerInfo, Record, Stored},
     error::{Error, Result},
     producers::{Producers, Verdict},
     wal::{Discarded, Tenure, Wal, WalReader},
@@ -118,6 +118,73 @@ impl Fence {
     }
 }
 
+/// The partition's append times: non-decreasing along the log, across
+/// leaders (a tenure starts at the latest time already in the log), and a
+/// floor readers can trust: no record that becomes readable after
+/// [`AppendClock::floor`] is read carries an earlier append time. Readers
+/// that merge partitions by append time emit up to the floor and never skip
+/// a record that became durable after they moved on.
+#[derive(Debug)]
+pub struct AppendClock {
+    state: std::sync::Mutex<ClockState>,
+}
+
+#[derive(Debug)]
+struct ClockState {
+    /// The latest stamp handed out (or found in the log).
+    last: i64,
+    /// The stamp of the round being written, until its records are readable.
+    in_flight: Option<i64>,
+}
+
+impl AppendClock {
+    /// A clock that never stamps below `floor`.
+    pub fn new(floor: i64) -> Self {
+        AppendClock {
+            state: std::sync::Mutex::new(ClockState {
+                last: floor,
+                in_flight: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The append time of the next round: now, or the last stamp if the
+    /// clock stepped back. In flight until [`AppendClock::published`].
+    fn stamp(&self) -> i64 {
+        let mut state = self.lock();
+        let stamp = now_ms().max(state.last);
+        state.last = stamp;
+        state.in_flight = Some(stamp);
+        stamp
+    }
+
+    /// The round's records are readable (or were never written).
+    fn published(&self) {
+        self.lock().in_flight = None;
+    }
+
+    /// No record made readable after this call has an append time below it.
+    /// Read it before the high watermark it goes with.
+    pub fn floor(&self) -> i64 {
+        let state = self.lock();
+        state.in_flight.unwrap_or_else(|| now_ms().max(state.last))
+    }
+}
+
+/// Durable records read from a partition, and what a reader may conclude.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub records: Vec<Stored>,
+    pub high_watermark: u64,
+    /// Records at or above the high watermark will have append times at or
+    /// above this (unix ms).
+    pub time_floor: i64,
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -141,6 +208,7 @@ pub struct Partition {
     commit_wanted: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Set by [`Partition::close`]: long-polls and committed-ack waits end.
     closed: watch::Sender<bool>,
+    clock: Arc<AppendClock>,
 }
 
 /// Writer settings.
@@ -178,6 +246,12 @@ impl Partition {
         // The stored snapshot is the state at `committed`; the WAL adds what came after.
         let mut producers = snapshot;
         producers.replay(&recovered.batches, committed);
+        let floor = recovered
+            .batches
+            .last()
+            .map_or(0, |h| h.append_time_ms)
+            .max(tenure.time_floor);
+        let clock = Arc::new(AppendClock::new(floor));
         let wal = recovered.wal;
         let reader = wal.reader();
         let (hw_tx, hw_rx) = watch::channel(wal.next_offset());
@@ -199,6 +273,7 @@ impl Partition {
             partition,
             name: format!("{topic}/{partition}"),
             committed: committed_rx,
+            clock: clock.clone(),
         };
         std::thread::Builder::new()
             .name(format!("wal-{topic}-{partition}"))
@@ -216,6 +291,7 @@ impl Partition {
             committed: committed_tx,
             commit_wanted: std::sync::Mutex::new(None),
             closed: watch::channel(false).0,
+            clock,
         });
         Ok((partition, recovery))
     }
@@ -274,8 +350,9 @@ impl Partition {
     }
 
     /// Durable records from `offset`, waiting up to `wait` for some when at the end.
-    pub async fn fetch(&self, offset: u64, max_bytes: usize, wait: Duration) -> Result<(Vec<(u64, Record)>, u64)> {
+    pub async fn fetch(&self, offset: u64, max_bytes: usize, wait: Duration) -> Result<Fetched> {
         let mut hw_rx = self.high_watermark.clone();
+        let mut time_floor = self.clock.floor();
         let mut hw = *hw_rx.borrow_and_update();
         let start = self.wal_start();
         if offset < start || offset > hw {
@@ -287,11 +364,21 @@ impl Partition {
                 _ = tokio::time::timeout(wait, hw_rx.wait_for(|&h| h > offset)) => {}
                 _ = closed.wait_for(|c| *c) => {}
             }
+            time_floor = self.clock.floor();
             hw = *hw_rx.borrow();
         }
         let reader = self.reader.clone();
         let records = tokio::task::spawn_blocking(move || reader.read(offset, hw, max_bytes)).await??;
-        Ok((records, hw))
+        Ok(Fetched {
+            records,
+            high_watermark: hw,
+            time_floor,
+        })
+    }
+
+    /// See [`AppendClock::floor`].
+    pub fn time_floor(&self) -> i64 {
+        self.clock.floor()
     }
 
     fn writer_stopped(&self) -> Error {
@@ -392,6 +479,7 @@ struct Writer {
     /// `topic/partition`, for logs and errors.
     name: String,
     committed: watch::Receiver<u64>,
+    clock: Arc<AppendClock>,
 }
 
 struct Pending {
@@ -494,7 +582,13 @@ impl Writer {
     }
 
     fn commit(&mut self, round: Vec<Request>) -> Result<()> {
-        let now = crate::partition::now_ms();
+        let now = self.clock.stamp();
+        let result = self.commit_at(round, now);
+        self.clock.published();
+        result
+    }
+
+    fn commit_at(&mut self, round: Vec<Request>, now: i64) -> Result<()> {
         if !self.fence.is_valid() {
             for request in round {
                 let _ = request.reply.send(Err(Error::NotLeader {
@@ -600,6 +694,30 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_times_never_go_back_and_the_floor_covers_the_round_in_flight() {
+        // The log's last stamp is an hour ahead of this machine's clock (a
+        // previous leader's clock was fast): stamps stay at it, never below.
+        let ahead = now_ms() + 3_600_000;
+        let clock = AppendClock::new(ahead);
+        assert!(clock.floor() >= ahead);
+        let first = clock.stamp();
+        assert_eq!(first, ahead);
+        assert_eq!(clock.floor(), first, "a round in flight holds the floor at its stamp");
+        clock.published();
+        let second = clock.stamp();
+        assert!(second >= first);
+        clock.published();
+        // A clock behind the machine's starts at now.
+        let fresh = AppendClock::new(0);
+        let before = now_ms();
+        let stamp = fresh.stamp();
+        assert!(stamp >= before && stamp <= now_ms());
+        assert_eq!(fresh.floor(), stamp);
+        fresh.published();
+        assert!(fresh.floor() >= stamp, "idle: the floor follows the clock");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_fence_ends_by_the_monotonic_clock() {

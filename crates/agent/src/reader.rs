@@ -12,7 +12,7 @@ use std::{
 use cairn_object_store::{ObjectStore, StoreError};
 
 use crate::{
-    batch::Record,
+    batch::Stored,
     error::{Error, Result},
     segment::{self, BlockEntry},
 };
@@ -95,7 +95,7 @@ impl SegmentReader {
     /// while they fit `budget` raw bytes (the first block always does).
     /// Returns them and the raw bytes taken; stopping short of the segment's
     /// end means the budget ran out.
-    pub async fn read(&self, key: &str, size: u64, offset: u64, budget: usize) -> Result<(Vec<(u64, Record)>, usize)> {
+    pub async fn read(&self, key: &str, size: u64, offset: u64, budget: usize) -> Result<(Vec<Stored>, usize)> {
         let index = self.index(key, size).await?;
         let Some(first) = segment::block_for_offset(&index, offset) else {
             return Ok((Vec::new(), 0));
@@ -112,7 +112,7 @@ impl SegmentReader {
                 .await
                 .map_err(|e| store_error(key, e))?;
             let records = segment::read_block(entry, &block).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?;
-            out.extend(records.into_iter().filter(|(o, _)| *o >= offset));
+            out.extend(records.into_iter().filter(|s| s.offset >= offset));
             taken += entry.raw_len as usize;
         }
         Ok((out, taken))

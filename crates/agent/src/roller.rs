@@ -21,7 +21,7 @@ use cairn_object_store::StoreError;
 use tokio::time::Instant;
 
 use crate::{
-    batch::Record,
+    batch::Stored,
     error::{Error, Result},
     ids::SegmentKey,
     meta::SegmentRow,
@@ -48,7 +48,7 @@ impl Node {
         offset: u64,
         end: u64,
         max_bytes: usize,
-    ) -> Result<Vec<(u64, Record)>> {
+    ) -> Result<Vec<Stored>> {
         let mut out = Vec::new();
         let mut taken = 0usize;
         let mut at = offset;
@@ -62,8 +62,8 @@ impl Node {
             }
             let (records, bytes) = self.segments.read(&seg.object_key, seg.size_bytes, at, budget).await?;
             taken += bytes;
-            let next = records.last().map_or(seg.next_offset, |(o, _)| o + 1);
-            out.extend(records.into_iter().filter(|(o, _)| *o < end));
+            let next = records.last().map_or(seg.next_offset, |s| s.offset + 1);
+            out.extend(records.into_iter().filter(|s| s.offset < end));
             if next < seg.next_offset || next <= at {
                 // The budget ran out inside this segment (or it held nothing new).
                 break;
@@ -331,6 +331,7 @@ impl Node {
             records: footer.records,
             min_ts: footer.min_ts,
             max_ts: footer.max_ts,
+            max_append_ms: headers.iter().map(|h| h.append_time_ms).max().unwrap_or(0),
             created_at: now_ms(),
         };
         let mut producers = held

@@ -24,7 +24,7 @@ use std::{
 };
 
 use crate::{
-    batch::{self, BatchHeader, FrameError, PREAMBLE, Record},
+    batch::{self, BatchHeader, FrameError, PREAMBLE, Record, Stored},
     error::{Error, Result},
 };
 
@@ -75,6 +75,9 @@ pub struct Tenure {
     pub reclaim: bool,
     /// Committed segments that end above the local WAL's first offset.
     pub segments: Vec<SegmentSpan>,
+    /// The latest append time in the committed segments (unix ms): this
+    /// tenure never stamps below it.
+    pub time_floor: i64,
 }
 
 impl Tenure {
@@ -85,6 +88,7 @@ impl Tenure {
             committed,
             reclaim: true,
             segments: Vec::new(),
+            time_floor: 0,
         }
     }
 }
@@ -631,7 +635,7 @@ impl WalReader {
 
     /// Records from `offset` up to (not including) `end`, about `max_bytes`
     /// of them, but at least one batch's worth when any is available.
-    pub fn read(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<(u64, Record)>> {
+    pub fn read(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<Stored>> {
         let mut taken = 0usize;
         let entries = self.entries(
             |e| e.next_offset <= offset,
@@ -644,12 +648,7 @@ impl WalReader {
         let mut out = Vec::new();
         for entry in entries {
             let (header, records) = self.frame(&entry)?;
-            for (i, record) in records.into_iter().enumerate() {
-                let at = header.base_offset + i as u64;
-                if at >= offset && at < end {
-                    out.push((at, record));
-                }
-            }
+            out.extend(header.stored(records).filter(|s| s.offset >= offset && s.offset < end));
         }
         Ok(out)
     }
@@ -842,9 +841,9 @@ mod tests {
         assert_eq!(recovered.batches.len(), 3);
         assert_eq!(recovered.truncated, 0);
         let records = recovered.wal.reader().read(2, 9, usize::MAX).unwrap();
-        let offsets: Vec<u64> = records.iter().map(|(o, _)| *o).collect();
+        let offsets: Vec<u64> = records.iter().map(|s| s.offset).collect();
         assert_eq!(offsets, (2..9).collect::<Vec<_>>());
-        assert_eq!(records[0].1.value, b"r2");
+        assert_eq!(records[0].record.value, b"r2");
     }
 
     #[test]
@@ -995,6 +994,7 @@ mod tests {
                 .iter()
                 .map(|&(base, next, epoch)| SegmentSpan { base, next, epoch })
                 .collect(),
+            time_floor: 0,
         }
     }
 

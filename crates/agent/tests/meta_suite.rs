@@ -185,8 +185,9 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
         object_key: format!("t/0/{base}-{next}-e{epoch}.seg"),
         size_bytes: 10,
         records: next - base,
-        min_ts: 0,
-        max_ts: 0,
+        min_ts: base as i64,
+        max_ts: next as i64 - 1,
+        max_append_ms: 1_000 + next as i64,
         created_at: 0,
     };
     let state = |epoch| ProducerState {
@@ -218,8 +219,19 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
     assert_eq!(meta.leases().await.unwrap()[0].committed_offset, 10);
     let states = meta.producer_states("t", 0).await.unwrap();
     assert_eq!(states, vec![state(0)], "nor its producer state");
+    assert_eq!(
+        meta.last_append_time("t", 0).await.unwrap(),
+        1_010,
+        "a new leader's clock starts here"
+    );
     assert!(meta.commit_segment(&seg(10, 20, 2), "b", &[]).await.unwrap());
     assert_eq!(meta.segments("t", 0).await.unwrap().len(), 2);
+    assert_eq!(meta.last_append_time("t", 0).await.unwrap(), 1_020);
+    assert_eq!(meta.last_append_time("t", 1).await.unwrap(), 0, "no segments: no floor");
+    let at = |ts| meta.segment_at_time("t", 0, ts);
+    assert_eq!(at(5).await.unwrap().map(|s| s.base_offset), Some(0));
+    assert_eq!(at(15).await.unwrap().map(|s| s.base_offset), Some(10));
+    assert_eq!(at(20).await.unwrap(), None, "after the last record");
 }
 
 async fn on_sqlite(dir: &cairn_testkit::TempDir) -> Option<Meta> {

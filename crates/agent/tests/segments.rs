@@ -37,7 +37,7 @@ async fn records_in_store(store: &dyn ObjectStore) -> Vec<(u64, Vec<u8>)> {
                 segment::read_block(entry, block)
                     .unwrap()
                     .into_iter()
-                    .map(|(o, r)| (o, r.value)),
+                    .map(|s| (s.offset, s.record.value)),
             );
         }
     }
@@ -98,6 +98,89 @@ async fn a_committed_ack_means_the_records_are_in_a_committed_segment() {
         .unwrap();
     let segments = meta.segments("t", 0).await.unwrap();
     assert_eq!((segments[1].base_offset, segments[1].next_offset), (5, 6));
+
+    // Readers list segments through any agent and read them from the store.
+    let list = |from| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_segments(pb::ListSegmentsRequest {
+                    topic: "t".into(),
+                    partition: 0,
+                    from,
+                    limit: 0,
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    use pb::list_segments_request::From;
+    let listed = list(None).await.unwrap();
+    assert_eq!(listed.committed_offset, 6);
+    assert_eq!(
+        listed
+            .segments
+            .iter()
+            .map(|s| (s.base_offset, s.next_offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 5), (5, 6)]
+    );
+    assert_eq!(listed.segments[0].object_key, segments[0].object_key);
+    let last_append = listed.segments[1].max_append_time_ms;
+    assert!(
+        last_append >= listed.segments[0].max_append_time_ms && last_append > 0,
+        "segments carry their append times"
+    );
+    let from_4 = list(Some(From::Offset(4))).await.unwrap();
+    assert_eq!(from_4.segments[0].base_offset, 0, "from the segment holding offset 4");
+    let from_5 = list(Some(From::Offset(5))).await.unwrap();
+    assert_eq!(from_5.segments.len(), 1);
+    let later = list(Some(From::TimestampMs(listed.segments[1].max_timestamp_ms + 1)))
+        .await
+        .unwrap();
+    assert!(later.segments.is_empty(), "no record at or after that time");
+    let first = list(Some(From::TimestampMs(0))).await.unwrap();
+    assert_eq!(first.segments.len(), 2);
+    let unknown = client
+        .list_segments(pb::ListSegmentsRequest {
+            topic: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Append times never go back along the partition, and the floor the
+    // leader reports covers everything appended.
+    let fetched = client
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let times: Vec<i64> = fetched.records.iter().map(|r| r.append_time_ms).collect();
+    assert_eq!(times.len(), 6);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(fetched.time_floor_ms >= *times.last().unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let idle = client
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 6,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        idle.time_floor_ms > fetched.time_floor_ms,
+        "an idle partition's floor advances with the clock"
+    );
 }
 
 #[tokio::test]

@@ -49,6 +49,26 @@ impl Record {
     }
 }
 
+/// A record as the log holds it: its offset and when its leader appended it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stored {
+    pub offset: u64,
+    /// The batch's append time (unix ms); non-decreasing along a partition.
+    pub append_time_ms: i64,
+    pub record: Record,
+}
+
+impl BatchHeader {
+    /// The batch's records as stored, with their offsets and append time.
+    pub fn stored(&self, records: Vec<Record>) -> impl Iterator<Item = Stored> + '_ {
+        records.into_iter().enumerate().map(move |(i, record)| Stored {
+            offset: self.base_offset + i as u64,
+            append_time_ms: self.append_time_ms,
+            record,
+        })
+    }
+}
+
 /// Who wrote a batch, for idempotence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProducerInfo {

@@ -17,7 +17,7 @@
 
 use std::ops::Range;
 
-use crate::batch::{self, BatchHeader, Record};
+use crate::batch::{self, BatchHeader, Record, Stored};
 
 /// The last four bytes of every segment.
 pub const MAGIC: &[u8; 4] = b"CSEG";
@@ -305,7 +305,7 @@ pub fn block_for_timestamp(index: &[BlockEntry], ts: i64) -> Option<usize> {
 }
 
 /// Decompresses and decodes a block's records with their offsets.
-pub fn read_block(entry: &BlockEntry, compressed: &[u8]) -> Result<Vec<(u64, Record)>, SegmentError> {
+pub fn read_block(entry: &BlockEntry, compressed: &[u8]) -> Result<Vec<Stored>, SegmentError> {
     if compressed.len() != entry.len as usize || crc32fast::hash(compressed) != entry.crc {
         return Err(damaged("block checksum mismatch"));
     }
@@ -323,12 +323,7 @@ pub fn read_block(entry: &BlockEntry, compressed: &[u8]) -> Result<Vec<(u64, Rec
             return Err(damaged("batches in a block are not contiguous"));
         }
         expected = header.next_offset();
-        out.extend(
-            records
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| (header.base_offset + i as u64, r)),
-        );
+        out.extend(header.stored(records));
         rest = &rest[len..];
     }
     if expected != entry.next_offset {
@@ -364,7 +359,7 @@ mod tests {
         b.finish().unwrap()
     }
 
-    fn read_all(seg: &[u8]) -> Vec<(u64, Record)> {
+    fn read_all(seg: &[u8]) -> Vec<Stored> {
         let footer = read_footer(seg).unwrap();
         let range = index_range(&footer, seg.len() as u64).unwrap();
         let index = read_index(&footer, &seg[range.start as usize..range.end as usize]).unwrap();
@@ -388,7 +383,7 @@ mod tests {
         assert!(index.len() > 1, "several blocks");
         let records = read_all(&seg);
         assert_eq!(records.len(), 4000);
-        assert!(records.iter().enumerate().all(|(i, (o, _))| *o == 100 + i as u64));
+        assert!(records.iter().enumerate().all(|(i, s)| s.offset == 100 + i as u64));
         assert!(seg.len() < 4000 * 100 / 2, "compressed: {} bytes", seg.len());
 
         let b = block_for_offset(&index, 2345).unwrap();

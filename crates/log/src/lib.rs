@@ -1,0 +1,7 @@
+//! The log's on-disk and in-object-store formats, shared by the agent that
+//! writes them and every reader that decodes them without an agent: `batch`
+//! (the checksummed frame a WAL and a segment hold) and `segment` (the
+//! indexed, compressed object a partition's records become).
+
+pub mod batch;
+pub mod segment;
