@@ -112,6 +112,9 @@ pub struct AgentConfig {
     pub handoff_timeout: Duration,
     /// Segment block indexes kept in memory for reads below the WAL.
     pub segment_index_cache: usize,
+    /// Decoded segment blocks kept in memory for reads below the WAL (raw bytes).
+    #[serde(with = "cairn_service::units::bytes_usize")]
+    pub segment_block_cache: usize,
 }
 
 impl Default for AgentConfig {
@@ -133,6 +136,7 @@ impl Default for AgentConfig {
             max_concurrent_uploads: 4,
             handoff_timeout: Duration::from_secs(10),
             segment_index_cache: 1024,
+            segment_block_cache: 32 * 1024 * 1024,
         }
     }
 }

@@ -120,6 +120,18 @@ impl Error {
     }
 }
 
+impl From<cairn_log::store::ReadError> for Error {
+    fn from(e: cairn_log::store::ReadError) -> Self {
+        match e {
+            cairn_log::store::ReadError::Store { key, source } => Error::ObjectStore {
+                what: format!("reading {key}"),
+                source,
+            },
+            cairn_log::store::ReadError::Corrupt { key, source } => Error::Corrupt(format!("{key}: {source}")),
+        }
+    }
+}
+
 impl ServiceError for Error {
     fn code(&self) -> Code {
         match self {

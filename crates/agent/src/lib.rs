@@ -31,7 +31,6 @@ pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod producers;
-pub mod reader;
 pub mod roller;
 pub use cairn_log::segment;
 pub mod wal;

@@ -28,6 +28,8 @@ use cairn_object_store::ObjectStore;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use cairn_log::store::{CacheLimits, SegmentReader};
+
 use crate::{
     balance,
     config::Config,
@@ -36,7 +38,6 @@ use crate::{
     meta::{LeaseRow, Meta},
     partition::{Partition, WriterConfig},
     producers::Producers,
-    reader::SegmentReader,
     wal::{self, SegmentSpan, Tenure},
 };
 
@@ -126,7 +127,13 @@ impl Node {
             id,
             address,
             meta,
-            segments: SegmentReader::new(store.clone(), config.agent.segment_index_cache),
+            segments: SegmentReader::new(
+                store.clone(),
+                CacheLimits {
+                    indexes: config.agent.segment_index_cache,
+                    block_bytes: config.agent.segment_block_cache,
+                },
+            ),
             store,
             roll_wake: tokio::sync::Notify::new(),
             config,
