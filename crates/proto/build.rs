@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "cairn/agent/v1/agent.proto",
     "cairn/auth/v1/auth.proto",
     "cairn/common/v1/errors.proto",
+    "cairn/ingest/v1/ingest.proto",
     "ingestion/ingestion.proto",
 ];
 

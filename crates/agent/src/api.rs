@@ -308,8 +308,8 @@ impl AgentService for Api {
         self.authorize(&request, "consume", &request.get_ref().topic)?;
         let req = request.into_inner();
         let meta = &self.node.meta;
-        let Some(lease) = meta.lease(&req.topic, req.partition).await.map_err(Error::from)? else {
-            return Err(match meta.topic(&req.topic).await.map_err(Error::from)? {
+        let Some(lease) = meta.lease(&req.topic, req.partition).await? else {
+            return Err(match meta.topic(&req.topic).await? {
                 None => Error::UnknownTopic(req.topic),
                 Some(_) => Error::UnknownPartition {
                     topic: req.topic,
@@ -326,21 +326,16 @@ impl AgentService for Api {
             None => lease.log_start_offset,
             Some(pb::list_segments_request::From::Offset(offset)) => offset.max(lease.log_start_offset),
             Some(pb::list_segments_request::From::TimestampMs(ts)) => {
-                match meta
-                    .segment_at_time(&req.topic, req.partition, ts)
-                    .await
-                    .map_err(Error::from)?
-                {
-                    Some(first) => first.base_offset.max(lease.log_start_offset),
-                    // No committed record at or after `ts`: nothing to list.
-                    None => lease.committed_offset,
-                }
+                let first = meta.segment_at_time(&req.topic, req.partition, ts).await;
+                // No committed record at or after `ts`: nothing to list.
+                first?.map_or(lease.committed_offset, |s| s.base_offset.max(lease.log_start_offset))
+            }
+            Some(pb::list_segments_request::From::AppendTimeMs(ms)) => {
+                let first = meta.segment_at_append_time(&req.topic, req.partition, ms).await;
+                first?.map_or(lease.committed_offset, |s| s.base_offset.max(lease.log_start_offset))
             }
         };
-        let segments = meta
-            .segments_from(&req.topic, req.partition, start, limit)
-            .await
-            .map_err(Error::from)?;
+        let segments = meta.segments_from(&req.topic, req.partition, start, limit).await?;
         Ok(Response::new(pb::ListSegmentsResponse {
             segments: segments
                 .into_iter()

@@ -576,6 +576,23 @@ impl Meta {
         row.as_ref().map(segment_row).transpose()
     }
 
+    /// The first committed segment holding a record appended at or after
+    /// `ms` (unix ms), if any. Segments from before append times were kept
+    /// (0) never match.
+    pub async fn segment_at_append_time(&self, topic: &str, partition: u32, ms: i64) -> Result<Option<SegmentRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            segment_columns!(),
+            " FROM segments WHERE topic = $1 AND partition = $2 AND max_append_ms >= $3 ORDER BY base_offset LIMIT 1"
+        ))
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(segment_row).transpose()
+    }
+
     /// The first offset of a partition's first committed segment.
     pub async fn first_segment_base(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
         let row = sqlx::query("SELECT MIN(base_offset) AS base FROM segments WHERE topic = $1 AND partition = $2")

@@ -232,6 +232,10 @@ async fn segment_commits_are_fenced_by_epoch_and_contiguous(meta: Meta) {
     assert_eq!(at(5).await.unwrap().map(|s| s.base_offset), Some(0));
     assert_eq!(at(15).await.unwrap().map(|s| s.base_offset), Some(10));
     assert_eq!(at(20).await.unwrap(), None, "after the last record");
+    let appended = |ms| meta.segment_at_append_time("t", 0, ms);
+    assert_eq!(appended(1_010).await.unwrap().map(|s| s.base_offset), Some(0));
+    assert_eq!(appended(1_011).await.unwrap().map(|s| s.base_offset), Some(10));
+    assert_eq!(appended(1_021).await.unwrap(), None);
 }
 
 async fn on_sqlite(dir: &cairn_testkit::TempDir) -> Option<Meta> {

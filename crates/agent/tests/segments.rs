@@ -141,6 +141,11 @@ async fn a_committed_ack_means_the_records_are_in_a_committed_segment() {
     assert!(later.segments.is_empty(), "no record at or after that time");
     let first = list(Some(From::TimestampMs(0))).await.unwrap();
     assert_eq!(first.segments.len(), 2);
+    let by_append = list(Some(From::AppendTimeMs(listed.segments[0].max_append_time_ms + 1)))
+        .await
+        .unwrap();
+    assert_eq!(by_append.segments.len(), 1, "only the segment appended after that time");
+    assert_eq!(by_append.segments[0].base_offset, 5);
     let unknown = client
         .list_segments(pb::ListSegmentsRequest {
             topic: "nope".into(),

@@ -215,6 +215,13 @@ async fn an_auth_outage_is_unavailable_and_lets_nobody_in() {
     let error = c.call(Some(&fresh)).await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
     assert!(status::retry_after(&error).is_some(), "retryable, with retry info");
+    // Known down: the next uncached key is refused at once, without a lookup.
+    let lookups = c.authenticator.stats().lookups.load(Ordering::Relaxed);
+    let other = "cairn_not_a_cached_key";
+    let error = c.call(Some(other)).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert_eq!(c.authenticator.stats().lookups.load(Ordering::Relaxed), lookups);
+    assert_eq!(c.authenticator.stats().unavailable_fast.load(Ordering::Relaxed), 1);
     // Once the cached answer ages out, the cached key is refused too.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let error = c.call(Some(&cached)).await.unwrap_err();

@@ -144,10 +144,13 @@ impl SegmentReader {
     }
 
     async fn range(&self, key: &str, range: std::ops::Range<u64>) -> Result<bytes::Bytes, ReadError> {
-        self.store.get_range(key, range).await.map_err(|source| ReadError::Store {
-            key: key.to_owned(),
-            source,
-        })
+        self.store
+            .get_range(key, range)
+            .await
+            .map_err(|source| ReadError::Store {
+                key: key.to_owned(),
+                source,
+            })
     }
 
     /// The decoded records of one block, from the cache or the store.
@@ -186,7 +189,13 @@ impl SegmentReader {
     /// while they fit `budget` raw bytes (the first block always does).
     /// Returns them and the raw bytes taken; stopping short of the segment's
     /// end means the budget ran out.
-    pub async fn read(&self, key: &str, size: u64, offset: u64, budget: usize) -> Result<(Vec<Stored>, usize), ReadError> {
+    pub async fn read(
+        &self,
+        key: &str,
+        size: u64,
+        offset: u64,
+        budget: usize,
+    ) -> Result<(Vec<Stored>, usize), ReadError> {
         let index = self.index(key, size).await?;
         let Some(first) = segment::block_for_offset(&index, offset) else {
             return Ok((Vec::new(), 0));

@@ -21,6 +21,13 @@ pub mod cairn {
             tonic::include_proto!("cairn.common.v1");
         }
     }
+    /// Telemetry records and the log reader's API.
+    pub mod ingest {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("cairn.ingest.v1");
+        }
+    }
     /// API keys and principals.
     pub mod auth {
         /// Version 1.

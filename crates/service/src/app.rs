@@ -49,6 +49,9 @@ where
             if let Some(metrics) = config.metrics().address() {
                 exposition::serve_metrics(&rt, metrics).await?;
             }
+            for (name, listen) in config.listeners() {
+                rt.bind(name, listen).await?;
+            }
             anyhow::Ok(addr)
         };
         let addr = match started.await {

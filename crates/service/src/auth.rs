@@ -1,6 +1,7 @@
 //! The auth layer every service uses.
 //!
-//! Callers send an API key as `authorization: Bearer <key>` or `x-api-key`.
+//! Callers send an API key as `authorization: Bearer <key>`, `x-api-key` or
+//! `x-junjo-api-key`.
 //! The layer resolves it to a [`Principal`] through an [`Authenticator`]
 //! (normally [`RemoteAuthenticator`], which asks `cairn-auth` over gRPC and
 //! caches answers for at most [`MAX_CACHE_TTL`]), checks the scope the RPC
@@ -35,6 +36,9 @@ pub use cairn_client::channel::attach_key;
 /// The revocation bound: no cached answer lives longer than this.
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(5);
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long a failed lookup marks cairn-auth down: uncached keys are refused
+/// at once meanwhile (cached ones keep working), then the next caller asks.
+const DOWN_HOLD: Duration = Duration::from_millis(500);
 
 /// Who is calling: the identity behind a valid API key.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,34 +304,38 @@ impl Auth {
     /// Authenticates `request` per the policy; on success the principal (if
     /// any) is in its extensions.
     pub(crate) async fn check<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
-        let required = match self.policy.access(request.uri().path()) {
-            None => {
-                return Err(Status::permission_denied(format!(
-                    "no access rule is declared for {}",
-                    request.uri().path()
-                )));
-            }
-            Some(Access::Open) => return Ok(()),
-            Some(Access::Authenticated) => None,
-            Some(Access::Scope(scope)) => Some(scope.clone()),
-            Some(Access::AnyName { resource, action }) => {
-                return self.authenticate(request, None, Some((resource, action))).await;
-            }
+        let Some(access) = self.policy.access(request.uri().path()) else {
+            return Err(Status::permission_denied(format!(
+                "no access rule is declared for {}",
+                request.uri().path()
+            )));
         };
-        self.authenticate(request, required, None).await
-    }
-
-    async fn authenticate<B>(
-        &self,
-        request: &mut http::Request<B>,
-        required: Option<Scope>,
-        any_name: Option<(&String, &String)>,
-    ) -> Result<(), Status> {
         let peer = request
             .extensions()
             .get::<tonic::transport::server::TcpConnectInfo>()
             .and_then(|info| info.remote_addr())
             .map(|addr| addr.ip());
+        if let Some(principal) = self.check_access(request.headers(), peer, access).await? {
+            request.extensions_mut().insert(principal);
+        }
+        Ok(())
+    }
+
+    /// Checks the key in `headers` against `access` (for listeners that are
+    /// not gRPC, such as OTLP/HTTP): the principal, `None` for open access,
+    /// or the status to refuse with.
+    pub async fn check_access(
+        &self,
+        headers: &http::HeaderMap,
+        peer: Option<IpAddr>,
+        access: &Access,
+    ) -> Result<Option<Principal>, Status> {
+        let (required, any_name) = match access {
+            Access::Open => return Ok(None),
+            Access::Authenticated => (None, None),
+            Access::Scope(scope) => (Some(scope), None),
+            Access::AnyName { resource, action } => (None, Some((resource, action))),
+        };
         if let Some(wait) = self.failures.refused(peer) {
             return Err(status::with_reason(
                 Code::ResourceExhausted,
@@ -336,16 +344,16 @@ impl Auth {
                 Some(wait),
             ));
         }
-        let Some(key) = api_key(request.headers()) else {
+        let Some(key) = api_key(headers) else {
             self.failures.record(peer);
             return Err(Status::unauthenticated(
-                "missing API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
+                "missing API key: send `authorization: Bearer <key>`, `x-api-key: <key>` or `x-junjo-api-key: <key>`",
             ));
         };
         match self.authenticator.authenticate(key).await {
             Ok(principal) => {
                 if let Some(scope) = required {
-                    principal.require(&scope)?;
+                    principal.require(scope)?;
                 }
                 if let Some((resource, action)) = any_name
                     && !principal.scopes.iter().any(|s| s.grants_some(resource, action))
@@ -355,8 +363,7 @@ impl Auth {
                         principal.key_id
                     )));
                 }
-                request.extensions_mut().insert(principal);
-                Ok(())
+                Ok(Some(principal))
             }
             Err(AuthError::Invalid) => {
                 self.failures.record(peer);
@@ -375,7 +382,8 @@ impl Auth {
     }
 }
 
-/// The key a request carries, from `authorization: Bearer …` or `x-api-key`.
+/// The key a request carries, from `authorization: Bearer …`, `x-api-key`,
+/// or `x-junjo-api-key` (what Junjo's SDKs send).
 pub fn api_key(headers: &http::HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, token) = value.split_once(' ')?;
@@ -384,11 +392,13 @@ pub fn api_key(headers: &http::HeaderMap) -> Option<&str> {
         }
         return None;
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    ["x-api-key", "x-junjo-api-key"].into_iter().find_map(|name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    })
 }
 
 /// The principal the auth layer attached to a request.
@@ -453,6 +463,8 @@ pub struct AuthStats {
     pub invalid: AtomicU64,
     /// Lookups that could not be answered (the auth service unavailable).
     pub unavailable: AtomicU64,
+    /// Checks refused at once because the auth service was just found down.
+    pub unavailable_fast: AtomicU64,
 }
 
 impl crate::metrics::prometheus_client::collector::Collector for AuthStats {
@@ -482,6 +494,11 @@ impl crate::metrics::prometheus_client::collector::Collector for AuthStats {
                 "Lookups cairn-auth could not answer (refused as UNAVAILABLE)",
                 &self.unavailable,
             ),
+            (
+                "cairn_auth_client_unavailable_fast",
+                "Checks refused at once (UNAVAILABLE) because cairn-auth was just found down",
+                &self.unavailable_fast,
+            ),
         ] {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
@@ -508,6 +525,8 @@ pub struct RemoteAuthenticator {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     flights: Mutex<HashMap<[u8; 32], Flight>>,
     stats: Arc<AuthStats>,
+    /// Set when a lookup found cairn-auth unavailable.
+    down_until: Mutex<Option<Instant>>,
 }
 
 impl RemoteAuthenticator {
@@ -522,6 +541,7 @@ impl RemoteAuthenticator {
             cache: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             stats: Arc::default(),
+            down_until: Mutex::new(None),
         })
     }
 
@@ -612,6 +632,16 @@ impl Authenticator for RemoteAuthenticator {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return result;
         }
+        // Once cairn-auth is known to be down, refuse at once for a moment
+        // instead of making every caller wait out a lookup timeout.
+        if let Some(until) = *self.down_until.lock().unwrap_or_else(|p| p.into_inner())
+            && Instant::now() < until
+        {
+            self.stats.unavailable_fast.fetch_add(1, Ordering::Relaxed);
+            return Err(AuthError::Unavailable(
+                "auth service was unreachable a moment ago".into(),
+            ));
+        }
         let flight = self
             .flights
             .lock()
@@ -620,6 +650,10 @@ impl Authenticator for RemoteAuthenticator {
             .or_default()
             .clone();
         let result = flight.get_or_init(|| self.lookup(api_key)).await.clone();
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = match &result {
+            Err(AuthError::Unavailable(_)) => Some(Instant::now() + DOWN_HOLD),
+            _ => None,
+        };
         self.remember(digest, &result);
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if flights.get(&digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
@@ -642,6 +676,9 @@ mod tests {
         assert_eq!(api_key(&h), Some("k1"));
         h.insert("authorization", "Bearer k2".parse().unwrap());
         assert_eq!(api_key(&h), Some("k2"), "authorization wins");
+        let mut junjo = http::HeaderMap::new();
+        junjo.insert("x-junjo-api-key", "k4".parse().unwrap());
+        assert_eq!(api_key(&junjo), Some("k4"), "Junjo's header");
         h.insert("authorization", "bearer   k3 ".parse().unwrap());
         assert_eq!(api_key(&h), Some("k3"));
         h.insert("authorization", "Basic abc".parse().unwrap());

@@ -68,6 +68,11 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     fn telemetry(&self) -> &TelemetryConfig;
     /// Where metrics are exposed.
     fn metrics(&self) -> &MetricsConfig;
+    /// Listeners beyond `grpc` and `metrics` (name, address), bound before
+    /// the service starts so the address file names them all.
+    fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        Vec::new()
+    }
 }
 
 /// Implements [`ServiceConfig::server`], `server_mut` and `telemetry` for a

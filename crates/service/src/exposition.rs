@@ -11,11 +11,32 @@ use crate::runtime::Runtime;
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Serves `app` over HTTP/1.1 on the runtime's listener `name` (bound at
+/// `addr` unless one was provided) until the runtime's Close phase. Handlers
+/// may extract the peer address (`ConnectInfo<SocketAddr>`).
+pub async fn serve_http(
+    runtime: &Runtime,
+    name: &'static str,
+    addr: SocketAddr,
+    app: Router,
+) -> anyhow::Result<SocketAddr> {
+    let listener = runtime.listener(name, addr).await?;
+    let bound = listener.local_addr()?;
+    let closing = runtime.closing_token();
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(closing.cancelled_owned())
+            .await
+            .with_context(|| format!("{name} listener failed"))
+    });
+    runtime.register_server(name, handle);
+    tracing::info!(listener = name, %bound, "http listening");
+    Ok(bound)
+}
+
 /// Serves the runtime's registry on listener `metrics` (bound at `addr`
 /// unless one was provided) until the runtime's Close phase.
 pub async fn serve_metrics(runtime: &Runtime, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let listener = runtime.listener("metrics", addr).await?;
-    let bound = listener.local_addr()?;
     let metrics = runtime.metrics().clone();
     let app = Router::new().route(
         "/metrics",
@@ -24,14 +45,5 @@ pub async fn serve_metrics(runtime: &Runtime, addr: SocketAddr) -> anyhow::Resul
             async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode()).into_response() }
         }),
     );
-    let closing = runtime.closing_token();
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(closing.cancelled_owned())
-            .await
-            .context("metrics listener failed")
-    });
-    runtime.register_server("metrics", handle);
-    tracing::info!(%bound, "metrics listening");
-    Ok(bound)
+    serve_http(runtime, "metrics", addr, app).await
 }
