@@ -34,6 +34,9 @@ pub const KEY_LEN: usize = 16;
 pub const DEFAULT_BATCH: usize = 100;
 /// Most spans in a page.
 pub const MAX_BATCH: usize = 10_000;
+/// How long a page waits for one partition's read (Junjo's pollers send no
+/// deadline; a page must end).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A position in the merged order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

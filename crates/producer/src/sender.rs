@@ -57,10 +57,13 @@ use crate::{
 /// What an error answer means for the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Class {
-    /// Try again after a backoff. `maybe_written`: the attempt may have landed.
+    /// Try again after a backoff. `maybe_written`: the attempt may have
+    /// landed; `refresh`: the leader may have moved (it is shutting down, the
+    /// partition is moving, or the agent could not be reached), so look again.
     Retry {
         maybe_written: bool,
         hint: Option<Duration>,
+        refresh: bool,
     },
     /// Another agent leads the partition (named when the answer said so).
     NotLeader { address: Option<String> },
@@ -90,25 +93,38 @@ pub fn classify(status: &Status) -> Class {
             };
         }
         // Refused before anything was done: retrying cannot duplicate.
-        Some(
-            ErrorReason::Overloaded
-            | ErrorReason::ShuttingDown
-            | ErrorReason::PartitionUnavailable
-            | ErrorReason::PartitionMoving
-            | ErrorReason::RateLimited,
-        ) => {
+        Some(ErrorReason::Overloaded | ErrorReason::RateLimited) => {
             return Class::Retry {
                 maybe_written: false,
                 hint,
+                refresh: false,
             };
         }
-        _ => {}
+        Some(ErrorReason::ShuttingDown | ErrorReason::PartitionUnavailable | ErrorReason::PartitionMoving) => {
+            return Class::Retry {
+                maybe_written: false,
+                hint,
+                refresh: true,
+            };
+        }
+        Some(_) => {}
+        // No reason: an UNAVAILABLE from the transport (the agent is gone or
+        // unreachable) means its partitions may be led elsewhere by now.
+        None if status.code() == Code::Unavailable => {
+            return Class::Retry {
+                maybe_written: true,
+                hint,
+                refresh: true,
+            };
+        }
+        None => {}
     }
     match status.code() {
         // Refused before anything was done.
         Code::ResourceExhausted => Class::Retry {
             maybe_written: false,
             hint,
+            refresh: false,
         },
         // The call may have been carried out before the answer was lost.
         Code::Unavailable
@@ -119,6 +135,7 @@ pub fn classify(status: &Status) -> Class {
         | Code::Aborted => Class::Retry {
             maybe_written: true,
             hint,
+            refresh: false,
         },
         code => Class::Fatal(code, status.message().to_owned()),
     }
@@ -445,9 +462,14 @@ impl Pipeline {
         let attempts = self.pending[index].attempts;
         self.pending[index].last_error = Some(format!("{:?}: {}", status.code(), status.message()));
         match classify(&status) {
-            Class::Retry { maybe_written, hint } => {
+            Class::Retry {
+                maybe_written,
+                hint,
+                refresh,
+            } => {
                 self.pending[index].maybe_written |= maybe_written;
                 self.recovering = true;
+                effects.refresh_metadata |= refresh;
                 self.back_off(now, attempts, hint);
             }
             Class::NotLeader { address } => {
@@ -950,6 +972,31 @@ mod tests {
         assert!(effects.refresh_metadata);
         assert_eq!(effects.leader.as_deref(), Some("10.0.0.2:7200"));
         assert_eq!(p.ready(now)[0].base_sequence, 0);
+    }
+
+    #[test]
+    fn an_unreachable_or_departing_leader_makes_the_producer_look_again() {
+        let refresh = |status: Status| match classify(&status) {
+            Class::Retry { refresh, .. } => refresh,
+            other => panic!("{other:?}"),
+        };
+        assert!(refresh(Status::unavailable("tcp connect error")), "the agent is gone");
+        assert!(refresh(cairn_client::status::with_reason(
+            Code::Unavailable,
+            "shutting down",
+            cairn_client::ErrorReason::ShuttingDown,
+            None
+        )));
+        assert!(
+            !refresh(cairn_client::status::overloaded("busy", Duration::from_millis(5))),
+            "an overloaded leader is still the leader"
+        );
+        let mut p = Pipeline::new_for_test(limits(5));
+        p.push(batch(1).0);
+        let now = Instant::now();
+        let s = p.ready(now);
+        let effects = p.on_answer(s[0].id, Err(Status::unavailable("connection refused")), now);
+        assert!(effects.refresh_metadata);
     }
 
     #[test]

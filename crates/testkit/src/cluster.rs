@@ -83,6 +83,34 @@ impl Cluster {
         panic!("port still taken after 5 tries: {last}");
     }
 
+    /// Starts `cairn-ingest` (auth off) writing and reading through
+    /// `agents`, reading segments from this cluster's object store, every
+    /// listener on a port of its own (`otlp`, `otlp_http`, `grpc`), and
+    /// waits for SERVING (its topics exist).
+    pub async fn start_ingest(&self, name: &str, agents: &[&str], extra: &[&str]) -> Process {
+        let data = self.data_dir(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let agents = format!(
+            "ingest.agents=[{}]",
+            agents.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(",")
+        );
+        let mut args: Vec<String> = [
+            "auth.enabled=false",
+            "otlp.listen=127.0.0.1:0",
+            "otlp.http_listen=127.0.0.1:0",
+            &agents,
+            &self.objects().1,
+        ]
+        .iter()
+        .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut ingest = Process::start("cairn-ingest", &args, &[], &data);
+        ingest.wait_serving(Duration::from_secs(60)).await;
+        ingest
+    }
+
     fn spawn(&self, port: Option<u16>, name: &str, extra: &[&str]) -> Process {
         let data = self.data_dir(name);
         std::fs::create_dir_all(&data).unwrap();

@@ -119,6 +119,74 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// An HTTP/1.1 response: status, headers (names lowercased), body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain HTTP/1.1 POST with `headers` and `body` (the connection closes after it).
+pub async fn http_post(addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading the whole body.
+    let _ = socket.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = socket.read_to_end(&mut raw).await;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw.get(split + 4..).unwrap_or_default().to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = end + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = raw.get(start + size + 2..).unwrap_or_default();
+    }
+    out
+}
+
 /// The value of the series `series` (name with labels, as exposed) in a scrape.
 pub fn metric(scrape: &str, series: &str) -> Option<f64> {
     scrape
@@ -193,6 +261,8 @@ pub struct Process {
     pub addr: String,
     /// Where its metrics listener is, when it reported one.
     pub metrics_addr: Option<String>,
+    /// Every listener it reported, by name (`grpc`, `metrics`, `otlp`, …).
+    pub addresses: std::collections::BTreeMap<String, String>,
     /// Its combined stdout and stderr.
     pub log: PathBuf,
 }
@@ -247,24 +317,28 @@ impl Process {
             .spawn()
             .unwrap();
         let give_up = Instant::now() + Duration::from_secs(60);
-        let (addr, metrics_addr) = loop {
+        let addresses: std::collections::BTreeMap<String, String> = loop {
             if let Ok(text) = std::fs::read_to_string(&address_file)
-                && let Some(addr) = text.lines().find_map(|l| l.strip_prefix("grpc="))
+                && text.lines().any(|l| l.starts_with("grpc="))
             {
-                let metrics = text.lines().find_map(|l| l.strip_prefix("metrics=")).map(str::to_owned);
-                break (addr.to_owned(), metrics);
+                break text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
             }
             // Exited early (a port taken on restart, a bad flag): the caller
             // sees it at wait_serving with the log.
             if child.try_wait().ok().flatten().is_some() || Instant::now() > give_up {
-                break (listen, None);
+                break [("grpc".to_owned(), listen)].into();
             }
             std::thread::sleep(Duration::from_millis(10));
         };
         Process {
             child: Some(child),
-            addr,
-            metrics_addr,
+            addr: addresses.get("grpc").cloned().unwrap_or_default(),
+            metrics_addr: addresses.get("metrics").cloned(),
+            addresses,
             log,
         }
     }
@@ -276,6 +350,13 @@ impl Process {
             .as_deref()
             .expect("the process reported no metrics listener");
         http_get(addr, "/metrics").await
+    }
+
+    /// The address of listener `name`; panics when it reported none.
+    pub fn address(&self, name: &str) -> &str {
+        self.addresses
+            .get(name)
+            .unwrap_or_else(|| panic!("the process reported no {name} listener"))
     }
 
     /// The process id.
