@@ -49,7 +49,8 @@ pub struct OtlpConfig {
     pub http_listen: String,
     /// Largest export request, decompressed. Larger ones are refused
     /// (gRPC `RESOURCE_EXHAUSTED` without retry info, HTTP 413): retrying
-    /// cannot help.
+    /// cannot help. (gRPC requests over twice this are refused by the
+    /// decoder itself, with `OUT_OF_RANGE`.)
     #[serde(with = "cairn_service::units::bytes_usize")]
     pub max_request_bytes: usize,
     /// Decoded export bytes held at once across all requests until their

@@ -225,7 +225,10 @@ pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
     }
     main.start("grpc").await?;
 
-    let limit = config.otlp.max_request_bytes;
+    // Requests up to twice the limit are decoded and then refused as
+    // RESOURCE_EXHAUSTED (not retryable for OTLP exporters); tonic refuses
+    // larger ones itself while decoding, with OUT_OF_RANGE.
+    let limit = config.otlp.max_request_bytes.saturating_mul(2);
     let otlp_server = ServerConfig {
         listen: config.otlp.listen,
         max_message_bytes: limit,
