@@ -25,7 +25,7 @@ class Service:
 
     _started = 0
 
-    def __init__(self, binary: str, tmp: Path, *args: str, env: dict | None = None):
+    def __init__(self, binary: str, tmp: Path, *args: str, env: dict | None = None, listen: str = "127.0.0.1:0"):
         # The binary binds 127.0.0.1:0 and reports what it got in an address
         # file, so no port is chosen here and raced for.
         Service._started += 1
@@ -36,7 +36,7 @@ class Service:
         self._log = open(self.log_path, "wb")
         full_env = {**os.environ, **(env or {}), "CAIRN_ADDRESS_FILE": str(address_file)}
         self.proc = subprocess.Popen(
-            [str(BIN_DIR / binary), "--listen", "127.0.0.1:0", "--set", "metrics.listen=127.0.0.1:0", *args],
+            [str(BIN_DIR / binary), "--listen", listen, "--set", "metrics.listen=127.0.0.1:0", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
@@ -98,8 +98,8 @@ class Service:
 def start(tmp_path):
     started = []
 
-    def _start(binary: str, *args: str, env: dict | None = None) -> Service:
-        svc = Service(binary, tmp_path, *args, env=env)
+    def _start(binary: str, *args: str, env: dict | None = None, listen: str = "127.0.0.1:0") -> Service:
+        svc = Service(binary, tmp_path, *args, env=env, listen=listen)
         started.append(svc)
         return svc
 
