@@ -33,7 +33,14 @@ async fn every_listener_checks_keys_and_scopes_and_an_auth_outage_is_unavailable
         .start_ingest(
             "ingest",
             &[&a.addr],
-            &["--set", "auth.enabled=true", "--set", &auth_address],
+            &[
+                "--set",
+                "auth.enabled=true",
+                "--set",
+                &auth_address,
+                "--set",
+                "ingest.internal_listen=127.0.0.1:0",
+            ],
         )
         .await;
     let writer = create_key(&auth.addr, &admin, &["spans:write"]).await;
@@ -84,6 +91,11 @@ async fn every_listener_checks_keys_and_scopes_and_an_auth_outage_is_unavailable
     };
     assert_eq!(read(writer.clone()).await.unwrap_err().code(), Code::PermissionDenied);
     assert_eq!(read(reader.clone()).await.unwrap(), 3);
+    // An unchanged Junjo backend sends no key: the main port refuses it, the
+    // internal listener (a private network) serves it.
+    let no_key = page(&ingest.addr, &[], 10).await.unwrap_err();
+    assert_eq!(no_key.code(), Code::Unauthenticated);
+    assert_eq!(page(ingest.address("internal"), &[], 10).await.unwrap().len(), 3);
     let records = |key: String| {
         let addr = ingest.addr.clone();
         async move {
