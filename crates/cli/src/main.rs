@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod health;
 mod keys;
+mod read;
 mod rpc;
 mod time;
 mod topics;
@@ -15,6 +16,12 @@ mod topics;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum SpansCommand {
+    /// Print spans (time, service, name, duration, status, trace id), oldest first.
+    Tail(read::SpansTailArgs),
 }
 
 #[derive(Subcommand)]
@@ -37,8 +44,13 @@ enum Command {
     Topics(topics::TopicsArgs),
     /// Write stdin lines to a topic, one record per line.
     Produce(topics::ProduceArgs),
-    /// Read a partition's records and print their values.
-    Consume(topics::ConsumeArgs),
+    /// Read a topic's records through cairn-ingest and print their values.
+    Consume(read::ConsumeArgs),
+    /// Read spans as a person wants to: `cairn spans tail`.
+    Spans {
+        #[command(subcommand)]
+        command: SpansCommand,
+    },
     /// Show the health of every service at its default local address.
     Status {
         /// `name=addr` pairs to check instead of the defaults.
@@ -63,7 +75,10 @@ fn main() -> ExitCode {
             Command::Keys(args) => keys::run(args).await,
             Command::Topics(args) => topics::topics(args).await,
             Command::Produce(args) => topics::produce(args).await,
-            Command::Consume(args) => topics::consume(args).await,
+            Command::Consume(args) => read::consume(args).await,
+            Command::Spans {
+                command: SpansCommand::Tail(args),
+            } => read::tail(args).await,
         }
     });
     match result {

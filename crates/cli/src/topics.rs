@@ -1,16 +1,10 @@
-//! `cairn topics`, `cairn produce` and `cairn consume`: talk to agents.
+//! `cairn topics` and `cairn produce`: talk to agents.
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, Write},
-    process::ExitCode,
-};
+use std::{io::BufRead, process::ExitCode};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cairn_producer::{Producer, ProducerRecord};
-use cairn_proto::cairn::agent::v1::{
-    self as pb, agent_service_client::AgentServiceClient, topic_service_client::TopicServiceClient,
-};
+use cairn_proto::cairn::agent::v1::{self as pb, topic_service_client::TopicServiceClient};
 use clap::{Args, Subcommand};
 
 use crate::{
@@ -67,75 +61,8 @@ pub struct ProduceArgs {
     key_separator: Option<String>,
 }
 
-/// `cairn consume`
-#[derive(Args)]
-pub struct ConsumeArgs {
-    #[command(flatten)]
-    target: Target,
-    #[arg(long)]
-    topic: String,
-    #[arg(long, default_value_t = 0)]
-    partition: u32,
-    /// `earliest`, `latest`, or an offset.
-    #[arg(long, default_value = "earliest")]
-    from: String,
-    /// Stop after this many records.
-    #[arg(long)]
-    max: Option<u64>,
-    /// Keep waiting for new records instead of stopping at the end.
-    #[arg(long)]
-    follow: bool,
-    /// Print `offset<TAB>value` instead of just the value.
-    #[arg(long)]
-    offsets: bool,
-}
-
 fn addr(target: &Target) -> &str {
     target.addr.as_deref().unwrap_or(DEFAULT_AGENT)
-}
-
-async fn metadata(target: &Target, topic: &str) -> anyhow::Result<pb::TopicMetadata> {
-    let mut client = AgentServiceClient::new(connect(addr(target)).await?);
-    let reply = client
-        .get_metadata(request(
-            pb::GetMetadataRequest {
-                topics: vec![topic.to_owned()],
-            },
-            target.api_key.as_deref(),
-        )?)
-        .await?;
-    reply
-        .into_inner()
-        .topics
-        .into_iter()
-        .next()
-        .context("topic missing from metadata")
-}
-
-/// A client for each partition's leader (by address), opened once.
-struct Leaders {
-    channels: HashMap<String, cairn_service::Client>,
-}
-
-impl Leaders {
-    async fn for_partition(
-        &mut self,
-        meta: &pb::TopicMetadata,
-        partition: u32,
-    ) -> anyhow::Result<AgentServiceClient<cairn_service::Client>> {
-        let p = meta
-            .partitions
-            .get(partition as usize)
-            .with_context(|| format!("no partition {partition}"))?;
-        if p.leader_address.is_empty() {
-            bail!("partition {partition} has no leader right now; try again shortly");
-        }
-        if !self.channels.contains_key(&p.leader_address) {
-            let channel = connect(&p.leader_address).await?;
-            self.channels.insert(p.leader_address.clone(), channel);
-        }
-        Ok(AgentServiceClient::new(self.channels[&p.leader_address].clone()))
-    }
 }
 
 /// Runs `cairn topics …`.
@@ -299,55 +226,4 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Runs `cairn consume`: values, one per line.
-pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let key = args.target.api_key.as_deref();
-    let meta = metadata(&args.target, &args.topic).await?;
-    let p = meta
-        .partitions
-        .get(args.partition as usize)
-        .context("no such partition")?;
-    let mut offset = match args.from.as_str() {
-        "earliest" => p.log_start_offset,
-        "latest" => p.high_watermark,
-        n => n
-            .parse()
-            .with_context(|| format!("--from {n}: not earliest, latest or an offset"))?,
-    };
-    let mut client = Leaders {
-        channels: HashMap::new(),
-    }
-    .for_partition(&meta, args.partition)
-    .await?;
-    let mut printed = 0u64;
-    let mut out = std::io::stdout().lock();
-    loop {
-        let fetch = pb::FetchRequest {
-            topic: args.topic.clone(),
-            partition: args.partition,
-            offset,
-            max_bytes: 0,
-            max_wait_ms: if args.follow { 5_000 } else { 0 },
-        };
-        let page = client.fetch(request(fetch, key)?).await?.into_inner();
-        if page.records.is_empty() && !args.follow {
-            break;
-        }
-        for r in page.records {
-            if args.offsets {
-                write!(out, "{}\t", r.offset)?;
-            }
-            out.write_all(&r.value)?;
-            out.write_all(b"\n")?;
-            offset = r.offset + 1;
-            printed += 1;
-            if args.max.is_some_and(|m| printed >= m) {
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-    }
-    eprintln!("read {printed} records from {}/{}", args.topic, args.partition);
-    Ok(ExitCode::SUCCESS)
 }

@@ -377,6 +377,25 @@ pub fn metrics_response(partial: Option<(i64, String)>) -> ExportMetricsServiceR
     }
 }
 
+/// The OTLP item a telemetry record holds, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Span(Span),
+    LogRecord(LogRecord),
+    Metric(Metric),
+}
+
+/// Decodes the item inside a telemetry record; `Ok(None)` when the record
+/// holds none (a writer newer than this reader, or a corrupt value).
+pub fn decode_item(record: &TelemetryRecord) -> Result<Option<Decoded>, prost::DecodeError> {
+    Ok(Some(match &record.item {
+        Some(Item::Span(bytes)) => Decoded::Span(Span::decode(&bytes[..])?),
+        Some(Item::LogRecord(bytes)) => Decoded::LogRecord(LogRecord::decode(&bytes[..])?),
+        Some(Item::Metric(bytes)) => Decoded::Metric(Metric::decode(&bytes[..])?),
+        None => return Ok(None),
+    }))
+}
+
 /// Decodes a record's value written by [`traces`], [`logs`] or [`metrics`].
 pub fn decode_record(value: &[u8]) -> Result<TelemetryRecord, prost::DecodeError> {
     TelemetryRecord::decode(value)
@@ -451,10 +470,10 @@ mod tests {
         let first = &prepared.records[0];
         assert_eq!(first.key.as_deref(), Some(&[7u8; 16][..]));
         let record = decode_record(&first.value).unwrap();
-        let Some(Item::Span(bytes)) = record.item else {
+        let Some(Decoded::Span(span)) = decode_item(&record).unwrap() else {
             panic!("a span record")
         };
-        assert_eq!(Span::decode(&bytes[..]).unwrap().name, "a");
+        assert_eq!(span.name, "a");
         let resource = Resource::decode(&record.resource[..]).unwrap();
         assert_eq!(
             resource.attributes[0].key, "service.name",

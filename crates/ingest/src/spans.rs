@@ -185,15 +185,15 @@ impl Spans {
             }
             return Ok(());
         }
+        // From the key alone (a restarted ingest, or a key a client made up
+        // from a time): each partition from the first segment appended at or
+        // after the key's time; the page skips what is not after the key.
+        let ms = i64::try_from(start.append_ms).unwrap_or(i64::MAX);
         for lane in lanes.iter_mut() {
-            let at = if u32::from(start.partition) == lane.partition {
-                start.offset + 1
-            } else {
-                let ms = i64::try_from(start.append_ms).unwrap_or(i64::MAX);
-                self.reader
-                    .offset_near_append_time(&self.topic, lane.partition, ms)
-                    .await?
-            };
+            let at = self
+                .reader
+                .offset_near_append_time(&self.topic, lane.partition, ms)
+                .await?;
             lane.next = lane.next.max(at);
         }
         Ok(())
@@ -312,6 +312,21 @@ impl Spans {
         }
         Ok(out)
     }
+}
+
+/// The ReadSpans message for a record's value stored at `offset` of
+/// `partition`, appended at `append_ms`; `None` when the value is not a span
+/// record (a reader skips it).
+pub fn message_for(partition: u32, offset: u64, append_ms: i64, value: &[u8]) -> Option<ReadSpansResponse> {
+    let stored = Stored {
+        offset,
+        append_time_ms: append_ms,
+        record: cairn_log::batch::Record {
+            value: value.to_vec(),
+            ..Default::default()
+        },
+    };
+    span_message(&Key::of(partition, &stored), &stored)
 }
 
 /// The message for a stored span, or `None` for a record that is not one.
