@@ -171,6 +171,7 @@ pub struct Client {
     key: Option<HeaderValue>,
     timeout: Duration,
     metrics: Option<crate::metrics::RpcMetrics>,
+    untraced: bool,
 }
 
 impl Client {
@@ -183,7 +184,18 @@ impl Client {
             key: None,
             timeout,
             metrics: None,
+            untraced: false,
         }
+    }
+
+    /// Every call carries a trace context marked not sampled instead of the
+    /// caller's, so a peer sampling by its parent (as Cairn's services do)
+    /// traces none of them. For a caller whose own writes must not become
+    /// telemetry: the ingest, whose writes of spans would otherwise be traced
+    /// by the agents and exported back to it, for ever.
+    pub fn untraced(mut self) -> Self {
+        self.untraced = true;
+        self
     }
 
     /// Counts every call in `metrics` (requests by code, latency, in flight).
@@ -243,7 +255,11 @@ impl tower::Service<http::Request<Body>> for Client {
             .and_then(context::parse_grpc_timeout);
         let timeout = deadline(asked.unwrap_or(self.timeout));
         headers.insert("grpc-timeout", grpc_timeout_value(timeout));
-        propagation::inject_headers(headers);
+        if self.untraced {
+            propagation::inject_unsampled(headers);
+        } else {
+            propagation::inject_headers(headers);
+        }
         // The clone is not ready; keep the one that is (tower's documented pattern).
         let clone = self.channel.clone();
         let mut channel = std::mem::replace(&mut self.channel, clone);

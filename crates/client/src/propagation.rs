@@ -41,3 +41,52 @@ impl Injector for HeaderInjector<'_> {
         }
     }
 }
+
+/// Writes a fresh trace context marked not sampled (W3C `traceparent` with
+/// flags `00`) into outgoing HTTP headers, replacing any caller's.
+pub fn inject_unsampled(headers: &mut http::HeaderMap) {
+    let trace = rand::random::<u128>().max(1);
+    let span = rand::random::<u64>().max(1);
+    if let Ok(value) = http::HeaderValue::try_from(format!("00-{trace:032x}-{span:016x}-00")) {
+        headers.insert("traceparent", value);
+        headers.remove("tracestate");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::{
+        propagation::{Extractor, TextMapPropagator},
+        trace::TraceContextExt,
+    };
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    struct Headers<'a>(&'a http::HeaderMap);
+
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+
+    #[test]
+    fn an_unsampled_context_is_valid_and_tells_the_peer_not_to_sample() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("tracestate", http::HeaderValue::from_static("vendor=1"));
+        inject_unsampled(&mut headers);
+        assert!(!headers.contains_key("tracestate"));
+        let context = TraceContextPropagator::new().extract(&Headers(&headers));
+        let span = context.span().span_context().clone();
+        assert!(span.is_valid(), "{headers:?}");
+        assert!(span.is_remote());
+        assert!(!span.is_sampled());
+        let mut again = http::HeaderMap::new();
+        inject_unsampled(&mut again);
+        assert_ne!(headers["traceparent"], again["traceparent"], "each call its own trace");
+    }
+}

@@ -176,6 +176,9 @@ pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
         .acks(Acks::Durable)
         .delivery_timeout(config.ingest.write_timeout)
         .max_block(Duration::from_secs(1))
+        // The agents must not trace the writes of spans: their own spans
+        // would come back here as exports, be written, be traced, …
+        .untraced(true)
         .buffer_bytes(config.otlp.max_in_flight_bytes.max(32 * 1024 * 1024))
         .metrics(rt.metrics());
     if !key.is_empty() {

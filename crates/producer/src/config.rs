@@ -112,6 +112,9 @@ pub struct ProducerConfig {
     pub connect_timeout: Duration,
     /// Compression of Produce requests.
     pub compression: Compression,
+    /// Calls carry a not-sampled trace context, so the agents trace none of
+    /// this producer's writes (for a producer whose writes are telemetry).
+    pub untraced: bool,
 }
 
 impl Default for ProducerConfig {
@@ -137,6 +140,7 @@ impl Default for ProducerConfig {
             connection_idle_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(3),
             compression: Compression::None,
+            untraced: false,
         }
     }
 }
@@ -277,6 +281,8 @@ impl ProducerBuilder {
         connection_idle_timeout: std::time::Duration,
         /// Compression of Produce requests.
         compression: Compression,
+        /// Agents trace none of this producer's calls.
+        untraced: bool,
     }
 
     /// The settings so far.

@@ -191,6 +191,7 @@ impl Producer {
                 config.request_timeout,
                 config.compression,
                 metrics.clone(),
+                config.untraced,
             ),
             metadata: Metadata::new(config.bootstrap.clone()),
             memory: Arc::new(Semaphore::new(config.buffer_bytes)),

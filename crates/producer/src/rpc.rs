@@ -20,6 +20,7 @@ pub struct Rpc {
     request_timeout: Duration,
     compression: Compression,
     metrics: Option<cairn_client::Metrics>,
+    untraced: bool,
 }
 
 impl Rpc {
@@ -29,6 +30,7 @@ impl Rpc {
         request_timeout: Duration,
         compression: Compression,
         metrics: Option<cairn_client::Metrics>,
+        untraced: bool,
     ) -> Self {
         Rpc {
             pool,
@@ -36,6 +38,7 @@ impl Rpc {
             request_timeout,
             compression,
             metrics,
+            untraced,
         }
     }
 
@@ -53,6 +56,9 @@ impl Rpc {
         }
         if let Some(metrics) = &self.metrics {
             client = client.with_metrics(metrics);
+        }
+        if self.untraced {
+            client = client.untraced();
         }
         Ok(client)
     }
