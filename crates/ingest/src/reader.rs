@@ -188,7 +188,9 @@ impl LogReader {
     }
 
     /// Every partition of `topic` with its leader, log start and high
-    /// watermark (refreshing the leader cache).
+    /// watermark (refreshing the leader cache). Any agent knows the leaders;
+    /// only a leader knows its partitions' high watermarks now (the others
+    /// know the last one a lease renewal wrote), so each leader is asked too.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionInfo>, Status> {
         let request = pb::GetMetadataRequest {
             topics: vec![topic.to_owned()],
@@ -202,22 +204,54 @@ impl LogReader {
         let Some(topic_metadata) = metadata.topics.into_iter().find(|t| t.topic == topic) else {
             return Err(Status::not_found(format!("unknown topic {topic}")));
         };
-        let mut leaders = lock(&self.leaders);
-        Ok(topic_metadata
+        let mut infos: Vec<PartitionInfo> = topic_metadata
             .partitions
             .into_iter()
-            .map(|p| {
-                if !p.leader_address.is_empty() {
-                    leaders.insert((topic.to_owned(), p.partition), p.leader_address.clone());
-                }
-                PartitionInfo {
-                    partition: p.partition,
-                    log_start: p.log_start_offset,
-                    high_watermark: p.high_watermark,
-                    leader: p.leader_address,
-                }
+            .map(|p| PartitionInfo {
+                partition: p.partition,
+                log_start: p.log_start_offset,
+                high_watermark: p.high_watermark,
+                leader: p.leader_address,
             })
-            .collect())
+            .collect();
+        let mut leaders: Vec<String> = infos
+            .iter()
+            .map(|i| i.leader.clone())
+            .filter(|l| !l.is_empty())
+            .collect();
+        leaders.sort();
+        leaders.dedup();
+        let answers = futures::future::join_all(leaders.iter().map(|address| {
+            let request = request.clone();
+            async move {
+                let mut agent = self.agent(address).ok()?;
+                agent
+                    .get_metadata(request)
+                    .await
+                    .ok()
+                    .map(|r| (address, r.into_inner()))
+            }
+        }))
+        .await;
+        for (address, answer) in answers.into_iter().flatten() {
+            let partitions = answer
+                .topics
+                .into_iter()
+                .filter(|t| t.topic == topic)
+                .flat_map(|t| t.partitions);
+            for p in partitions.filter(|p| p.leader_address == *address) {
+                if let Some(info) = infos.iter_mut().find(|i| i.partition == p.partition) {
+                    // Both only grow: the larger is the fresher.
+                    info.high_watermark = info.high_watermark.max(p.high_watermark);
+                    info.log_start = info.log_start.max(p.log_start_offset);
+                }
+            }
+        }
+        let mut cache = lock(&self.leaders);
+        for info in infos.iter().filter(|i| !i.leader.is_empty()) {
+            cache.insert((topic.to_owned(), info.partition), info.leader.clone());
+        }
+        Ok(infos)
     }
 
     async fn list(

@@ -214,3 +214,49 @@ async fn reads_start_where_asked_end_where_asked_and_follow_new_records() {
     .unwrap_err();
     assert_eq!(name.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_read_ends_at_the_leaders_high_watermark_not_what_another_agent_last_heard() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &[]).await;
+    let b = cluster.start("b", &[]).await;
+    create_topic(&a.addr, "t", 4).await;
+    let leaders = leaders_when(&a.addr, "t", |l| {
+        l.iter().all(|l| !l.is_empty()) && l.contains(&a.addr) && l.contains(&b.addr)
+    })
+    .await;
+    // The ingest knows only agent a; a partition that b leads.
+    let ingest = cluster.start_ingest("ingest", &[&a.addr], &[]).await;
+    let p = leaders.iter().position(|l| *l == b.addr).unwrap() as u32;
+    produce(&b.addr, p, &["x0", "x1", "x2"], 0, pb::AckMode::Durable).await;
+    let got = read(
+        &ingest.addr,
+        ReadRecordsRequest {
+            topic: "t".into(),
+            partitions: vec![p],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        values(&got),
+        [(p, 0, "x0".into()), (p, 1, "x1".into()), (p, 2, "x2".into())],
+        "every durable record, read right after its write"
+    );
+    let latest = read(
+        &ingest.addr,
+        ReadRecordsRequest {
+            topic: "t".into(),
+            partitions: vec![p],
+            start: start(Position::Latest(true)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        values(&latest).is_empty(),
+        "latest is after the last durable record: {latest:?}"
+    );
+}
