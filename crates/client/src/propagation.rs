@@ -1,7 +1,7 @@
 //! W3C trace context on outgoing calls: the current span's context written
 //! into request headers (the server side reads it back in `cairn-service`).
 
-use opentelemetry::propagation::Injector;
+use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Writes the current span's trace context into outgoing request metadata.
@@ -42,6 +42,19 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// Reads trace context from request headers (the server side's half).
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 /// Writes a fresh trace context marked not sampled (W3C `traceparent` with
 /// flags `00`) into outgoing HTTP headers, replacing any caller's.
 pub fn inject_unsampled(headers: &mut http::HeaderMap) {
@@ -55,24 +68,10 @@ pub fn inject_unsampled(headers: &mut http::HeaderMap) {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::{
-        propagation::{Extractor, TextMapPropagator},
-        trace::TraceContextExt,
-    };
+    use opentelemetry::{propagation::TextMapPropagator, trace::TraceContextExt};
     use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     use super::*;
-
-    struct Headers<'a>(&'a http::HeaderMap);
-
-    impl Extractor for Headers<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            self.0.get(key).and_then(|v| v.to_str().ok())
-        }
-        fn keys(&self) -> Vec<&str> {
-            self.0.keys().map(|k| k.as_str()).collect()
-        }
-    }
 
     #[test]
     fn an_unsampled_context_is_valid_and_tells_the_peer_not_to_sample() {
@@ -80,7 +79,7 @@ mod tests {
         headers.insert("tracestate", http::HeaderValue::from_static("vendor=1"));
         inject_unsampled(&mut headers);
         assert!(!headers.contains_key("tracestate"));
-        let context = TraceContextPropagator::new().extract(&Headers(&headers));
+        let context = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
         let span = context.span().span_context().clone();
         assert!(span.is_valid(), "{headers:?}");
         assert!(span.is_remote());

@@ -83,7 +83,7 @@ fn span(n: u64, now_ns: u64) -> Span {
     Span {
         trace_id: trace_id.to_vec(),
         span_id: (n + 1).to_be_bytes().to_vec(),
-        parent_span_id: if n % 8 == 0 {
+        parent_span_id: if n.is_multiple_of(8) {
             Vec::new()
         } else {
             (n - n % 8 + 1).to_be_bytes().to_vec()
@@ -95,12 +95,15 @@ fn span(n: u64, now_ns: u64) -> Span {
         attributes: vec![
             string("http.request.method", "GET"),
             string("url.path", &format!("/api/orders/{}", n % 10_000)),
-            int("http.response.status_code", if n % 50 == 0 { 500 } else { 200 }),
+            int(
+                "http.response.status_code",
+                if n.is_multiple_of(50) { 500 } else { 200 },
+            ),
             string("server.address", "orders.internal"),
             string("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64)"),
         ],
         status: Some(Status {
-            code: if n % 50 == 0 {
+            code: if n.is_multiple_of(50) {
                 StatusCode::Error as i32
             } else {
                 StatusCode::Unset as i32
@@ -231,7 +234,7 @@ async fn throughput(otlp: &str) -> u64 {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let channel = Channel::from_shared(format!("http://{otlp}")).unwrap().connect().await.unwrap();
+        let channel = cairn_testkit::cluster::channel(otlp).await;
         for f in 0..in_flight {
             let (mut channel, frames, acked, failed, stop, latencies) = (
                 channel.clone(),
@@ -427,7 +430,10 @@ async fn ack_to_read(ingest: &Process) {
         acks.lock().unwrap().insert(format!("latency-{i}"), Instant::now());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (mut l, early) = tokio::time::timeout(Duration::from_secs(30), seen).await.unwrap().unwrap();
+    let (mut l, early) = tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .unwrap()
+        .unwrap();
     l.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "export ack -> following ReadRecords delivery: {} samples (one span per export, 50/s), p50 {:.2} ms, \

@@ -41,7 +41,7 @@ use cairn_service::{
     metrics::prometheus_client::{
         collector::Collector,
         encoding::{DescriptorEncoder, EncodeMetric},
-        metrics::counter::ConstCounter,
+        metrics::{counter::ConstCounter, gauge::ConstGauge},
     },
     scope::Scope,
 };
@@ -131,12 +131,20 @@ impl std::fmt::Debug for ReaderCollector {
     }
 }
 
+fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: &impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
 impl Collector for ReaderCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use std::sync::atomic::Ordering::Relaxed;
-        let cache = self.0.cache_stats();
-        let stats = self.0.stats();
-        for (name, help, value) in [
+        let (cache, stats) = (self.0.cache_stats(), self.0.stats());
+        let counters = [
             (
                 "cairn_ingest_reader_records_from_segments",
                 "Records the log reader read from segments in the object store",
@@ -157,9 +165,24 @@ impl Collector for ReaderCollector {
                 "Segment block reads that went to the object store",
                 cache.misses.load(Relaxed),
             ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        ];
+        for (name, help, value) in counters {
+            encode_one(&mut encoder, name, help, &ConstCounter::new(value))?;
+        }
+        let gauges = [
+            (
+                "cairn_ingest_reader_partitions_read",
+                "Partitions open ReadRecords streams are reading",
+                stats.partitions_read.load(Relaxed),
+            ),
+            (
+                "cairn_ingest_reader_lag_records",
+                "Records open ReadRecords streams are behind their partitions' high watermarks, summed",
+                stats.lag_records.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encode_one(&mut encoder, name, help, &ConstGauge::new(value))?;
         }
         Ok(())
     }

@@ -20,7 +20,10 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::{config::ReaderConfig, reader::LogReader};
+use crate::{
+    config::ReaderConfig,
+    reader::{LagShare, LogReader},
+};
 
 /// Records per message when the request says 0.
 pub const DEFAULT_MAX_RECORDS: usize = 500;
@@ -144,6 +147,7 @@ impl ReadService for Read {
             } else {
                 std::time::Duration::ZERO
             };
+            let mut lag = LagShare::new(self.reader.stats());
             tokio::spawn(async move {
                 let Plan {
                     partition,
@@ -163,6 +167,9 @@ impl ReadService for Read {
                             return;
                         }
                     };
+                    if let Some(hw) = chunk.high_watermark {
+                        lag.set(chunk.next, hw.min(end));
+                    }
                     let caught_up = chunk.records.is_empty() && chunk.high_watermark.is_some_and(|hw| chunk.next >= hw);
                     let mut records: Vec<ReadRecord> = Vec::with_capacity(chunk.records.len());
                     for s in chunk.records {

@@ -89,6 +89,41 @@ pub struct LogReader {
 pub struct ReaderStats {
     pub from_segments: std::sync::atomic::AtomicU64,
     pub from_leaders: std::sync::atomic::AtomicU64,
+    /// Partitions being read by open ReadRecords streams.
+    pub partitions_read: std::sync::atomic::AtomicI64,
+    /// Records those partitions' readers are behind the high watermark, summed.
+    pub lag_records: std::sync::atomic::AtomicI64,
+}
+
+/// One partition's share of [`ReaderStats`] while a stream reads it; its lag
+/// leaves the sum when it is dropped.
+pub struct LagShare {
+    stats: Arc<ReaderStats>,
+    lag: i64,
+}
+
+impl LagShare {
+    pub fn new(stats: Arc<ReaderStats>) -> Self {
+        stats.partitions_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LagShare { stats, lag: 0 }
+    }
+
+    /// The reader is at `next` and the partition's high watermark is `hw`.
+    pub fn set(&mut self, next: u64, hw: u64) {
+        let lag = i64::try_from(hw.saturating_sub(next)).unwrap_or(i64::MAX);
+        self.stats
+            .lag_records
+            .fetch_add(lag - self.lag, std::sync::atomic::Ordering::Relaxed);
+        self.lag = lag;
+    }
+}
+
+impl Drop for LagShare {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.lag_records.fetch_sub(self.lag, Relaxed);
+        self.stats.partitions_read.fetch_sub(1, Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

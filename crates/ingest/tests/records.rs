@@ -260,3 +260,58 @@ async fn a_read_ends_at_the_leaders_high_watermark_not_what_another_agent_last_h
         "latest is after the last durable record: {latest:?}"
     );
 }
+
+#[tokio::test]
+async fn a_reader_behind_the_high_watermark_shows_as_lag_until_it_goes() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &[]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    // Twenty batches of ten (a fetch returns whole batches).
+    for b in 0..20 {
+        let values: Vec<String> = (0..10).map(|i| format!("{b:02}{i:02}{}", "v".repeat(96))).collect();
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        produce(&a.addr, 0, &refs, 0, pb::AckMode::Durable).await;
+    }
+    // Small reads, and a client that takes one message and stops reading:
+    // the stream's reader stays behind.
+    let ingest = cluster
+        .start_ingest(
+            "ingest",
+            &[&a.addr],
+            &[
+                "--set",
+                "reader.fetch_bytes=1KiB",
+                "--set",
+                "metrics.listen=127.0.0.1:0",
+            ],
+        )
+        .await;
+    let mut stream = ReadServiceClient::new(channel(&ingest.addr).await)
+        .read_records(ReadRecordsRequest {
+            topic: "t".into(),
+            follow: true,
+            max_records: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    let lag = cairn_testkit::eventually(Duration::from_secs(10), "a lagging reader", || async {
+        let scrape = ingest.scrape().await;
+        let read = cairn_testkit::metric(&scrape, "cairn_ingest_reader_partitions_read")?;
+        let lag = cairn_testkit::metric(&scrape, "cairn_ingest_reader_lag_records")?;
+        (read == 1.0 && lag > 0.0).then_some(lag)
+    })
+    .await;
+    assert!(lag < 200.0, "some records were read: {lag}");
+    drop(stream);
+    cairn_testkit::eventually(Duration::from_secs(10), "no reader once the stream is gone", || async {
+        let scrape = ingest.scrape().await;
+        let read = cairn_testkit::metric(&scrape, "cairn_ingest_reader_partitions_read")?;
+        let lag = cairn_testkit::metric(&scrape, "cairn_ingest_reader_lag_records")?;
+        (read == 0.0 && lag == 0.0).then_some(())
+    })
+    .await;
+}

@@ -3,7 +3,8 @@
 
 use std::io::IsTerminal;
 
-use opentelemetry::{Context, propagation::Extractor, trace::TracerProvider as _};
+use cairn_client::propagation::HeaderExtractor;
+use opentelemetry::{Context, trace::TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
@@ -86,15 +87,3 @@ pub(crate) fn set_parent(span: &tracing::Span, headers: &http::HeaderMap) {
 }
 
 pub use cairn_client::propagation::inject;
-
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
