@@ -19,15 +19,38 @@ SERVICES = {
         "ingestion.InternalAuthService",
     },
     "cairn-agent": {"cairn.agent.v1.AgentService", "cairn.agent.v1.TopicService"},
-    "cairn-ingest": set(),
+    "cairn-ingest": {"cairn.ingest.v1.ReadService", "ingestion.InternalIngestionService"},
     "cairn-orchestrator": set(),
     "cairn-druid-proxy": set(),
 }
 
 
+def start_service(start, tmp_path, binary):
+    """The service, with what it needs to be ready: the ingest writes
+    through an agent."""
+    if binary != "cairn-ingest":
+        return start(binary)
+    agent = start(
+        "cairn-agent",
+        "--set", "auth.enabled=false",
+        "--set", f"metadata.url=sqlite://{tmp_path}/meta.db?mode=rwc",
+        "--set", f"object_store.url=file://{tmp_path}/objects",
+        "--set", f"agent.data_dir={tmp_path}/agent",
+    )
+    agent.wait_serving()
+    return start(
+        binary,
+        "--set", "auth.enabled=false",
+        "--set", f'ingest.agents=["{agent.addr}"]',
+        "--set", f"object_store.url=file://{tmp_path}/objects",
+        "--set", "otlp.listen=127.0.0.1:0",
+        "--set", "otlp.http_listen=127.0.0.1:0",
+    )
+
+
 @pytest.mark.parametrize("binary", sorted(SERVICES))
-def test_health_serving_and_reflection_lists_services(start, binary):
-    svc = start(binary)
+def test_health_serving_and_reflection_lists_services(start, tmp_path, binary):
+    svc = start_service(start, tmp_path, binary)
     svc.wait_serving()
     with svc.channel() as ch:
         health = health_pb2_grpc.HealthStub(ch)
@@ -43,8 +66,8 @@ def test_health_serving_and_reflection_lists_services(start, binary):
 
 
 @pytest.mark.parametrize("binary", sorted(SERVICES))
-def test_sigterm_exits_cleanly(start, binary):
-    svc = start(binary)
+def test_sigterm_exits_cleanly(start, tmp_path, binary):
+    svc = start_service(start, tmp_path, binary)
     svc.wait_serving()
     assert svc.stop(timeout=30) == 0, svc.log()
     assert "stopped" in svc.log()
@@ -78,3 +101,32 @@ def test_invalid_config_is_refused_before_serving(tmp_path):
     )
     assert proc.returncode == 2
     assert "grpc.max_concurrent_requests" in proc.stderr
+
+
+def test_a_service_whose_dependency_is_away_is_alive_but_not_ready(start, tmp_path):
+    """The ingest with no agent to write through: NOT_SERVING for readiness
+    probes, SERVING under `liveness` (a restart would not bring the agent
+    back), as the Kubernetes manifests' probes ask."""
+    import time
+
+    svc = start(
+        "cairn-ingest",
+        "--set", "auth.enabled=false",
+        "--set", 'ingest.agents=["127.0.0.1:9"]',
+        "--set", f"object_store.url=file://{tmp_path}/objects",
+        "--set", "otlp.listen=127.0.0.1:0",
+        "--set", "otlp.http_listen=127.0.0.1:0",
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with svc.channel() as ch:
+                health = health_pb2_grpc.HealthStub(ch)
+                alive = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=2).status
+                ready = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                break
+        except Exception:
+            assert time.monotonic() < deadline, svc.log()
+            time.sleep(0.1)
+    assert alive == health_pb2.HealthCheckResponse.SERVING
+    assert ready == health_pb2.HealthCheckResponse.NOT_SERVING

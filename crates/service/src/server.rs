@@ -180,6 +180,10 @@ impl Server {
     }
 }
 
+/// The `grpc.health.v1` service name a liveness probe asks: SERVING while
+/// the process runs, even when it is not ready (its dependencies are away).
+pub const LIVENESS: &str = "liveness";
+
 /// Reports whether the service is ready, through `grpc.health.v1`, on every
 /// server of the service.
 #[derive(Clone)]
@@ -228,7 +232,9 @@ impl Readiness {
         }
     }
 
-    /// Reports SERVING for the server and every hosted service.
+    /// Reports SERVING for the server and every hosted service. (The health
+    /// name [`LIVENESS`] is SERVING from the start until shutdown, whatever
+    /// readiness says.)
     pub async fn set_serving(&self) {
         self.set(true).await;
     }
@@ -299,6 +305,14 @@ impl Readiness {
         for name in std::iter::once("").chain(names) {
             self.inner.reporter.set_service_status(name, status).await;
         }
+        // Alive whatever its dependencies do, until it stops: what a
+        // liveness probe asks (a restart would not bring an agent back).
+        let alive = if self.is_stopped() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        self.inner.reporter.set_service_status(LIVENESS, alive).await;
     }
 }
 

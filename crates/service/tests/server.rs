@@ -224,6 +224,11 @@ async fn health_is_not_serving_until_the_service_is_ready() {
         health(channel.clone(), "cairn.auth.v1.AuthService").await,
         ServingStatus::NotServing
     );
+    assert_eq!(
+        health(channel.clone(), cairn_service::server::LIVENESS).await,
+        ServingStatus::Serving,
+        "alive while not ready"
+    );
 
     server.readiness().set_serving().await;
     assert_eq!(health(channel.clone(), "").await, ServingStatus::Serving);
@@ -420,6 +425,11 @@ async fn shutdown_reports_not_serving_and_drains_in_flight_requests() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.shutdown();
     assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
+    assert_eq!(
+        health(channel.clone(), cairn_service::server::LIVENESS).await,
+        ServingStatus::NotServing,
+        "not alive once stopping"
+    );
     // New work is refused while the old drains, retryably and as "nothing done".
     let refused = call(channel.clone(), "echo").await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
