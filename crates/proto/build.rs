@@ -9,6 +9,14 @@ const PROTOS: &[&str] = &[
     "cairn/common/v1/errors.proto",
     "cairn/ingest/v1/ingest.proto",
     "ingestion/ingestion.proto",
+    "tasker/v1/analytics.proto",
+    "tasker/v1/common.proto",
+    "tasker/v1/config.proto",
+    "tasker/v1/dlq.proto",
+    "tasker/v1/health.proto",
+    "tasker/v1/steps.proto",
+    "tasker/v1/tasks.proto",
+    "tasker/v1/templates.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

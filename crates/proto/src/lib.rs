@@ -42,6 +42,16 @@ pub mod ingestion {
     tonic::include_proto!("ingestion");
 }
 
+/// tasker-core's `tasker.v1` orchestration API, wire-compatible field for
+/// field (WIRE-tasker.md): clients generated from tasker-core's own files
+/// call Cairn's orchestrator unchanged.
+pub mod tasker {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("tasker.v1");
+    }
+}
+
 /// Protobuf well-known types, as the generated code uses them.
 pub use prost_types::{Duration, Timestamp};
 
