@@ -112,7 +112,7 @@ pub struct AgentConfig {
     pub handoff_timeout: Duration,
     /// Segment block indexes kept in memory for reads below the WAL.
     pub segment_index_cache: usize,
-    /// Decoded segment blocks kept in memory for reads below the WAL (raw bytes).
+    /// Memory for decoded segment blocks of reads below the WAL (their records' heap size).
     #[serde(with = "cairn_service::units::bytes_usize")]
     pub segment_block_cache: usize,
 }

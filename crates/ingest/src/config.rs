@@ -183,7 +183,7 @@ impl Default for ObjectStoreConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReaderConfig {
-    /// Decoded segment blocks kept in memory (raw bytes).
+    /// Memory for decoded segment blocks (what their records hold on the heap).
     #[serde(with = "cairn_service::units::bytes_usize")]
     pub block_cache: usize,
     /// Segments whose block index is kept in memory.

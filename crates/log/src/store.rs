@@ -89,11 +89,35 @@ pub struct CacheStats {
 pub struct CacheLimits {
     /// Segments whose block index is kept.
     pub indexes: usize,
-    /// Raw bytes of decoded blocks kept (0: none).
+    /// Memory the decoded blocks kept may take (0: none), counted as what
+    /// they hold on the heap (records, keys, values, headers), not as their
+    /// smaller encoded size.
     pub block_bytes: usize,
 }
 
 type Block = Arc<[Stored]>;
+
+/// Heap bytes a decoded block holds: each record and every allocation it
+/// owns, with an allocator's per-allocation overhead.
+fn heap_size(block: &[Stored]) -> usize {
+    const PER_ALLOCATION: usize = 16;
+    let vec = |capacity: usize| if capacity == 0 { 0 } else { capacity + PER_ALLOCATION };
+    PER_ALLOCATION
+        + block
+            .iter()
+            .map(|s| {
+                let r = &s.record;
+                std::mem::size_of::<Stored>()
+                    + r.key.as_ref().map_or(0, |k| vec(k.capacity()))
+                    + vec(r.value.capacity())
+                    + vec(r.headers.capacity() * std::mem::size_of::<(String, Vec<u8>)>())
+                    + r.headers
+                        .iter()
+                        .map(|(k, v)| vec(k.capacity()) + vec(v.capacity()))
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
+}
 
 /// Segment reads with caches of block indexes and decoded blocks.
 pub struct SegmentReader {
@@ -168,7 +192,7 @@ impl SegmentReader {
                 source,
             })?
             .into();
-        lock(&self.blocks).insert(id, block.clone(), entry.raw_len as usize);
+        lock(&self.blocks).insert(id, block.clone(), heap_size(&block));
         Ok(block)
     }
 
@@ -233,5 +257,32 @@ mod tests {
         let mut none = Bounded::new(0);
         none.insert("a", 1, 1);
         assert_eq!(none.get(&"a"), None);
+    }
+
+    #[test]
+    fn a_blocks_cost_is_what_its_records_hold_on_the_heap_not_their_encoded_bytes() {
+        let stored = |value: usize, headers: usize| Stored {
+            offset: 0,
+            append_time_ms: 0,
+            record: crate::batch::Record {
+                key: Some(vec![1; 16]),
+                value: vec![0; value],
+                timestamp_ms: 0,
+                headers: (0..headers).map(|h| (format!("h{h}"), vec![0; 8])).collect(),
+            },
+        };
+        let small: Vec<Stored> = (0..100).map(|_| stored(10, 0)).collect();
+        let encoded: usize = small.iter().map(|s| s.record.encoded_len()).sum();
+        let cost = heap_size(&small);
+        assert!(
+            cost >= 100 * (std::mem::size_of::<Stored>() + 16 + 10),
+            "{cost} counts each record, its key and its value"
+        );
+        assert!(
+            cost > 3 * encoded,
+            "small records cost far more decoded ({cost}) than encoded ({encoded})"
+        );
+        let with_headers: Vec<Stored> = (0..100).map(|_| stored(10, 2)).collect();
+        assert!(heap_size(&with_headers) > cost + 100 * 2 * 8, "headers count too");
     }
 }
