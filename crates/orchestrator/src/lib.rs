@@ -2,6 +2,9 @@
 //!
 //! Only the standard server (health and reflection) exists so far; this
 //! service's RPCs arrive with its own issue and do not exist until then.
+//! [`template`] (templates parsed and checked as DAGs) is the first piece.
+
+pub mod template;
 
 /// Configuration of `cairn-orchestrator`.
 pub type Config = cairn_service::BasicConfig<50054>;
