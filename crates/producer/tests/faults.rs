@@ -746,6 +746,16 @@ async fn a_shed_produce_is_retried_with_its_sequence_and_never_reported_as_maybe
         hold.abort();
     }
     assert_eq!(err.fate(), Fate::NotWritten, "shed means not written: {err}");
+    // The aborted long polls hold their slots until the agent sees their
+    // streams reset; read once it sheds no more.
+    cairn_testkit::eventually(Duration::from_secs(10), "the agent's slots free again", || async {
+        cairn_testkit::cluster::agent(&a.addr)
+            .await
+            .get_metadata(pb::GetMetadataRequest::default())
+            .await
+            .ok()
+    })
+    .await;
     let values: Vec<String> = read_values(&a.addr, TOPIC, 0).await;
     assert_eq!(values, ["first", "shed-then-written", "warm"]);
 }
