@@ -106,3 +106,26 @@ def start(tmp_path):
     yield _start
     for svc in started:
         svc.stop()
+
+
+def platform(start, tmp_path, *ingest_args):
+    """An agent on a fresh SQLite database and local object store, and an
+    ingest writing through it (OTLP listeners on free ports); waits for both."""
+    agent = start(
+        "cairn-agent",
+        "--set", "auth.enabled=false",
+        "--set", f"metadata.url=sqlite://{tmp_path}/meta.db?mode=rwc",
+        "--set", f"object_store.url=file://{tmp_path}/objects",
+        "--set", f"agent.data_dir={tmp_path}/agent",
+    )
+    agent.wait_serving()
+    ingest = start(
+        "cairn-ingest",
+        "--set", f'ingest.agents=["{agent.addr}"]',
+        "--set", f"object_store.url=file://{tmp_path}/objects",
+        "--set", "otlp.listen=127.0.0.1:0",
+        "--set", "otlp.http_listen=127.0.0.1:0",
+        *ingest_args,
+    )
+    ingest.wait_serving()
+    return agent, ingest

@@ -5,6 +5,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from conftest import platform
+
 STANDARD = {
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
@@ -30,22 +32,8 @@ def start_service(start, tmp_path, binary):
     through an agent."""
     if binary != "cairn-ingest":
         return start(binary)
-    agent = start(
-        "cairn-agent",
-        "--set", "auth.enabled=false",
-        "--set", f"metadata.url=sqlite://{tmp_path}/meta.db?mode=rwc",
-        "--set", f"object_store.url=file://{tmp_path}/objects",
-        "--set", f"agent.data_dir={tmp_path}/agent",
-    )
-    agent.wait_serving()
-    return start(
-        binary,
-        "--set", "auth.enabled=false",
-        "--set", f'ingest.agents=["{agent.addr}"]',
-        "--set", f"object_store.url=file://{tmp_path}/objects",
-        "--set", "otlp.listen=127.0.0.1:0",
-        "--set", "otlp.http_listen=127.0.0.1:0",
-    )
+    _, ingest = platform(start, tmp_path, "--set", "auth.enabled=false")
+    return ingest
 
 
 @pytest.mark.parametrize("binary", sorted(SERVICES))

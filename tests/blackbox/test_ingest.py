@@ -19,28 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from conftest import BIN_DIR
-
-
-def platform(start, tmp_path, *ingest_args):
-    agent = start(
-        "cairn-agent",
-        "--set", "auth.enabled=false",
-        "--set", f"metadata.url=sqlite://{tmp_path}/meta.db?mode=rwc",
-        "--set", f"object_store.url=file://{tmp_path}/objects",
-        "--set", f"agent.data_dir={tmp_path}/agent",
-    )
-    agent.wait_serving()
-    ingest = start(
-        "cairn-ingest",
-        "--set", f'ingest.agents=["{agent.addr}"]',
-        "--set", f"object_store.url=file://{tmp_path}/objects",
-        "--set", "otlp.listen=127.0.0.1:0",
-        "--set", "otlp.http_listen=127.0.0.1:0",
-        *ingest_args,
-    )
-    ingest.wait_serving()
-    return agent, ingest
+from conftest import BIN_DIR, platform
 
 
 def send(exporter, service, names):

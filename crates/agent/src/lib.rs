@@ -35,14 +35,14 @@ pub mod roller;
 pub use cairn_log::segment;
 pub mod wal;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use cairn_proto::cairn::agent::v1::{
     agent_service_server::AgentServiceServer, topic_service_server::TopicServiceServer,
 };
 use cairn_service::{
     Phase, Runtime, Server,
-    auth::{Access, Auth, Policy, RemoteAuthenticator},
+    auth::{Access, Auth, Policy},
     scope::Scope,
 };
 
@@ -100,16 +100,8 @@ pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
-    if config.auth.enabled {
-        let authenticator = Arc::new(RemoteAuthenticator::new(config.auth.clone())?.with_metrics(rt.metrics())?);
-        server = server.with_auth(Auth::with_limits(
-            authenticator,
-            policy(),
-            config.auth.failure_burst,
-            config.auth.failures_per_sec,
-        ));
-    } else {
-        tracing::warn!("auth is disabled: every caller may do everything");
+    if let Some(auth) = Auth::remote(&config.auth, policy(), rt.metrics())? {
+        server = server.with_auth(auth);
     }
     server.start("grpc").await?;
     for (name, task) in [("lease loop", Task::Leases), ("segment roller", Task::Roller)] {

@@ -37,7 +37,7 @@ use cairn_proto::{
 };
 use cairn_service::{
     Phase, Runtime, Server, ServerConfig,
-    auth::{Access, Auth, Policy, RemoteAuthenticator},
+    auth::{Access, Auth, Policy},
     metrics::prometheus_client::{
         collector::Collector,
         encoding::{DescriptorEncoder, EncodeMetric},
@@ -225,18 +225,7 @@ pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
         config.ingest.write_timeout,
         rt.metrics(),
     );
-    let auth = if config.auth.enabled {
-        let authenticator = Arc::new(RemoteAuthenticator::new(config.auth.clone())?.with_metrics(rt.metrics())?);
-        Some(Auth::with_limits(
-            authenticator,
-            policy(),
-            config.auth.failure_burst,
-            config.auth.failures_per_sec,
-        ))
-    } else {
-        tracing::warn!("auth is disabled: every caller may do everything");
-        None
-    };
+    let auth = Auth::remote(&config.auth, policy(), rt.metrics())?;
     let spans = spans::Spans::new(reader.clone(), config.ingest.topics.spans.clone());
     let max = config.grpc.max_message_bytes;
 

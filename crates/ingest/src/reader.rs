@@ -334,21 +334,23 @@ impl LogReader {
     /// the first segment appended at or after `ms`, or the committed offset
     /// when none is (the tail holds the rest).
     pub async fn offset_near_append_time(&self, topic: &str, partition: u32, ms: i64) -> Result<u64, Status> {
-        let listing = self
-            .list(topic, partition, pb::list_segments_request::From::AppendTimeMs(ms))
-            .await?;
-        Ok(listing
-            .segments
-            .first()
-            .map_or(listing.committed, |s| s.base_offset)
-            .max(listing.log_start))
+        self.offset_near(topic, partition, pb::list_segments_request::From::AppendTimeMs(ms))
+            .await
     }
 
     /// Like [`LogReader::offset_near_append_time`], by record timestamp.
     pub async fn offset_near_timestamp(&self, topic: &str, partition: u32, ts: i64) -> Result<u64, Status> {
-        let listing = self
-            .list(topic, partition, pb::list_segments_request::From::TimestampMs(ts))
-            .await?;
+        self.offset_near(topic, partition, pb::list_segments_request::From::TimestampMs(ts))
+            .await
+    }
+
+    async fn offset_near(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: pb::list_segments_request::From,
+    ) -> Result<u64, Status> {
+        let listing = self.list(topic, partition, from).await?;
         Ok(listing
             .segments
             .first()

@@ -296,6 +296,27 @@ impl Auth {
         }
     }
 
+    /// The auth layer a service configured with `config` puts in front of
+    /// its RPCs: keys checked with `cairn-auth` (counted in `metrics`), the
+    /// configured failure limits; `None` (and a warning) when auth is off.
+    pub fn remote(
+        config: &AuthClientConfig,
+        policy: Policy,
+        metrics: &crate::Metrics,
+    ) -> Result<Option<Auth>, tonic::transport::Error> {
+        if !config.enabled {
+            tracing::warn!("auth is disabled: every caller may do everything");
+            return Ok(None);
+        }
+        let authenticator = Arc::new(RemoteAuthenticator::new(config.clone())?.with_metrics(metrics)?);
+        Ok(Some(Auth::with_limits(
+            authenticator,
+            policy,
+            config.failure_burst,
+            config.failures_per_sec,
+        )))
+    }
+
     /// The access rules.
     pub fn policy(&self) -> &Policy {
         &self.policy
