@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "cairn/auth/v1/auth.proto",
     "cairn/common/v1/errors.proto",
     "cairn/ingest/v1/ingest.proto",
+    "cairn/orchestrator/v1/worker.proto",
     "ingestion/ingestion.proto",
     "tasker/v1/analytics.proto",
     "tasker/v1/common.proto",
@@ -33,6 +34,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        // Clients are built on `cairn_client` channels, never with the
+        // generated `connect` constructor (which would also clash with the
+        // worker stream's `Connect` RPC).
+        .build_transport(false)
         .file_descriptor_set_path(out.join("cairn_descriptor.bin"))
         .compile_with_config(config, &files, &[root])?;
     Ok(())

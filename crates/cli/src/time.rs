@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use cairn_proto::Timestamp;
 
 /// Parses `<number><unit>` with unit `s`, `m`, `h` or `d`.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
@@ -23,31 +22,13 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for a timestamp.
-pub fn format_timestamp(t: &Timestamp) -> String {
-    let days = t.seconds.div_euclid(86_400);
-    let secs = t.seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+pub use cairn_client::names::format_timestamp;
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use cairn_proto::Timestamp;
+
     use super::*;
 
     #[test]

@@ -81,7 +81,21 @@ struct TemplateSpec {
     version: String,
     description: Option<String>,
     input_schema: Option<serde_json::Value>,
+    identity_strategy: Option<String>,
     steps: Vec<StepSpec>,
+}
+
+/// How CreateTask tells a duplicate (tasker's identity strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Identity {
+    /// The same template and context is the same task (the default).
+    #[default]
+    Strict,
+    /// Only the caller's idempotency key (`idempotency-key` metadata) identifies
+    /// a task; without one every request creates a task.
+    CallerProvided,
+    /// Every request creates a task.
+    AlwaysUnique,
 }
 
 /// How a step is retried.
@@ -128,6 +142,7 @@ pub struct Template {
     pub version: semver::Version,
     pub description: Option<String>,
     pub input_schema: Option<serde_json::Value>,
+    pub identity: Identity,
     pub steps: Vec<Step>,
     /// The text it was registered from: a version's body never changes.
     pub source: String,
@@ -157,12 +172,20 @@ impl Template {
         name_rule("name", &spec.name)?;
         let version = semver::Version::parse(&spec.version)
             .map_err(|e| refuse("version", format!("{:?} is not a semver version: {e}", spec.version)))?;
-        if let Some(schema) = &spec.input_schema
-            && !schema.is_object()
-            && !schema.is_boolean()
-        {
-            return Err(refuse("input_schema", "must be a JSON Schema object"));
+        if let Some(schema) = &spec.input_schema {
+            crate::schema::check_schema(schema, "input_schema").map_err(|v| refuse(v.path, v.reason))?;
         }
+        let identity = match spec.identity_strategy.as_deref() {
+            None | Some("strict") => Identity::Strict,
+            Some("caller_provided") => Identity::CallerProvided,
+            Some("always_unique") => Identity::AlwaysUnique,
+            Some(other) => {
+                return Err(refuse(
+                    "identity_strategy",
+                    format!("{other:?}: expected strict, caller_provided or always_unique"),
+                ));
+            }
+        };
         if spec.steps.is_empty() {
             return Err(refuse("steps", "a template needs at least one step"));
         }
@@ -217,6 +240,7 @@ impl Template {
             version,
             description: spec.description,
             input_schema: spec.input_schema,
+            identity,
             steps,
             source: source.to_owned(),
         };

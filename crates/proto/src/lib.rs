@@ -28,6 +28,13 @@ pub mod cairn {
             tonic::include_proto!("cairn.ingest.v1");
         }
     }
+    /// How workers take steps from the orchestrator.
+    pub mod orchestrator {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("cairn.orchestrator.v1");
+        }
+    }
     /// API keys and principals.
     pub mod auth {
         /// Version 1.
