@@ -8,6 +8,7 @@ mod health;
 mod keys;
 mod read;
 mod rpc;
+mod tasks;
 mod time;
 mod topics;
 
@@ -51,6 +52,10 @@ enum Command {
         #[command(subcommand)]
         command: SpansCommand,
     },
+    /// Workflows on the orchestrator: create, get, list, cancel, watch, templates.
+    Tasks(tasks::TasksArgs),
+    /// The orchestrator's DLQ (an investigation tracker): list, resolve.
+    Dlq(tasks::DlqArgs),
     /// Show the health of every service at its default local address.
     Status {
         /// `name=addr` pairs to check instead of the defaults.
@@ -76,6 +81,8 @@ fn main() -> ExitCode {
             Command::Topics(args) => topics::topics(args).await,
             Command::Produce(args) => topics::produce(args).await,
             Command::Consume(args) => read::consume(args).await,
+            Command::Tasks(args) => tasks::tasks(args).await,
+            Command::Dlq(args) => tasks::dlq(args).await,
             Command::Spans {
                 command: SpansCommand::Tail(args),
             } => read::tail(args).await,

@@ -20,6 +20,7 @@ pub mod backoff;
 pub mod body;
 pub mod channel;
 pub mod context;
+pub mod json;
 pub mod metrics;
 pub mod names;
 pub mod propagation;

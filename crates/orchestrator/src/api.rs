@@ -528,9 +528,9 @@ impl TaskService for Api {
                             }
                             last_seq = event.seq();
                             let update = match event {
-                                Event::Task { state, at, .. } => {
+                                Event::Task { state, at, reason, .. } => {
                                     ended = ends_stream(*state);
-                                    Some(task_update(*state, *at, ""))
+                                    Some(task_update(*state, *at, reason))
                                 }
                                 Event::Step {
                                     step_uuid,

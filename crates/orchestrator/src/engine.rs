@@ -146,6 +146,7 @@ pub enum Event {
         task: String,
         seq: i64,
         state: TaskState,
+        reason: String,
         at: i64,
     },
     Step {
@@ -321,6 +322,7 @@ fn move_task(t: &mut TaskRt, round: &mut Round, to: TaskState, reason: &str) -> 
         task: t.row.task_uuid.clone(),
         seq: t.row.seq,
         state: to,
+        reason: reason.to_owned(),
         at: round.now,
     });
     round.dirty_tasks.insert(t.row.task_uuid.clone());
@@ -996,6 +998,7 @@ impl Engine {
             task: task_uuid.clone(),
             seq: 1,
             state: TaskState::Pending,
+            reason: "created".into(),
             at: now,
         });
         for step in &t.steps {

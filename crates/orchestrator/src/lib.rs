@@ -143,7 +143,7 @@ pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
     let auth = Auth::remote(&config.auth, policy(), rt.metrics())?;
     serve(&config, &rt, store, handle, auth).await?;
     rt.readiness().set_serving().await;
-    Ok(())
+    rt.run_until_stopped().await
 }
 
 async fn serve(
