@@ -492,7 +492,7 @@ impl TaskService for Api {
                 include_steps: bool,
                 tx: &mpsc::Sender<Result<pb::TaskStatusUpdate, Status>>,
             ) -> Result<bool, ()> {
-                let history = match store.history(uuid, *last_seq).await {
+                let (history, upto) = match store.history(uuid, *last_seq).await {
                     Ok(h) => h,
                     Err(error) => {
                         let _ = tx.send(Err(internal(error))).await;
@@ -501,7 +501,6 @@ impl TaskService for Api {
                 };
                 let mut ended = false;
                 for h in &history {
-                    *last_seq = h.seq();
                     if let Some(update) = update_of_history(h, include_steps) {
                         tx.send(Ok(update)).await.map_err(|_| ())?;
                     }
@@ -509,6 +508,7 @@ impl TaskService for Api {
                         ended = ends_stream(state::parse_task(&t.to_state));
                     }
                 }
+                *last_seq = upto;
                 Ok(ended)
             }
             match replay(&store, &uuid, &mut last_seq, include_steps, &tx).await {

@@ -792,20 +792,38 @@ impl Store {
         row.map(|r| r.try_get("task_uuid")).transpose()
     }
 
-    /// Everything recorded of a task after `after_seq`, in order.
-    pub async fn history(&self, task_uuid: &str, after_seq: i64) -> Result<Vec<History>, Error> {
+    /// Everything recorded of a task after `after_seq`, in order, and the
+    /// sequence number it reaches. Rows up to the task's committed `seq` are
+    /// read (a transition and the task's `seq` commit together), so a round
+    /// committing between the two queries cannot leave a hole.
+    pub async fn history(&self, task_uuid: &str, after_seq: i64) -> Result<(Vec<History>, i64), Error> {
+        let upto: i64 = match sqlx::query("SELECT seq FROM tasks WHERE task_uuid = $1")
+            .bind(task_uuid)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            Some(row) => row.try_get("seq")?,
+            None => return Ok((Vec::new(), after_seq)),
+        };
+        let rows = self.history_between(task_uuid, after_seq, upto).await?;
+        Ok((rows, upto.max(after_seq)))
+    }
+
+    async fn history_between(&self, task_uuid: &str, after_seq: i64, upto: i64) -> Result<Vec<History>, Error> {
         let tasks = sqlx::query(
-            "SELECT transition_uuid, task_uuid, seq, from_state, to_state, reason, created_at FROM task_transitions WHERE task_uuid = $1 AND seq > $2",
+            "SELECT transition_uuid, task_uuid, seq, from_state, to_state, reason, created_at FROM task_transitions WHERE task_uuid = $1 AND seq > $2 AND seq <= $3",
         )
         .bind(task_uuid)
         .bind(after_seq)
+        .bind(upto)
         .fetch_all(&self.pool)
         .await?;
         let steps = sqlx::query(
-            "SELECT t.transition_uuid, t.audit_uuid, t.step_uuid, t.task_uuid, t.seq, t.from_state, t.to_state, t.reason, t.attempt, t.worker_uuid, t.performed_by, t.success, t.execution_time_ms, t.result, t.created_at, s.name AS step_name FROM step_transitions t JOIN steps s ON s.step_uuid = t.step_uuid WHERE t.task_uuid = $1 AND t.seq > $2",
+            "SELECT t.transition_uuid, t.audit_uuid, t.step_uuid, t.task_uuid, t.seq, t.from_state, t.to_state, t.reason, t.attempt, t.worker_uuid, t.performed_by, t.success, t.execution_time_ms, t.result, t.created_at, s.name AS step_name FROM step_transitions t JOIN steps s ON s.step_uuid = t.step_uuid WHERE t.task_uuid = $1 AND t.seq > $2 AND t.seq <= $3",
         )
         .bind(task_uuid)
         .bind(after_seq)
+        .bind(upto)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(tasks.len() + steps.len());

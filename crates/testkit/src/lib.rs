@@ -281,6 +281,36 @@ impl Process {
         Process::spawn(&binary(binary_name), Some(port), args, env, dir)
     }
 
+    /// A binary that serves nothing (a worker, a client): started with just
+    /// `args`, not waited for; it has no addresses.
+    pub fn start_plain(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("{binary_name}-{}-{n}.log", std::process::id()));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new(binary(binary_name))
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Process {
+            child: Some(child),
+            addr: String::new(),
+            metrics_addr: None,
+            addresses: Default::default(),
+            log,
+        }
+    }
+
     /// [`Process::start`] for a binary given by path (another build, say).
     pub fn start_binary(path: &Path, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
         Process::spawn(path, None, args, env, dir)
