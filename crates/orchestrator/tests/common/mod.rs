@@ -1,7 +1,7 @@
 //! A real `cairn-orchestrator` and real `cairn-demo-worker` processes, and
 //! tasker.v1 clients to them (auth off unless a test turns it on).
 
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(clippy::unwrap_used, dead_code, unused_imports)]
 
 use std::{path::Path, time::Duration};
 
