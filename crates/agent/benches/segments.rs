@@ -24,7 +24,7 @@ use std::{
 
 use cairn_agent::meta::Meta;
 use cairn_proto::cairn::agent::v1 as pb;
-use cairn_testkit::{Process, TempDir, cluster};
+use cairn_testkit::{Process, TempDir, cluster, percentile};
 
 fn env(name: &str, default: u64) -> u64 {
     cairn_testkit::env_or(name, default)
@@ -59,12 +59,6 @@ fn start_agent(dir: &TempDir, store: &[String], extra: &[&str]) -> Agent {
     Agent { process, meta_url }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
 
 async fn committed_latency(label: &str, store: &[String]) {
     let secs = env("BENCH_SECS", 10);

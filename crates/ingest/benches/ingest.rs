@@ -36,7 +36,7 @@ use cairn_proto::{
     },
     ingestion::{ReadSpansRequest, internal_ingestion_service_client::InternalIngestionServiceClient},
 };
-use cairn_testkit::{Process, cluster::Cluster};
+use cairn_testkit::{Process, cluster::Cluster, peak_rss_mib, percentile};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
@@ -189,21 +189,6 @@ async fn send(channel: &mut Channel, frame: Bytes) -> Result<(), String> {
     }
 }
 
-fn peak_rss_mib(process: &Process) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
 
 async fn throughput(otlp: &str) -> u64 {
     let secs = env("BENCH_SECS", 15);

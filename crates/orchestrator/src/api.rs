@@ -49,22 +49,6 @@ fn task_of(snapshot: &Snapshot, edges: &[(String, String)]) -> pb::Task {
     convert::task(&snapshot.task, &convert::progress_of(&snapshot.steps, edges))
 }
 
-/// Edges of a snapshot's task, from its template order (parents by index).
-fn snapshot_edges(snapshot: &Snapshot, template: Option<&Template>) -> Vec<(String, String)> {
-    let Some(t) = template else {
-        return Vec::new();
-    };
-    let mut edges = Vec::new();
-    for (c, step) in t.steps.iter().enumerate() {
-        for &p in &step.parents {
-            if let (Some(parent), Some(child)) = (snapshot.steps.get(p), snapshot.steps.get(c)) {
-                edges.push((parent.step_uuid.clone(), child.step_uuid.clone()));
-            }
-        }
-    }
-    edges
-}
-
 impl Api {
     async fn edges(&self, task_uuid: &str) -> Result<Vec<(String, String)>, Status> {
         self.store.edges(task_uuid).await.map_err(internal)
@@ -83,14 +67,8 @@ impl Api {
         Ok((task, steps, edges))
     }
 
-    async fn full_task(&self, snapshot: &Snapshot) -> Result<pb::Task, Status> {
-        let edges = self.edges(&snapshot.task.task_uuid).await?;
-        let edges = if edges.is_empty() {
-            snapshot_edges(snapshot, None)
-        } else {
-            edges
-        };
-        Ok(task_of(snapshot, &edges))
+    fn full_task(snapshot: &Snapshot) -> pb::Task {
+        task_of(snapshot, &snapshot.edges)
     }
 }
 
@@ -221,7 +199,7 @@ impl TaskService for Api {
             .engine
             .ask(|reply| Command::Create(Box::new(spec), reply))
             .await?;
-        let task = self.full_task(&snapshot).await?;
+        let task = Api::full_task(&snapshot);
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(task),
             backpressure: Some(pb::BackpressureStatus {
@@ -346,7 +324,7 @@ impl TaskService for Api {
             .await?;
         Ok(Response::new(match outcome {
             CancelOutcome::Cancelled(snapshot) => pb::CancelTaskResponse {
-                task: Some(self.full_task(&snapshot).await?),
+                task: Some(Api::full_task(&snapshot)),
                 success: true,
                 message: Some("Task cancelled".into()),
             },
@@ -646,14 +624,13 @@ impl StepService for Api {
                 )
             })
             .await?;
-        let edges = self.edges(&task).await?;
         let i = snapshot.step.unwrap_or(0);
         let row = snapshot
             .steps
             .get(i)
             .ok_or_else(|| Status::internal("resolved step missing from the answer"))?;
         Ok(Response::new(pb::ResolveStepResponse {
-            step: Some(convert::step(row, &snapshot.steps, &edges)),
+            step: Some(convert::step(row, &snapshot.steps, &snapshot.edges)),
         }))
     }
 

@@ -218,8 +218,6 @@ pub fn distinct(values: &[String]) -> Vec<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use serde_json::json;
-
     use super::*;
 
     #[test]

@@ -116,6 +116,8 @@ pub struct ResolveSpec {
 pub struct Snapshot {
     pub task: TaskRow,
     pub steps: Vec<StepRow>,
+    /// DAG edges as (parent, child) step uuids.
+    pub edges: Vec<(String, String)>,
     /// The step an action was about, for ResolveStep.
     pub step: Option<usize>,
 }
@@ -396,10 +398,21 @@ fn step_state(t: &TaskRt, i: usize) -> StepState {
     state::parse_step(&t.steps[i].row.state)
 }
 
+fn edges(t: &TaskRt) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (c, step) in t.template.steps.iter().enumerate() {
+        for &p in &step.parents {
+            out.push((t.steps[p].row.step_uuid.clone(), t.steps[c].row.step_uuid.clone()));
+        }
+    }
+    out
+}
+
 fn snapshot(t: &TaskRt, step: Option<usize>) -> Snapshot {
     Snapshot {
         task: t.row.clone(),
         steps: t.steps.iter().map(|s| s.row.clone()).collect(),
+        edges: edges(t),
         step,
     }
 }
@@ -612,8 +625,15 @@ impl Engine {
                 now: now_ms(),
                 ..Round::default()
             };
+            let mut creates = Vec::new();
             for command in commands.drain(..) {
-                self.apply(command, &mut round).await;
+                match command {
+                    Command::Create(spec, reply) => creates.push((*spec, reply)),
+                    other => self.apply(other, &mut round).await,
+                }
+            }
+            if !creates.is_empty() {
+                self.create_all(creates, &mut round).await;
             }
             self.expire_leases(&mut round);
             self.due_retries(&mut round);
@@ -653,16 +673,10 @@ impl Engine {
         }
         for uuid in &new_uuids {
             if let Some(t) = self.tasks.get(uuid) {
-                let mut edges = Vec::new();
-                for (c, step) in t.template.steps.iter().enumerate() {
-                    for &p in &step.parents {
-                        edges.push((t.steps[p].row.step_uuid.clone(), t.steps[c].row.step_uuid.clone()));
-                    }
-                }
                 batch.new_tasks.push(NewTask {
                     task: t.row.clone(),
                     steps: t.steps.iter().map(|s| s.row.clone()).collect(),
-                    edges,
+                    edges: edges(t),
                 });
             }
         }
@@ -742,7 +756,7 @@ impl Engine {
 
     async fn apply(&mut self, command: Command, round: &mut Round) {
         match command {
-            Command::Create(spec, reply) => self.create(*spec, reply, round).await,
+            Command::Create(spec, reply) => self.create_all(vec![(*spec, reply)], round).await,
             Command::Cancel { task, reason, reply } => self.cancel(task, &reason, reply, round).await,
             Command::Resolve(spec, reply) => self.resolve(*spec, reply, round).await,
             Command::Register { templates, reply } => {
@@ -869,11 +883,44 @@ impl Engine {
         Ok(out)
     }
 
-    async fn create(
+    /// Creates a round's tasks: one database query for the identities not
+    /// known in memory, then each create.
+    async fn create_all(&mut self, creates: Vec<(CreateSpec, oneshot::Sender<Result<Snapshot, Status>>)>, round: &mut Round) {
+        let hashes: Vec<String> = creates
+            .iter()
+            .filter_map(|(spec, _)| {
+                let key = template_key(&spec.namespace, &spec.name, &spec.version);
+                let template = self.templates.get(&key)?;
+                identity_hash(spec, template.identity)
+            })
+            .filter(|h| !self.identities.contains_key(h))
+            .collect();
+        let found = if hashes.is_empty() {
+            HashMap::new()
+        } else {
+            let refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
+            match self.store.tasks_by_identities(&refs).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::error!(%error, "checking task identities");
+                    for (_, reply) in creates {
+                        let _ = reply.send(Err(Status::internal("Internal server error")));
+                    }
+                    return;
+                }
+            }
+        };
+        for (spec, reply) in creates {
+            self.create(spec, reply, round, &found);
+        }
+    }
+
+    fn create(
         &mut self,
         spec: CreateSpec,
         reply: oneshot::Sender<Result<Snapshot, Status>>,
         round: &mut Round,
+        found: &HashMap<String, String>,
     ) {
         let refuse = |round: &mut Round, reply: oneshot::Sender<Result<Snapshot, Status>>, status: Status| {
             round.replies.push(Box::new(move || {
@@ -902,13 +949,7 @@ impl Engine {
             let existing = match self.identities.get(hash) {
                 Some(uuid) => Some(uuid.clone()),
                 None if round.identities.contains(hash) => Some("(created in the same instant)".into()),
-                None => match self.store.task_by_identity(hash).await {
-                    Ok(found) => found,
-                    Err(error) => {
-                        tracing::error!(%error, "checking task identity");
-                        return refuse(round, reply, Status::internal("Internal server error"));
-                    }
-                },
+                None => found.get(hash).cloned(),
             };
             if let Some(existing) = existing {
                 return refuse(

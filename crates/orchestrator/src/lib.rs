@@ -126,7 +126,7 @@ pub async fn run(config: Config, rt: Runtime) -> anyhow::Result<()> {
         .context("opening the orchestrator database")?;
     let metrics = metrics::EngineMetrics::default();
     metrics.register(rt.metrics());
-    let (engine, handle, rx) = Engine::start(store.clone(), config.orchestrator.engine(), metrics)
+    let (engine, handle, rx) = Engine::start(store.for_engine(), config.orchestrator.engine(), metrics)
         .await
         .context("starting the engine")?;
     let closing = rt.closing_token();

@@ -171,16 +171,20 @@ fn bind<'q>(query: Query<'q>, value: Value<'q>) -> Query<'q> {
     }
 }
 
-/// Most bound values per statement (SQLite allows 32766, Postgres 65535).
-const MAX_PARAMS: usize = 30_000;
+/// Most bound values per statement. SQLite allows 32766 and Postgres 65535,
+/// but binding slows down sharply with huge statements (a 30,000-value
+/// INSERT took seconds on SQLite); a few hundred rows per statement keep
+/// the per-statement overhead low without that cliff.
+const MAX_PARAMS: usize = 2_000;
 
 /// Inserts `rows` (each `columns` values) with as few multi-row statements as
-/// the parameter limit allows.
+/// the parameter limit allows; `tail` follows the values (an ON CONFLICT).
 async fn insert_rows<'a>(
     conn: &mut sqlx::AnyConnection,
     head: &str,
     columns: usize,
     rows: Vec<Vec<Value<'a>>>,
+    tail: &str,
 ) -> Result<(), Error> {
     let per = (MAX_PARAMS / columns).max(1);
     let mut rows = rows.into_iter().peekable();
@@ -205,6 +209,7 @@ async fn insert_rows<'a>(
             }
             sql.push(')');
         }
+        sql.push_str(tail);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for value in chunk.into_iter().flatten() {
             query = bind(query, value);
@@ -434,14 +439,31 @@ pub type StateCounts = HashMap<String, i64>;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// The engine's own connections: its commits and reads never queue
+    /// behind API reads.
+    writer: AnyPool,
     max_connections: u32,
 }
 
 impl Store {
     /// Connects to `url` and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+        let writer = cairn_service::sql::connect(url, 2, sqlx::migrate!("./migrations")).await?;
         let pool = cairn_service::sql::connect(url, max_connections, sqlx::migrate!("./migrations")).await?;
-        Ok(Store { pool, max_connections })
+        Ok(Store {
+            pool,
+            writer,
+            max_connections,
+        })
+    }
+
+    /// The same store on the engine's own connections.
+    pub fn for_engine(&self) -> Store {
+        Store {
+            pool: self.writer.clone(),
+            writer: self.writer.clone(),
+            max_connections: 2,
+        }
     }
 
     /// Pool figures: (in use, idle, max).
@@ -480,8 +502,7 @@ impl Store {
                 conn,
                 "INSERT INTO templates (namespace, name, version, description, source, step_count, registered_at)",
                 7,
-                rows,
-            )
+                rows, "")
             .await?;
         }
         let tags_json: Vec<String> = batch
@@ -498,7 +519,7 @@ impl Store {
                 .zip(&tags_json)
                 .map(|(n, tags)| task_values(&n.task, tags))
                 .collect();
-            insert_rows(conn, &format!("INSERT INTO tasks ({TASK_COLUMNS})"), 19, tasks).await?;
+            insert_rows(conn, &format!("INSERT INTO tasks ({TASK_COLUMNS})"), 19, tasks, "").await?;
             let tags = batch
                 .new_tasks
                 .iter()
@@ -512,14 +533,14 @@ impl Store {
                 })
                 .collect::<Vec<_>>();
             if !tags.is_empty() {
-                insert_rows(conn, "INSERT INTO task_tags (task_uuid, tag)", 2, tags).await?;
+                insert_rows(conn, "INSERT INTO task_tags (task_uuid, tag)", 2, tags, "").await?;
             }
             let steps = batch
                 .new_tasks
                 .iter()
                 .flat_map(|n| n.steps.iter().map(step_values))
                 .collect();
-            insert_rows(conn, &format!("INSERT INTO steps ({STEP_COLUMNS})"), 19, steps).await?;
+            insert_rows(conn, &format!("INSERT INTO steps ({STEP_COLUMNS})"), 19, steps, "").await?;
             let edges = batch
                 .new_tasks
                 .iter()
@@ -538,8 +559,7 @@ impl Store {
                     conn,
                     "INSERT INTO step_edges (task_uuid, parent_uuid, child_uuid)",
                     3,
-                    edges,
-                )
+                    edges, "")
                 .await?;
             }
         }
@@ -573,8 +593,7 @@ impl Store {
                 conn,
                 "INSERT INTO task_transitions (transition_uuid, task_uuid, seq, from_state, to_state, reason, created_at, most_recent)",
                 8,
-                rows,
-            )
+                rows, "")
             .await?;
         }
         if !batch.step_transitions.is_empty() {
@@ -615,44 +634,41 @@ impl Store {
                 conn,
                 "INSERT INTO step_transitions (transition_uuid, audit_uuid, step_uuid, task_uuid, seq, from_state, to_state, reason, attempt, worker_uuid, performed_by, success, execution_time_ms, result, created_at, most_recent)",
                 16,
+                rows, "")
+            .await?;
+        }
+        // Changed tasks and steps: one multi-row upsert each (a row per
+        // statement would cost a round trip per state change).
+        if !batch.tasks.is_empty() {
+            let tags: Vec<String> = batch
+                .tasks
+                .iter()
+                .map(|t| serde_json::to_string(&t.tags).unwrap_or_else(|_| "[]".into()))
+                .collect();
+            let rows = batch.tasks.iter().zip(&tags).map(|(t, tags)| task_values(t, tags)).collect();
+            insert_rows(
+                conn,
+                &format!("INSERT INTO tasks ({TASK_COLUMNS})"),
+                19,
                 rows,
+                " ON CONFLICT (task_uuid) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, completed_at = excluded.completed_at, state_since = excluded.state_since, seq = excluded.seq",
             )
             .await?;
         }
-        for t in &batch.tasks {
-            sqlx::query(
-                "UPDATE tasks SET state = $1, updated_at = $2, completed_at = $3, state_since = $4, seq = $5 WHERE task_uuid = $6",
+        if !batch.steps.is_empty() {
+            let rows = batch.steps.iter().map(step_values).collect();
+            insert_rows(
+                conn,
+                &format!("INSERT INTO steps ({STEP_COLUMNS})"),
+                19,
+                rows,
+                " ON CONFLICT (step_uuid) DO UPDATE SET state = excluded.state, attempts = excluded.attempts, updated_at = excluded.updated_at, completed_at = excluded.completed_at, last_attempted_at = excluded.last_attempted_at, last_failure_at = excluded.last_failure_at, next_retry_at = excluded.next_retry_at, backoff_request_ms = excluded.backoff_request_ms, results = excluded.results, error = excluded.error",
             )
-            .bind(&t.state)
-            .bind(t.updated_at)
-            .bind(t.completed_at)
-            .bind(t.state_since)
-            .bind(t.seq)
-            .bind(&t.task_uuid)
-            .execute(&mut *conn)
-            .await?;
-        }
-        for s in &batch.steps {
-            sqlx::query(
-                "UPDATE steps SET state = $1, attempts = $2, updated_at = $3, completed_at = $4, last_attempted_at = $5, last_failure_at = $6, next_retry_at = $7, backoff_request_ms = $8, results = $9, error = $10 WHERE step_uuid = $11",
-            )
-            .bind(&s.state)
-            .bind(s.attempts)
-            .bind(s.updated_at)
-            .bind(s.completed_at)
-            .bind(s.last_attempted_at)
-            .bind(s.last_failure_at)
-            .bind(s.next_retry_at)
-            .bind(s.backoff_request_ms)
-            .bind(s.results.as_deref())
-            .bind(s.error.as_deref())
-            .bind(&s.step_uuid)
-            .execute(&mut *conn)
             .await?;
         }
         if !batch.dlq.is_empty() {
             let rows = batch.dlq.iter().map(dlq_values).collect();
-            insert_rows(conn, &format!("INSERT INTO dlq_entries ({DLQ_COLUMNS})"), 12, rows).await?;
+            insert_rows(conn, &format!("INSERT INTO dlq_entries ({DLQ_COLUMNS})"), 12, rows, "").await?;
         }
         tx.commit().await
     }
@@ -783,13 +799,24 @@ impl Store {
             .collect()
     }
 
-    /// Whether a task with this identity exists (its uuid).
-    pub async fn task_by_identity(&self, hash: &str) -> Result<Option<String>, Error> {
-        let row = sqlx::query("SELECT task_uuid FROM tasks WHERE identity_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get("task_uuid")).transpose()
+    /// The tasks that have these identities: hash → task uuid.
+    pub async fn tasks_by_identities(&self, hashes: &[&str]) -> Result<HashMap<String, String>, Error> {
+        let mut out = HashMap::new();
+        for chunk in hashes.chunks(1000) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT identity_hash, task_uuid FROM tasks WHERE identity_hash IN ({})",
+                placeholders.join(",")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for h in chunk {
+                query = query.bind(*h);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.insert(row.try_get("identity_hash")?, row.try_get("task_uuid")?);
+            }
+        }
+        Ok(out)
     }
 
     /// Everything recorded of a task after `after_seq`, in order, and the

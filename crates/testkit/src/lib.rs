@@ -588,3 +588,23 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// Peak resident memory of a running process (VmHWM), in MiB; 0 if unknown.
+pub fn peak_rss_mib(process: &Process) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The `p` quantile (0..=1) of already sorted samples; 0 for none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
+    sorted[i]
+}
