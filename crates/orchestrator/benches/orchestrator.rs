@@ -200,10 +200,11 @@ async fn main() {
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             let scrape = orch.scrape().await;
             eprintln!(
-                "  {:.1} s: {} steps complete, {} commits, {} ready, {} in flight, {} tasks done",
+                "  {:.1} s: {} steps complete, {} commits ({:.1} s committing), {} ready, {} in flight, {} tasks done",
                 started.elapsed().as_secs_f64(),
                 metric(&scrape, completed).unwrap_or(-1.0),
                 metric(&scrape, "cairn_orchestrator_commit_transitions_count").unwrap_or(-1.0),
+                metric(&scrape, "cairn_orchestrator_commit_seconds_sum").unwrap_or(-1.0),
                 metric(&scrape, "cairn_orchestrator_ready_steps").unwrap_or(-1.0),
                 metric(&scrape, "cairn_orchestrator_assignments_in_flight").unwrap_or(-1.0),
                 done.load(Ordering::Relaxed)

@@ -10,7 +10,7 @@ use cairn_proto::tasker::v1::{
 };
 use futures::Stream;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -452,7 +452,8 @@ impl TaskService for Api {
         let r = request.into_inner();
         let uuid = parse_uuid("task_uuid", &r.task_uuid)?;
         // Subscribe before reading history: nothing committed in between is missed.
-        let mut events = self.engine.events.subscribe();
+        let subscribers = self.engine.events.clone();
+        let mut events = subscribers.subscribe(&uuid);
         if self.store.task(&uuid).await.map_err(internal)?.is_none() {
             return Err(Status::not_found(format!("Task not found: {uuid}")));
         }
@@ -494,54 +495,41 @@ impl TaskService for Api {
                 Ok(false) => {}
             }
             while !ended {
-                let batch = tokio::select! {
+                let event = tokio::select! {
                     () = tx.closed() => return,
-                    batch = events.recv() => batch,
+                    event = events.recv() => event,
                 };
-                match batch {
-                    Ok(batch) => {
-                        for event in batch.iter() {
-                            if event.task() != uuid || event.seq() <= last_seq {
-                                continue;
-                            }
-                            last_seq = event.seq();
-                            let update = match event {
-                                Event::Task { state, at, reason, .. } => {
-                                    ended = ends_stream(*state);
-                                    Some(task_update(*state, *at, reason))
-                                }
-                                Event::Step {
-                                    step_uuid,
-                                    name,
-                                    state,
-                                    attempt,
-                                    at,
-                                    ..
-                                } => include_steps.then(|| step_update(step_uuid, name, *state, *attempt, *at)),
-                            };
-                            if let Some(update) = update
-                                && tx.send(Ok(update)).await.is_err()
-                            {
-                                return;
-                            }
-                            if ended {
-                                break;
-                            }
-                        }
+                let Some(event) = event else {
+                    // Fell behind the engine and was dropped: catch up from
+                    // the database, subscribed again first.
+                    events = subscribers.subscribe(&uuid);
+                    match replay(&store, &uuid, &mut last_seq, include_steps, &tx).await {
+                        Ok(true) | Err(()) => return,
+                        Ok(false) => continue,
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Fell behind the engine: catch up from the database.
-                        match replay(&store, &uuid, &mut last_seq, include_steps, &tx).await {
-                            Ok(true) | Err(()) => return,
-                            Ok(false) => {}
-                        }
+                };
+                if event.seq() <= last_seq {
+                    continue;
+                }
+                last_seq = event.seq();
+                let update = match &*event {
+                    Event::Task { state, at, reason, .. } => {
+                        ended = ends_stream(*state);
+                        Some(task_update(*state, *at, reason))
                     }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable("the orchestrator is stopping; resubscribe")))
-                            .await;
-                        return;
-                    }
+                    Event::Step {
+                        step_uuid,
+                        name,
+                        state,
+                        attempt,
+                        at,
+                        ..
+                    } => include_steps.then(|| step_update(step_uuid, name, *state, *attempt, *at)),
+                };
+                if let Some(update) = update
+                    && tx.send(Ok(update)).await.is_err()
+                {
+                    return;
                 }
             }
         });

@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use cairn_proto::cairn::orchestrator::v1::{self as wpb, connect_response};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -175,6 +175,49 @@ impl Event {
     }
 }
 
+/// StreamTaskStatus subscriptions by task: the engine pushes each committed
+/// event to the subscribers of its task only. A subscriber that falls
+/// behind (its channel full) is dropped; it sees its channel close and
+/// catches up from the database.
+#[derive(Default)]
+pub struct Subscribers {
+    by_task: std::sync::Mutex<HashMap<String, Vec<mpsc::Sender<Arc<Event>>>>>,
+}
+
+impl Subscribers {
+    /// Events of `task` committed from now on.
+    pub fn subscribe(&self, task: &str) -> mpsc::Receiver<Arc<Event>> {
+        let (tx, rx) = mpsc::channel(256);
+        self.lock().entry(task.to_owned()).or_default().push(tx);
+        rx
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<mpsc::Sender<Arc<Event>>>>> {
+        self.by_task.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the subscriptions of a finished task (their streams have ended).
+    fn forget(&self, task: &str) {
+        self.lock().remove(task);
+    }
+
+    fn publish(&self, events: Vec<Event>) {
+        let mut map = self.lock();
+        if map.is_empty() {
+            return;
+        }
+        for event in events {
+            let Some(list) = map.get_mut(event.task()) else { continue };
+            let event = Arc::new(event);
+            list.retain(|tx| tx.try_send(event.clone()).is_ok());
+            if list.is_empty() {
+                let task = event.task().to_owned();
+                map.remove(&task);
+            }
+        }
+    }
+}
+
 /// The engine's tunables.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -197,7 +240,7 @@ pub struct EngineConfig {
 #[derive(Clone)]
 pub struct EngineHandle {
     pub commands: mpsc::Sender<Command>,
-    pub events: broadcast::Sender<Arc<Vec<Event>>>,
+    pub events: Arc<Subscribers>,
     pub ready_steps: Arc<AtomicUsize>,
     pub workers: Arc<AtomicUsize>,
     pub config: EngineConfig,
@@ -462,7 +505,7 @@ pub struct Engine {
     lease_heap: BinaryHeap<Reverse<(i64, String)>>,
     retries: BinaryHeap<Reverse<(i64, String, usize)>>,
     workers: HashMap<u64, WorkerRt>,
-    events: broadcast::Sender<Arc<Vec<Event>>>,
+    events: Arc<Subscribers>,
     ready_gauge: Arc<AtomicUsize>,
     workers_gauge: Arc<AtomicUsize>,
     next_sweep: i64,
@@ -476,7 +519,7 @@ impl Engine {
         metrics: EngineMetrics,
     ) -> anyhow::Result<(Engine, EngineHandle, mpsc::Receiver<Command>)> {
         let (commands, rx) = mpsc::channel(config.max_batch.max(1024) * 4);
-        let (events, _) = broadcast::channel(4096);
+        let events = Arc::new(Subscribers::default());
         let mut engine = Engine {
             store,
             config: config.clone(),
@@ -730,12 +773,18 @@ impl Engine {
             }
         }
         if !round.events.is_empty() {
-            let _ = self.events.send(Arc::new(round.events));
+            self.events.publish(round.events);
         }
         for uuid in round.finished {
-            if let Some(t) = self.tasks.get(&uuid)
-                && task_terminal(state::parse_task(&t.row.state))
-                && let Some(t) = self.tasks.remove(&uuid)
+            let ended = self
+                .tasks
+                .get(&uuid)
+                .is_some_and(|t| task_terminal(state::parse_task(&t.row.state)));
+            if !ended {
+                continue;
+            }
+            self.events.forget(&uuid);
+            if let Some(t) = self.tasks.remove(&uuid)
                 && let Some(hash) = &t.row.identity_hash
             {
                 self.identities.remove(hash);
