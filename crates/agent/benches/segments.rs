@@ -59,7 +59,6 @@ fn start_agent(dir: &TempDir, store: &[String], extra: &[&str]) -> Agent {
     Agent { process, meta_url }
 }
 
-
 async fn committed_latency(label: &str, store: &[String]) {
     let secs = env("BENCH_SECS", 10);
     let rate = env("BENCH_RATE", 500);

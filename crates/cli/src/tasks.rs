@@ -198,7 +198,12 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
             if let Some(k) = idempotency_key {
                 req.metadata_mut().insert("idempotency-key", k.parse()?);
             }
-            let task = client.create_task(req).await?.into_inner().task.context("no task in the answer")?;
+            let task = client
+                .create_task(req)
+                .await?
+                .into_inner()
+                .task
+                .context("no task in the answer")?;
             println!("{}", task.task_uuid);
             if wait {
                 let state = watch(&mut client, key, &task.task_uuid, false).await?;
@@ -241,7 +246,11 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
             print_task(&task);
             println!("\n{:<24} {:<36} {:>8}  RESULT", "STEP", "STATE", "ATTEMPTS");
             for s in &r.steps {
-                let result = s.results.as_ref().map(|r| from_struct(r).to_string()).unwrap_or_default();
+                let result = s
+                    .results
+                    .as_ref()
+                    .map(|r| from_struct(r).to_string())
+                    .unwrap_or_default();
                 println!(
                     "{:<24} {:<36} {:>4}/{:<3}  {}",
                     s.name,
@@ -261,7 +270,10 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
             limit,
             offset,
         } => {
-            let states = states.iter().map(|s| parse_task_state(s)).collect::<anyhow::Result<_>>()?;
+            let states = states
+                .iter()
+                .map(|s| parse_task_state(s))
+                .collect::<anyhow::Result<_>>()?;
             let r = client
                 .list_tasks(request(
                     pb::ListTasksRequest {
@@ -280,7 +292,10 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
                 )?)
                 .await?
                 .into_inner();
-            println!("{:<36}  {:<34}  {:<24}  {:>5}  CREATED", "TASK", "TEMPLATE", "STATE", "DONE");
+            println!(
+                "{:<36}  {:<34}  {:<24}  {:>5}  CREATED",
+                "TASK", "TEMPLATE", "STATE", "DONE"
+            );
             for t in &r.tasks {
                 println!(
                     "{:<36}  {:<34}  {:<24}  {:>4}%  {}",
@@ -301,7 +316,11 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
                 .await?
                 .into_inner();
             println!("{}", r.message.unwrap_or_default());
-            return Ok(if r.success { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if r.success {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         TasksCommand::Watch { task_uuid } => {
             let state = watch(&mut client, key, &task_uuid, true).await?;
@@ -317,7 +336,10 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
                 .list_templates(request(pb::ListTemplatesRequest { namespace }, key)?)
                 .await?
                 .into_inner();
-            println!("{:<20}  {:<28}  {:<10}  {:>5}  DESCRIPTION", "NAMESPACE", "NAME", "VERSION", "STEPS");
+            println!(
+                "{:<20}  {:<28}  {:<10}  {:>5}  DESCRIPTION",
+                "NAMESPACE", "NAME", "VERSION", "STEPS"
+            );
             for t in r.templates {
                 println!(
                     "{:<20}  {:<28}  {:<10}  {:>5}  {}",
@@ -359,7 +381,10 @@ async fn watch(
                 if let Some(s) = update.step_update {
                     let state = step_state_name(s.state);
                     steps.insert(s.step_uuid.clone(), (s.name.clone(), state.clone()));
-                    let done = steps.values().filter(|(_, st)| st == "complete" || st == "resolved_manually").count();
+                    let done = steps
+                        .values()
+                        .filter(|(_, st)| st == "complete" || st == "resolved_manually")
+                        .count();
                     if verbose {
                         println!(
                             "{at}  step {:<24} {:<36} attempt {}  [{done}/{} steps done]",
@@ -403,13 +428,20 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 )?)
                 .await?
                 .into_inner();
-            println!("{:<36}  {:<36}  {:<22}  {:<18}  CREATED", "ENTRY", "TASK", "REASON", "STATUS");
+            println!(
+                "{:<36}  {:<36}  {:<22}  {:<18}  CREATED",
+                "ENTRY", "TASK", "REASON", "STATUS"
+            );
             for e in r.entries {
                 let reason = pb::DlqReason::try_from(e.dlq_reason)
                     .map(|r| r.as_str_name().trim_start_matches("DLQ_REASON_").to_lowercase())
                     .unwrap_or_default();
                 let status = pb::DlqResolutionStatus::try_from(e.resolution_status)
-                    .map(|r| r.as_str_name().trim_start_matches("DLQ_RESOLUTION_STATUS_").to_lowercase())
+                    .map(|r| {
+                        r.as_str_name()
+                            .trim_start_matches("DLQ_RESOLUTION_STATUS_")
+                            .to_lowercase()
+                    })
                     .unwrap_or_default();
                 println!(
                     "{:<36}  {:<36}  {:<22}  {:<18}  {}",

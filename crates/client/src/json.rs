@@ -65,7 +65,6 @@ pub fn from_struct(s: &Struct) -> Value {
     Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), from_value(v))).collect())
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -189,7 +189,6 @@ async fn send(channel: &mut Channel, frame: Bytes) -> Result<(), String> {
     }
 }
 
-
 async fn throughput(otlp: &str) -> u64 {
     let secs = env("BENCH_SECS", 15);
     let connections = env("BENCH_CONNECTIONS", 4);

@@ -143,7 +143,9 @@ async fn main() {
         if n % 50 == 0 {
             // The handlers' own time, from the audit (a sample).
             let listed = steps
-                .list_steps(pb::ListStepsRequest { task_uuid: uuid.clone() })
+                .list_steps(pb::ListStepsRequest {
+                    task_uuid: uuid.clone(),
+                })
                 .await
                 .unwrap()
                 .into_inner()

@@ -5,8 +5,8 @@ use std::{collections::HashMap, pin::Pin, time::Duration};
 
 use cairn_client::names::ms_from_timestamp;
 use cairn_proto::tasker::v1::{
-    self as pb, step_service_server::StepService, task_service_server::TaskService,
-    task_status_update::UpdateType, template_service_server::TemplateService,
+    self as pb, step_service_server::StepService, task_service_server::TaskService, task_status_update::UpdateType,
+    template_service_server::TemplateService,
 };
 use futures::Stream;
 use serde_json::Value;
@@ -55,7 +55,10 @@ impl Api {
     }
 
     /// The task, its steps and edges, or NOT_FOUND.
-    async fn load(&self, task_uuid: &str) -> Result<(crate::store::TaskRow, Vec<crate::store::StepRow>, Vec<(String, String)>), Status> {
+    async fn load(
+        &self,
+        task_uuid: &str,
+    ) -> Result<(crate::store::TaskRow, Vec<crate::store::StepRow>, Vec<(String, String)>), Status> {
         let task = self
             .store
             .task(task_uuid)
@@ -159,7 +162,12 @@ impl TaskService for Api {
             Some(c) => parse_uuid("correlation_id", c)?,
             None => Uuid::new_v4().to_string(),
         };
-        let parent_correlation_id = match r.parent_correlation_id.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        let parent_correlation_id = match r
+            .parent_correlation_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
             Some(c) => Some(parse_uuid("parent_correlation_id", c)?),
             None => None,
         };
@@ -180,25 +188,31 @@ impl TaskService for Api {
             }
             return Err(status);
         }
-        let context = r.context.as_ref().map_or_else(|| Value::Object(Default::default()), convert::from_struct);
+        let context = r
+            .context
+            .as_ref()
+            .map_or_else(|| Value::Object(Default::default()), convert::from_struct);
         let spec = CreateSpec {
             namespace: r.namespace.trim().to_owned(),
             name: r.name.trim().to_owned(),
             version: r.version.trim().to_owned(),
             context,
             initiator: r.initiator.filter(|s| !s.is_empty()).unwrap_or_else(|| "grpc".into()),
-            source_system: r.source_system.filter(|s| !s.is_empty()).unwrap_or_else(|| "grpc".into()),
-            reason: r.reason.filter(|s| !s.is_empty()).unwrap_or_else(|| "Task created via gRPC".into()),
+            source_system: r
+                .source_system
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "grpc".into()),
+            reason: r
+                .reason
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "Task created via gRPC".into()),
             priority: r.priority.map(i64::from),
             tags: convert::distinct(&r.tags),
             correlation_id,
             parent_correlation_id,
             idempotency_key,
         };
-        let snapshot = self
-            .engine
-            .ask(|reply| Command::Create(Box::new(spec), reply))
-            .await?;
+        let snapshot = self.engine.ask(|reply| Command::Create(Box::new(spec), reply)).await?;
         let task = Api::full_task(&snapshot);
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(task),
@@ -261,7 +275,11 @@ impl TaskService for Api {
         let sort = match &r.sort {
             None => ("created_at", false),
             Some(spec) => {
-                let field = if spec.field.is_empty() { "created_at" } else { spec.field.as_str() };
+                let field = if spec.field.is_empty() {
+                    "created_at"
+                } else {
+                    spec.field.as_str()
+                };
                 let Some(column) = SORTABLE.into_iter().find(|c| *c == field) else {
                     return Err(Status::invalid_argument(format!(
                         "sort.field: {field:?} is not one of {}",
@@ -292,10 +310,8 @@ impl TaskService for Api {
         let tasks: Vec<pb::Task> = rows
             .iter()
             .map(|t| {
-                let progress = Progress::from_counts(
-                    counts.get(&t.task_uuid),
-                    ready.get(&t.task_uuid).copied().unwrap_or(0),
-                );
+                let progress =
+                    Progress::from_counts(counts.get(&t.task_uuid), ready.get(&t.task_uuid).copied().unwrap_or(0));
                 convert::task(t, &progress)
             })
             .collect();
@@ -318,10 +334,7 @@ impl TaskService for Api {
         let r = request.into_inner();
         let task = parse_uuid("task_uuid", &r.task_uuid)?;
         let reason = r.reason.unwrap_or_default();
-        let outcome = self
-            .engine
-            .ask(|reply| Command::Cancel { task, reason, reply })
-            .await?;
+        let outcome = self.engine.ask(|reply| Command::Cancel { task, reason, reply }).await?;
         Ok(Response::new(match outcome {
             CancelOutcome::Cancelled(snapshot) => pb::CancelTaskResponse {
                 task: Some(Api::full_task(&snapshot)),
@@ -589,7 +602,9 @@ impl StepService for Api {
         };
         let result = r.result.as_ref().map(convert::from_struct);
         if action == Action::CompleteManually && result.is_none() {
-            return Err(Status::invalid_argument("result is required to complete a step manually"));
+            return Err(Status::invalid_argument(
+                "result is required to complete a step manually",
+            ));
         }
         let reason = if r.performed_by.is_empty() {
             r.reason.clone()
@@ -644,9 +659,10 @@ impl StepService for Api {
                     recorded_at: Some(convert::ts(a.created_at)),
                     worker_uuid: a.worker_uuid,
                     correlation_id: Some(row.correlation_id.clone()),
-                    success: a
-                        .success
-                        .unwrap_or(!matches!(to, StepState::Error | StepState::EnqueuedAsErrorForOrchestration)),
+                    success: a.success.unwrap_or(!matches!(
+                        to,
+                        StepState::Error | StepState::EnqueuedAsErrorForOrchestration
+                    )),
                     execution_time_ms: a.execution_time_ms,
                     result: convert::text_to_struct(a.result.as_deref()),
                     step_name: found.name.clone(),

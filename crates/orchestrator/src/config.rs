@@ -131,10 +131,16 @@ impl ServiceConfig for Config {
         self.auth.validate("auth")?;
         let url = &self.database.url;
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::invalid("database.url", "must start with sqlite: or postgres://"));
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::invalid("database.max_connections", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                "must be greater than 0",
+            ));
         }
         let o = &self.orchestrator;
         if o.lease < Duration::from_millis(100) {
@@ -150,10 +156,16 @@ impl ServiceConfig for Config {
             return Err(ConfigError::invalid("orchestrator.max_batch", "must be greater than 0"));
         }
         if o.max_ready_steps == 0 {
-            return Err(ConfigError::invalid("orchestrator.max_ready_steps", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "orchestrator.max_ready_steps",
+                "must be greater than 0",
+            ));
         }
         if o.sweep_interval < Duration::from_millis(10) {
-            return Err(ConfigError::invalid("orchestrator.sweep_interval", "must be at least 10ms"));
+            return Err(ConfigError::invalid(
+                "orchestrator.sweep_interval",
+                "must be at least 10ms",
+            ));
         }
         if o.max_worker_concurrency == 0 {
             return Err(ConfigError::invalid(

@@ -4,10 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use cairn_client::json::to_struct_map;
+pub use cairn_client::json::{from_struct, from_value, text_to_struct, to_struct, to_value};
 use cairn_client::names::{rfc3339_ms, timestamp_from_ms};
 use cairn_proto::{Timestamp, tasker::v1 as pb};
-pub use cairn_client::json::{from_struct, from_value, text_to_struct, to_struct, to_value};
-use cairn_client::json::to_struct_map;
 use serde_json::{Map, Value};
 use tonic::Status;
 
@@ -176,9 +176,7 @@ pub fn step(row: &StepRow, steps: &[StepRow], edges: &[(String, String)]) -> pb:
         last_failure_at: row.last_failure_at.map(ts),
         next_retry_at: row.next_retry_at.map(ts),
         last_attempted_at: row.last_attempted_at.map(ts),
-        backoff_request_seconds: row
-            .backoff_request_ms
-            .and_then(|ms| i32::try_from(ms / 1000).ok()),
+        backoff_request_seconds: row.backoff_request_ms.and_then(|ms| i32::try_from(ms / 1000).ok()),
     }
 }
 

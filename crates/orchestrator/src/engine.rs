@@ -125,7 +125,7 @@ pub struct Snapshot {
 /// How a cancel went.
 #[derive(Debug, Clone)]
 pub enum CancelOutcome {
-    Cancelled(Snapshot),
+    Cancelled(Box<Snapshot>),
     /// Not cancellable (already finished): the reason.
     Refused(String),
 }
@@ -207,7 +207,9 @@ impl Subscribers {
             return;
         }
         for event in events {
-            let Some(list) = map.get_mut(event.task()) else { continue };
+            let Some(list) = map.get_mut(event.task()) else {
+                continue;
+            };
             let event = Arc::new(event);
             list.retain(|tx| tx.try_send(event.clone()).is_ok());
             if list.is_empty() {
@@ -306,6 +308,7 @@ struct WorkerRt {
 }
 
 type Reply = Box<dyn FnOnce() + Send>;
+type SnapshotReply = oneshot::Sender<Result<Snapshot, Status>>;
 
 /// What one round changes, and what it sends once committed.
 #[derive(Default)]
@@ -319,7 +322,7 @@ struct Round {
     events: Vec<Event>,
     finished: Vec<String>,
     /// Answers that need the committed rows: (task, step index, reply).
-    snapshots: Vec<(String, Option<usize>, oneshot::Sender<Result<Snapshot, Status>>)>,
+    snapshots: Vec<(String, Option<usize>, SnapshotReply)>,
     cancels: Vec<(String, oneshot::Sender<Result<CancelOutcome, Status>>)>,
     identities: HashSet<String>,
 }
@@ -478,13 +481,7 @@ fn identity_hash(spec: &CreateSpec, identity: Identity) -> Option<String> {
         }
         (None, Identity::CallerProvided | Identity::AlwaysUnique) => return None,
     }
-    Some(
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-    )
+    Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 fn template_key(namespace: &str, name: &str, version: &str) -> String {
@@ -585,7 +582,9 @@ impl Engine {
                     self.templates
                         .insert(template_key(&row.namespace, &row.name, &row.version), Arc::new(t));
                 }
-                Err(error) => tracing::error!(%error, namespace = %row.namespace, name = %row.name, "stored template no longer parses"),
+                Err(error) => {
+                    tracing::error!(%error, namespace = %row.namespace, name = %row.name, "stored template no longer parses")
+                }
             }
         }
         let in_dlq: HashSet<String> = self.store.pending_dlq_tasks().await?.into_iter().collect();
@@ -735,7 +734,10 @@ impl Engine {
         if !batch.is_empty() {
             let started = std::time::Instant::now();
             let transitions = batch.task_transitions.len() + batch.step_transitions.len();
-            self.store.commit(&batch).await.context("committing a round of state changes")?;
+            self.store
+                .commit(&batch)
+                .await
+                .context("committing a round of state changes")?;
             self.metrics.observe_commit(started.elapsed(), transitions);
             for t in &batch.task_transitions {
                 self.metrics.task_transition(&t.to_state);
@@ -760,7 +762,7 @@ impl Engine {
         }
         for (uuid, reply) in round.cancels {
             if let Some(t) = self.tasks.get(&uuid) {
-                let _ = reply.send(Ok(CancelOutcome::Cancelled(snapshot(t, None))));
+                let _ = reply.send(Ok(CancelOutcome::Cancelled(Box::new(snapshot(t, None)))));
             }
         }
         for (session, message) in round.outbound {
@@ -798,7 +800,9 @@ impl Engine {
             self.workers.values().map(|w| w.capacity).sum(),
             self.leases.len(),
             self.tasks.values().map(|t| t.row.state.as_str()),
-            self.tasks.values().flat_map(|t| t.steps.iter().map(|s| s.row.state.as_str())),
+            self.tasks
+                .values()
+                .flat_map(|t| t.steps.iter().map(|s| s.row.state.as_str())),
         );
         Ok(())
     }
@@ -934,7 +938,11 @@ impl Engine {
 
     /// Creates a round's tasks: one database query for the identities not
     /// known in memory, then each create.
-    async fn create_all(&mut self, creates: Vec<(CreateSpec, oneshot::Sender<Result<Snapshot, Status>>)>, round: &mut Round) {
+    async fn create_all(
+        &mut self,
+        creates: Vec<(CreateSpec, oneshot::Sender<Result<Snapshot, Status>>)>,
+        round: &mut Round,
+    ) {
         let hashes: Vec<String> = creates
             .iter()
             .filter_map(|(spec, _)| {
@@ -1004,9 +1012,7 @@ impl Engine {
                 return refuse(
                     round,
                     reply,
-                    Status::already_exists(format!(
-                        "A task with this identity already exists: {existing}"
-                    )),
+                    Status::already_exists(format!("A task with this identity already exists: {existing}")),
                 );
             }
             round.identities.insert(hash.clone());
@@ -1158,7 +1164,10 @@ impl Engine {
         };
         let st = state::parse_task(&t.row.state);
         if task_terminal(st) {
-            let a = Ok(CancelOutcome::Refused(format!("Task cannot be cancelled: it is {}", t.row.state)));
+            let a = Ok(CancelOutcome::Refused(format!(
+                "Task cannot be cancelled: it is {}",
+                t.row.state
+            )));
             return answer(round, reply, a);
         }
         let text = if reason.is_empty() {
@@ -1193,7 +1202,12 @@ impl Engine {
         round.cancels.push((uuid, reply));
     }
 
-    async fn resolve(&mut self, spec: ResolveSpec, reply: oneshot::Sender<Result<Snapshot, Status>>, round: &mut Round) {
+    async fn resolve(
+        &mut self,
+        spec: ResolveSpec,
+        reply: oneshot::Sender<Result<Snapshot, Status>>,
+        round: &mut Round,
+    ) {
         let refuse = |round: &mut Round, reply: oneshot::Sender<Result<Snapshot, Status>>, status: Status| {
             round.replies.push(Box::new(move || {
                 let _ = reply.send(Err(status));
@@ -1202,7 +1216,13 @@ impl Engine {
         if !self.tasks.contains_key(&spec.task) {
             let row = match self.store.task(&spec.task).await {
                 Ok(Some(row)) => row,
-                Ok(None) => return refuse(round, reply, Status::not_found(format!("task not found: {}", spec.task))),
+                Ok(None) => {
+                    return refuse(
+                        round,
+                        reply,
+                        Status::not_found(format!("task not found: {}", spec.task)),
+                    );
+                }
                 Err(error) => {
                     tracing::error!(%error, "loading a task to resolve");
                     return refuse(round, reply, Status::internal("Internal server error"));
@@ -1212,7 +1232,13 @@ impl Engine {
                 Ok(Some(t)) => {
                     self.tasks.insert(spec.task.clone(), t);
                 }
-                Ok(None) => return refuse(round, reply, Status::failed_precondition("the task's template is not registered")),
+                Ok(None) => {
+                    return refuse(
+                        round,
+                        reply,
+                        Status::failed_precondition("the task's template is not registered"),
+                    );
+                }
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "loading a task to resolve");
                     return refuse(round, reply, Status::internal("Internal server error"));
@@ -1327,7 +1353,12 @@ impl Engine {
         if failed {
             if busy || retrying {
                 if current != TaskState::WaitingForDependencies {
-                    route_task(t, round, TaskState::WaitingForDependencies, "a step failed; waiting for the others");
+                    route_task(
+                        t,
+                        round,
+                        TaskState::WaitingForDependencies,
+                        "a step failed; waiting for the others",
+                    );
                 }
             } else {
                 route_task(t, round, TaskState::BlockedByFailures, "a step failed permanently");
@@ -1364,18 +1395,12 @@ impl Engine {
                 self.ready_len += 1;
             }
             let why = format!("{reason}: {} step(s) ready", newly.len());
-            if current != TaskState::StepsInProcess {
-                route_task(t, round, TaskState::EnqueuingSteps, &why);
-            } else {
-                route_task(t, round, TaskState::EnqueuingSteps, &why);
-            }
+            route_task(t, round, TaskState::EnqueuingSteps, &why);
             move_task(t, round, TaskState::StepsInProcess, &why);
             return;
         }
         if busy {
-            if current != TaskState::WaitingForDependencies && current != TaskState::StepsInProcess {
-                route_task(t, round, TaskState::WaitingForDependencies, reason);
-            } else if current == TaskState::StepsInProcess {
+            if current != TaskState::WaitingForDependencies {
                 route_task(t, round, TaskState::WaitingForDependencies, reason);
             }
             return;
@@ -1422,7 +1447,10 @@ impl Engine {
         } else {
             t.steps[i].row.next_retry_at = None;
             let why = if retryable && step.retry.retryable {
-                format!("attempt {attempts} of {} failed: no attempts left", step.retry.max_attempts)
+                format!(
+                    "attempt {attempts} of {} failed: no attempts left",
+                    step.retry.max_attempts
+                )
             } else {
                 format!("attempt {attempts} failed and is not retryable")
             };
@@ -1692,9 +1720,15 @@ impl Engine {
                 s.queued && round.now - s.ready_since >= no_worker && !served.contains(s.row.handler.as_str())
             });
             let reason = if let Some(s) = unserved {
-                Some(("worker_unavailable", json!({"handler": s.row.handler, "step": s.row.name})))
+                Some((
+                    "worker_unavailable",
+                    json!({"handler": s.row.handler, "step": s.row.name}),
+                ))
             } else if round.now - t.row.state_since >= stale {
-                Some(("staleness_timeout", json!({"minutes_in_state": (round.now - t.row.state_since) / 60_000})))
+                Some((
+                    "staleness_timeout",
+                    json!({"minutes_in_state": (round.now - t.row.state_since) / 60_000}),
+                ))
             } else {
                 None
             };
@@ -1741,16 +1775,18 @@ impl Engine {
                 }
                 let Some((task, i)) = picked else { continue };
                 progress = true;
-                let Some(w) = self.workers.get_mut(&session) else { continue };
+                let Some(w) = self.workers.get_mut(&session) else {
+                    continue;
+                };
                 let Some(t) = self.tasks.get_mut(&task) else { continue };
                 let id = Uuid::new_v4().to_string();
                 t.steps[i].queued = false;
                 t.steps[i].assignment = Some(id.clone());
                 t.steps[i].row.attempts += 1;
                 t.steps[i].row.last_attempted_at = Some(round.now);
-                self.metrics
-                    .assignment_seconds
-                    .observe(Duration::from_millis(u64::try_from(round.now - t.steps[i].ready_since).unwrap_or(0)).as_secs_f64());
+                self.metrics.assignment_seconds.observe(
+                    Duration::from_millis(u64::try_from(round.now - t.steps[i].ready_since).unwrap_or(0)).as_secs_f64(),
+                );
                 let worker_uuid = w.uuid.clone();
                 move_step(
                     t,
@@ -1791,7 +1827,9 @@ impl Engine {
                             attempt: u32::try_from(t.steps[i].row.attempts).unwrap_or(u32::MAX),
                             max_attempts: step.retry.max_attempts,
                             lease_deadline_ms: deadline,
-                            timeout_ms: step.timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                            timeout_ms: step
+                                .timeout
+                                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                             handler_config_json: step.handler_config.to_string(),
                         })),
                     },

@@ -67,8 +67,14 @@ pub const PERMISSIONS: [(&str, &str); 24] = [
     ("/tasker.v1.StepService/ResolveStep", "steps:resolve"),
     ("/tasker.v1.TemplateService/ListTemplates", "templates:read"),
     ("/tasker.v1.TemplateService/GetTemplate", "templates:read"),
-    ("/tasker.v1.AnalyticsService/GetPerformanceMetrics", "system:analytics_read"),
-    ("/tasker.v1.AnalyticsService/GetBottleneckAnalysis", "system:analytics_read"),
+    (
+        "/tasker.v1.AnalyticsService/GetPerformanceMetrics",
+        "system:analytics_read",
+    ),
+    (
+        "/tasker.v1.AnalyticsService/GetBottleneckAnalysis",
+        "system:analytics_read",
+    ),
     ("/tasker.v1.DlqService/ListEntries", "dlq:read"),
     ("/tasker.v1.DlqService/GetEntryByTask", "dlq:read"),
     ("/tasker.v1.DlqService/GetInvestigationQueue", "dlq:read"),
@@ -175,8 +181,11 @@ async fn serve(
         .add_service(HealthServiceServer::new(ops.clone()))
         .add_service(ConfigServiceServer::new(ops))
         .add_service(
-            WorkerServiceServer::new(workers::Workers::new(handle, config.orchestrator.max_worker_concurrency))
-                .max_decoding_message_size(max),
+            WorkerServiceServer::new(workers::Workers::new(
+                handle,
+                config.orchestrator.max_worker_concurrency,
+            ))
+            .max_decoding_message_size(max),
         );
     if let Some(auth) = auth {
         server = server.with_auth(auth);

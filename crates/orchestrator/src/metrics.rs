@@ -89,7 +89,11 @@ impl EngineMetrics {
         for (name, help, h) in histograms {
             metrics.register(name, help, h.clone());
         }
-        metrics.register("cairn_orchestrator_retries", "Step attempts scheduled for retry", self.retries.clone());
+        metrics.register(
+            "cairn_orchestrator_retries",
+            "Step attempts scheduled for retry",
+            self.retries.clone(),
+        );
         let families = [
             (
                 "cairn_orchestrator_task_transitions",
@@ -101,7 +105,11 @@ impl EngineMetrics {
                 "Step transitions committed, by the state entered",
                 &self.step_transitions,
             ),
-            ("cairn_orchestrator_dlq_entries", "DLQ entries created, by reason", &self.dlq_entries),
+            (
+                "cairn_orchestrator_dlq_entries",
+                "DLQ entries created, by reason",
+                &self.dlq_entries,
+            ),
         ];
         for (name, help, f) in families {
             metrics.register(name, help, f.clone());
@@ -145,15 +153,21 @@ impl EngineMetrics {
     }
 
     pub fn task_transition(&self, to: &str) {
-        self.task_transitions.get_or_create(&vec![("state", to.to_owned())]).inc();
+        self.task_transitions
+            .get_or_create(&vec![("state", to.to_owned())])
+            .inc();
     }
 
     pub fn step_transition(&self, to: &str) {
-        self.step_transitions.get_or_create(&vec![("state", to.to_owned())]).inc();
+        self.step_transitions
+            .get_or_create(&vec![("state", to.to_owned())])
+            .inc();
     }
 
     pub fn dlq_entry(&self, reason: &str) {
-        self.dlq_entries.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+        self.dlq_entries
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// Sets the gauges from the engine's memory after a round.
@@ -171,12 +185,22 @@ impl EngineMetrics {
         self.worker_capacity.set(gauge_value(capacity));
         self.assignments_in_flight.set(gauge_value(in_flight));
         for (family, states, names) in [
-            (&self.tasks, count(tasks), &crate::state::TASK_STATES.map(crate::state::task_name)[..]),
-            (&self.steps, count(steps), &crate::state::STEP_STATES.map(crate::state::step_name)[..]),
+            (
+                &self.tasks,
+                count(tasks),
+                &crate::state::TASK_STATES.map(crate::state::task_name)[..],
+            ),
+            (
+                &self.steps,
+                count(steps),
+                &crate::state::STEP_STATES.map(crate::state::step_name)[..],
+            ),
         ] {
             for name in names {
                 let n = states.get(name).copied().unwrap_or(0);
-                family.get_or_create(&vec![("state", (*name).to_owned())]).set(gauge_value(n));
+                family
+                    .get_or_create(&vec![("state", (*name).to_owned())])
+                    .set(gauge_value(n));
             }
         }
     }

@@ -91,7 +91,9 @@ fn limit(value: Option<i32>, default: i64, max: i64, field: &str) -> Result<i64,
     match value {
         None => Ok(default),
         Some(n) if n >= 1 && i64::from(n) <= max => Ok(i64::from(n)),
-        Some(n) => Err(Status::invalid_argument(format!("{field} must be between 1 and {max}, not {n}"))),
+        Some(n) => Err(Status::invalid_argument(format!(
+            "{field} must be between 1 and {max}, not {n}"
+        ))),
     }
 }
 
@@ -119,7 +121,11 @@ impl AnalyticsService for Ops {
             return Err(Status::invalid_argument("hours must not be negative"));
         }
         let now = now_ms();
-        let since = if hours == 0 { 0 } else { now - i64::from(hours) * 3_600_000 };
+        let since = if hours == 0 {
+            0
+        } else {
+            now - i64::from(hours) * 3_600_000
+        };
         let store = &self.api.store;
         let all: i64 = store.task_state_counts().await.map_err(internal)?.values().sum();
         let tasks = store.tasks_since(since).await.map_err(internal)?;
@@ -152,7 +158,10 @@ impl AnalyticsService for Ops {
         } else {
             i64::from(hours)
         };
-        let (completed, failed) = (i64::try_from(completed).unwrap_or(0), i64::try_from(failed).unwrap_or(0));
+        let (completed, failed) = (
+            i64::try_from(completed).unwrap_or(0),
+            i64::try_from(failed).unwrap_or(0),
+        );
         let health = if completed + failed == 0 {
             1.0
         } else {
@@ -349,15 +358,10 @@ impl DlqService for Ops {
         if offset < 0 {
             return Err(Status::invalid_argument("offset must not be negative"));
         }
-        let rows = self
-            .api
-            .store
-            .dlq_entries(status, limit, offset)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "listing DLQ entries");
-                Status::internal("Failed to list DLQ entries")
-            })?;
+        let rows = self.api.store.dlq_entries(status, limit, offset).await.map_err(|e| {
+            tracing::error!(error = %e, "listing DLQ entries");
+            Status::internal("Failed to list DLQ entries")
+        })?;
         Ok(Response::new(pb::ListDlqEntriesResponse {
             entries: rows.into_iter().map(dlq_entry).collect(),
         }))
@@ -438,7 +442,8 @@ impl DlqService for Ops {
         let stats = by_reason
             .into_iter()
             .map(|(reason, rows)| {
-                let count = |s: &str| i64::try_from(rows.iter().filter(|r| r.resolution_status == s).count()).unwrap_or(0);
+                let count =
+                    |s: &str| i64::try_from(rows.iter().filter(|r| r.resolution_status == s).count()).unwrap_or(0);
                 let resolved: Vec<i64> = rows
                     .iter()
                     .filter_map(|r| r.resolution_at.map(|at| at - r.created_at))
@@ -536,7 +541,7 @@ impl DlqService for Ops {
                 }
             })
             .collect();
-        entries.sort_by(|a, b| b.time_in_state_minutes.cmp(&a.time_in_state_minutes));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.time_in_state_minutes));
         entries.truncate(limit);
         Ok(Response::new(pb::GetStalenessMonitoringResponse { entries }))
     }
@@ -607,7 +612,11 @@ impl Ops {
             Some(format!("{ready} ready steps (bound {bound})")),
             started,
         );
-        let breaker = check("healthy", Some("no circuit breaker: database errors fail calls directly".into()), started);
+        let breaker = check(
+            "healthy",
+            Some("no circuit breaker: database errors fail calls directly".into()),
+            started,
+        );
         Checks {
             database,
             engine,
@@ -641,7 +650,7 @@ impl Ops {
             orchestration_database_pool_size: self.max_connections,
             circuit_breaker_state: "closed".into(),
             pool_utilization: Some(pb::PoolUtilizationInfo {
-                tasker_pool: Some(detail.clone()),
+                tasker_pool: Some(detail),
                 pgmq_pool: Some(detail),
             }),
         }
@@ -726,7 +735,10 @@ impl HealthService for Ops {
 
 #[tonic::async_trait]
 impl ConfigService for Ops {
-    async fn get_config(&self, _request: Request<pb::GetConfigRequest>) -> Result<Response<pb::GetConfigResponse>, Status> {
+    async fn get_config(
+        &self,
+        _request: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
         Ok(Response::new(pb::GetConfigResponse {
             metadata: Some(pb::ConfigMetadata {
                 timestamp: Some(convert::ts(now_ms())),

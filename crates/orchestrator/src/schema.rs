@@ -86,25 +86,15 @@ pub fn check_schema(schema: &Value, path: &str) -> Result<(), Violation> {
                 }
             }
             "additionalProperties" | "items" => check_schema(value, &at)?,
-            "required" => {
-                if !value.as_array().is_some_and(|l| l.iter().all(Value::is_string)) {
-                    return Err(violation(&at, "must be a list of property names"));
-                }
+            "required" if !value.as_array().is_some_and(|l| l.iter().all(Value::is_string)) => {
+                return Err(violation(&at, "must be a list of property names"));
             }
-            "enum" => {
-                if !value.is_array() {
-                    return Err(violation(&at, "must be a list"));
-                }
+            "enum" if !value.is_array() => return Err(violation(&at, "must be a list")),
+            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" if !value.is_number() => {
+                return Err(violation(&at, "must be a number"));
             }
-            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" => {
-                if !value.is_number() {
-                    return Err(violation(&at, "must be a number"));
-                }
-            }
-            "minLength" | "maxLength" | "minItems" | "maxItems" => {
-                if !value.is_u64() {
-                    return Err(violation(&at, "must be a non-negative integer"));
-                }
+            "minLength" | "maxLength" | "minItems" | "maxItems" if !value.is_u64() => {
+                return Err(violation(&at, "must be a non-negative integer"));
             }
             _ => {}
         }
@@ -263,11 +253,27 @@ mod tests {
     fn names_the_field_that_is_wrong() {
         let cases = [
             (json!({}), "context.even_number", "is required"),
-            (json!({"even_number": "4"}), "context.even_number", "must be of type integer, not string"),
-            (json!({"even_number": 2.5}), "context.even_number", "must be of type integer, not number"),
+            (
+                json!({"even_number": "4"}),
+                "context.even_number",
+                "must be of type integer, not string",
+            ),
+            (
+                json!({"even_number": 2.5}),
+                "context.even_number",
+                "must be of type integer, not number",
+            ),
             (json!({"even_number": 0}), "context.even_number", "must be at least 2"),
-            (json!({"even_number": 2, "label": "long"}), "context.label", "has a length outside the allowed range"),
-            (json!({"even_number": 2, "tags": ["a", "c"]}), "context.tags[1]", "is not one of the allowed values"),
+            (
+                json!({"even_number": 2, "label": "long"}),
+                "context.label",
+                "has a length outside the allowed range",
+            ),
+            (
+                json!({"even_number": 2, "tags": ["a", "c"]}),
+                "context.tags[1]",
+                "is not one of the allowed values",
+            ),
         ];
         for (value, path, reason) in cases {
             let v = validate(&schema(), &value, "context").unwrap_err();

@@ -220,12 +220,7 @@ async fn insert_rows<'a>(
 }
 
 /// `UPDATE … SET most_recent = 0 WHERE <key> IN (…) AND most_recent = 1`.
-async fn clear_most_recent(
-    conn: &mut sqlx::AnyConnection,
-    table: &str,
-    key: &str,
-    ids: &[&str],
-) -> Result<(), Error> {
+async fn clear_most_recent(conn: &mut sqlx::AnyConnection, table: &str, key: &str, ids: &[&str]) -> Result<(), Error> {
     for chunk in ids.chunks(MAX_PARAMS) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
@@ -502,7 +497,9 @@ impl Store {
                 conn,
                 "INSERT INTO templates (namespace, name, version, description, source, step_count, registered_at)",
                 7,
-                rows, "")
+                rows,
+                "",
+            )
             .await?;
         }
         let tags_json: Vec<String> = batch
@@ -559,7 +556,9 @@ impl Store {
                     conn,
                     "INSERT INTO step_edges (task_uuid, parent_uuid, child_uuid)",
                     3,
-                    edges, "")
+                    edges,
+                    "",
+                )
                 .await?;
             }
         }
@@ -645,7 +644,12 @@ impl Store {
                 .iter()
                 .map(|t| serde_json::to_string(&t.tags).unwrap_or_else(|_| "[]".into()))
                 .collect();
-            let rows = batch.tasks.iter().zip(&tags).map(|(t, tags)| task_values(t, tags)).collect();
+            let rows = batch
+                .tasks
+                .iter()
+                .zip(&tags)
+                .map(|(t, tags)| task_values(t, tags))
+                .collect();
             insert_rows(
                 conn,
                 &format!("INSERT INTO tasks ({TASK_COLUMNS})"),
@@ -977,7 +981,9 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok((r.try_get("state")?, r.try_get("n")?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
     }
 
     /// Step counts by state (all time).
@@ -985,7 +991,9 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM steps GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok((r.try_get("state")?, r.try_get("n")?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
     }
 
     /// Tasks created at or after `since`: (state, created_at, completed_at,

@@ -56,7 +56,9 @@ fn check_hello(hello: &wpb::Hello, max_concurrency: u32) -> Result<Vec<Template>
         )));
     }
     if hello.handlers.is_empty() {
-        return Err(Status::invalid_argument("hello.handlers: a worker serves at least one handler"));
+        return Err(Status::invalid_argument(
+            "hello.handlers: a worker serves at least one handler",
+        ));
     }
     if let Some(bad) = hello.handlers.iter().find(|h| !valid_handler(h)) {
         return Err(Status::invalid_argument(format!(
@@ -65,8 +67,8 @@ fn check_hello(hello: &wpb::Hello, max_concurrency: u32) -> Result<Vec<Template>
     }
     let mut templates = Vec::with_capacity(hello.templates.len());
     for (i, source) in hello.templates.iter().enumerate() {
-        let t = Template::from_yaml(source)
-            .map_err(|e| Status::invalid_argument(format!("hello.templates[{i}]: {e}")))?;
+        let t =
+            Template::from_yaml(source).map_err(|e| Status::invalid_argument(format!("hello.templates[{i}]: {e}")))?;
         if let Some(step) = t.steps.iter().find(|s| !hello.handlers.contains(&s.handler)) {
             return Err(Status::invalid_argument(format!(
                 "hello.templates[{i}] ({}/{}): step {} uses handler {:?}, which this worker does not serve",
@@ -95,10 +97,7 @@ impl WorkerService for Workers {
             return Err(Status::invalid_argument("the first message must be a hello"));
         };
         let templates = check_hello(&hello, self.max_concurrency)?;
-        let registered = self
-            .engine
-            .ask(|reply| Command::Register { templates, reply })
-            .await?;
+        let registered = self.engine.ask(|reply| Command::Register { templates, reply }).await?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let worker_uuid = Uuid::new_v4().to_string();
         let capacity = usize::try_from(hello.concurrency).unwrap_or(1);

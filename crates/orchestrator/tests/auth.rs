@@ -10,7 +10,11 @@ mod common;
 use std::time::Duration;
 
 use cairn_proto::tasker::v1::{self as pb, health_service_client::HealthServiceClient};
-use cairn_testkit::{Process, cluster::{Cluster, create_key, start_auth, with_key}, eventually, sqlite_url};
+use cairn_testkit::{
+    Process,
+    cluster::{Cluster, create_key, start_auth, with_key},
+    eventually, sqlite_url,
+};
 use common::*;
 use serde_json::json;
 use sqlx::{Connection, Row};
@@ -23,12 +27,7 @@ async fn permissions_are_scopes_and_resolve_records_the_caller() {
     let dir = &cluster.dir;
     let db = sqlite_url(dir.path());
     let auth_address = format!("auth.address={}", auth.addr);
-    let orch = start_orchestrator(
-        dir.path(),
-        &db,
-        &["--set", "auth.enabled=true", "--set", &auth_address],
-    )
-    .await;
+    let orch = start_orchestrator(dir.path(), &db, &["--set", "auth.enabled=true", "--set", &auth_address]).await;
     let worker_key = create_key(&auth.addr, &admin, &["workers:connect"]).await;
     let creator = create_key(&auth.addr, &admin, &["tasks:create", "tasks:read"]).await;
     let reader = create_key(&auth.addr, &admin, &["tasks:read"]).await;
@@ -118,8 +117,16 @@ async fn permissions_are_scopes_and_resolve_records_the_caller() {
         result: cairn_client::json::to_struct(&json!({"result": 3})),
         metadata: None,
     };
-    let wrong = c.steps.resolve_step(with_key(resolve.clone(), &tasks_all)).await.unwrap_err();
-    assert_eq!(wrong.code(), Code::PermissionDenied, "tasks:* does not cover steps:resolve");
+    let wrong = c
+        .steps
+        .resolve_step(with_key(resolve.clone(), &tasks_all))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        wrong.code(),
+        Code::PermissionDenied,
+        "tasks:* does not cover steps:resolve"
+    );
     c.steps.resolve_step(with_key(resolve, &resolver)).await.unwrap();
 
     // The wildcard covers every tasks action.
@@ -139,6 +146,9 @@ async fn permissions_are_scopes_and_resolve_records_the_caller() {
         .unwrap();
     let by: String = row.get("performed_by");
     assert!(by.starts_with("key:"), "{by}");
-    assert!(!by.contains("mallory"), "performed_by is the caller, not what the client says: {by}");
+    assert!(
+        !by.contains("mallory"),
+        "performed_by is the caller, not what the client says: {by}"
+    );
     drop::<Process>(auth);
 }

@@ -50,7 +50,10 @@ fn random_template(rng: &mut StdRng, i: usize) -> String {
     let n = rng.random_range(1..=8);
     let mut yaml = format!("namespace: prop\nname: dag_{i}\nversion: 1.0.0\nsteps:\n");
     for s in 0..n {
-        let deps: Vec<String> = (0..s).filter(|_| rng.random_bool(0.4)).map(|p| format!("s{p}")).collect();
+        let deps: Vec<String> = (0..s)
+            .filter(|_| rng.random_bool(0.4))
+            .map(|p| format!("s{p}"))
+            .collect();
         yaml.push_str(&format!(
             "  - name: s{s}\n    handler: h\n    dependencies: [{}]\n    retry:\n      max_attempts: 3\n      backoff_base_ms: 1\n      max_backoff_ms: 4\n",
             deps.join(", ")
@@ -59,7 +62,11 @@ fn random_template(rng: &mut StdRng, i: usize) -> String {
     yaml
 }
 
-async fn join(handle: &EngineHandle, session: u64, capacity: usize) -> mpsc::Receiver<Result<wpb::ConnectResponse, tonic::Status>> {
+async fn join(
+    handle: &EngineHandle,
+    session: u64,
+    capacity: usize,
+) -> mpsc::Receiver<Result<wpb::ConnectResponse, tonic::Status>> {
     let (tx, rx) = mpsc::channel(capacity * 3 + 64);
     handle
         .commands
@@ -171,7 +178,11 @@ async fn random_dags_run_every_step_after_its_parents_and_once() {
                 let input: Value = serde_json::from_str(&a.input_json).unwrap();
                 for p in &parents[name][index] {
                     let expected = &values[&(a.task_uuid.clone(), p.clone())];
-                    assert_eq!(&input["parents"][p], expected, "{} ran before its parent {p} finished", a.step_name);
+                    assert_eq!(
+                        &input["parents"][p], expected,
+                        "{} ran before its parent {p} finished",
+                        a.step_name
+                    );
                 }
                 let outcome = match rng.random_range(0..10) {
                     0..=2 => wpb::step_result::Outcome::Failure(wpb::Failure {
@@ -231,7 +242,12 @@ async fn random_dags_run_every_step_after_its_parents_and_once() {
             complete += 1;
             for s in &steps {
                 assert_eq!(s.state, "complete");
-                assert_eq!(succeeded.get(&(uuid.clone(), s.name.clone())), Some(&1), "{name}/{}", s.name);
+                assert_eq!(
+                    succeeded.get(&(uuid.clone(), s.name.clone())),
+                    Some(&1),
+                    "{name}/{}",
+                    s.name
+                );
                 assert!(s.attempts >= 1 && s.attempts <= 3);
             }
         } else {
@@ -240,7 +256,11 @@ async fn random_dags_run_every_step_after_its_parents_and_once() {
             assert!(failed.attempts == 3 || permanently_failed.contains(uuid), "{failed:?}");
         }
     }
-    assert!(complete > tasks.len() / 2, "most tasks complete ({complete} of {})", tasks.len());
+    assert!(
+        complete > tasks.len() / 2,
+        "most tasks complete ({complete} of {})",
+        tasks.len()
+    );
     stop.cancel();
 }
 

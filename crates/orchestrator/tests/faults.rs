@@ -78,11 +78,22 @@ async fn a_worker_killed_mid_step_has_the_step_rerun_elsewhere_at_once() {
         .unwrap();
     let failed_at = ms_from_timestamp(failure.recorded_at.as_ref().unwrap()).unwrap();
     // The lease is 30 s: a failure this soon came from the disconnect.
-    assert!(failed_at - killed_at < 10_000, "failed {} ms after the kill", failed_at - killed_at);
+    assert!(
+        failed_at - killed_at < 10_000,
+        "failed {} ms after the kill",
+        failed_at - killed_at
+    );
     let ok = successes(&records);
     assert_eq!(ok.len(), 1);
-    assert_ne!(ok[0].worker_uuid.as_deref(), Some(first.as_str()), "it reran on the other worker");
-    assert_eq!(step_result(&mut c, &task.task_uuid, "after_sleep").await, json!({"result": 16}));
+    assert_ne!(
+        ok[0].worker_uuid.as_deref(),
+        Some(first.as_str()),
+        "it reran on the other worker"
+    );
+    assert_eq!(
+        step_result(&mut c, &task.task_uuid, "after_sleep").await,
+        json!({"result": 16})
+    );
 }
 
 #[tokio::test]
@@ -121,7 +132,10 @@ async fn the_orchestrator_killed_mid_workflow_loses_no_task_and_leaves_none_stuc
             Err(status) => {
                 // Only while it is down, and never for a create it answered.
                 assert!(
-                    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled),
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ),
                     "{status:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -140,7 +154,11 @@ async fn the_orchestrator_killed_mid_workflow_loses_no_task_and_leaves_none_stuc
     for (task, last_step, expected) in &acknowledged {
         let state = finish(&mut c, task).await;
         assert_eq!(state, TaskState::Complete, "task {task}");
-        assert_eq!(step_result(&mut c, task, last_step).await, json!({"result": expected}), "task {task}");
+        assert_eq!(
+            step_result(&mut c, task, last_step).await,
+            json!({"result": expected}),
+            "task {task}"
+        );
         for s in get_task(&mut c, task).await.steps {
             rerun += usize::from(s.attempts > 1);
             let records = audit(&mut c, task, &s.step_uuid).await;
@@ -244,7 +262,11 @@ async fn a_draining_worker_finishes_its_steps_then_leaves() {
     let code = worker.terminate(Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "{}", worker.log_text());
     let step = step_named(&mut c, &task.task_uuid, "sleep").await;
-    assert_eq!(step.state, StepState::Complete as i32, "the running step finished before it left");
+    assert_eq!(
+        step.state,
+        StepState::Complete as i32,
+        "the running step finished before it left"
+    );
     assert_eq!(step.attempts, 1);
     // The next step waits for a worker: none is connected.
     let after = step_named(&mut c, &task.task_uuid, "after_sleep").await;

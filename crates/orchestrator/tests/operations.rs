@@ -18,7 +18,8 @@ use common::*;
 use serde_json::json;
 use tonic::Code;
 
-const CONFLICTING: &str = "namespace: demo\nname: linear_workflow\nversion: 1.0.0\nsteps:\n  - name: other\n    handler: demo.square\n";
+const CONFLICTING: &str =
+    "namespace: demo\nname: linear_workflow\nversion: 1.0.0\nsteps:\n  - name: other\n    handler: demo.square\n";
 const OWN: &str = "namespace: ops\nname: nightly\nversion: 2.1.0\ndescription: From the directory\nsteps:\n  - name: a\n    handler: ops.a\n  - name: b\n    handler: ops.b\n    dependencies: [a]\n    retry:\n      max_attempts: 5\n";
 
 #[tokio::test]
@@ -196,9 +197,18 @@ async fn templates_backpressure_dlq_and_health() {
         .into_inner()
         .entries;
     assert_eq!(pending.len(), 1);
-    let stats = c.dlq.get_stats(pb::GetDlqStatsRequest {}).await.unwrap().into_inner().stats;
+    let stats = c
+        .dlq
+        .get_stats(pb::GetDlqStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
     assert_eq!(stats.len(), 1);
-    assert_eq!((stats[0].total_entries, stats[0].pending, stats[0].manually_resolved), (2, 1, 1));
+    assert_eq!(
+        (stats[0].total_entries, stats[0].pending, stats[0].manually_resolved),
+        (2, 1, 1)
+    );
     let stale = c
         .dlq
         .get_staleness_monitoring(pb::GetStalenessMonitoringRequest { limit: Some(10) })
@@ -208,15 +218,26 @@ async fn templates_backpressure_dlq_and_health() {
         .entries;
     assert_eq!(stale.len(), 2);
     assert!(stale.iter().any(|s| s.task_uuid == second.task_uuid));
-    assert!(stale.iter().all(|s| s.health_status == pb::StalenessHealthStatus::Healthy as i32));
+    assert!(
+        stale
+            .iter()
+            .all(|s| s.health_status == pb::StalenessHealthStatus::Healthy as i32)
+    );
 
     // Health reflects the database and the missing workers.
     let mut health = HealthServiceClient::new(c.channel.clone());
-    let ready = health.check_readiness(pb::ReadinessRequest {}).await.unwrap().into_inner();
+    let ready = health
+        .check_readiness(pb::ReadinessRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ready.status, "degraded");
     let checks = ready.checks.unwrap();
     assert_eq!(checks.orchestration_database.unwrap().status, "healthy");
-    assert_eq!(checks.orchestration_system.unwrap().message.as_deref(), Some("no workers connected"));
+    assert_eq!(
+        checks.orchestration_system.unwrap().message.as_deref(),
+        Some("no workers connected")
+    );
     assert!(checks.web_database.is_some() && checks.circuit_breaker.is_some() && checks.command_processor.is_some());
     let info = ready.info.unwrap();
     let pools = info.pool_utilization.unwrap();
@@ -228,7 +249,11 @@ async fn templates_backpressure_dlq_and_health() {
         .into_inner();
     let d = detailed.checks.unwrap();
     assert!(d.pool_utilization.is_some() && d.channel_saturation.is_some());
-    assert_eq!(d.queue_depth.unwrap().status, "degraded", "the ready queue is at its bound");
+    assert_eq!(
+        d.queue_depth.unwrap().status,
+        "degraded",
+        "the ready queue is at its bound"
+    );
     let config = ConfigServiceClient::new(c.channel.clone())
         .get_config(pb::GetConfigRequest {})
         .await
@@ -244,10 +269,16 @@ async fn templates_backpressure_dlq_and_health() {
     let scrape = orch.scrape().await;
     assert_eq!(metric(&scrape, "cairn_orchestrator_ready_steps"), Some(2.0));
     assert_eq!(
-        metric(&scrape, "cairn_orchestrator_dlq_entries_total{reason=\"worker_unavailable\"}"),
+        metric(
+            &scrape,
+            "cairn_orchestrator_dlq_entries_total{reason=\"worker_unavailable\"}"
+        ),
         Some(2.0)
     );
-    assert_eq!(metric(&scrape, "cairn_orchestrator_tasks{state=\"steps_in_process\"}"), Some(2.0));
+    assert_eq!(
+        metric(&scrape, "cairn_orchestrator_tasks{state=\"steps_in_process\"}"),
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
@@ -285,15 +316,26 @@ async fn analytics_report_percentages_and_bottlenecks() {
         .into_inner();
     // prepare, always_fails, and the four linear steps.
     assert_eq!(b.slow_steps.len(), 6);
-    assert!(b
-        .slow_steps
-        .windows(2)
-        .all(|w| w[0].average_duration_seconds >= w[1].average_duration_seconds));
+    assert!(
+        b.slow_steps
+            .windows(2)
+            .all(|w| w[0].average_duration_seconds >= w[1].average_duration_seconds)
+    );
     let fails = b.slow_steps.iter().find(|s| s.step_name == "always_fails").unwrap();
-    assert_eq!((fails.execution_count, fails.error_count, fails.error_rate), (3, 3, 100.0));
+    assert_eq!(
+        (fails.execution_count, fails.error_count, fails.error_rate),
+        (3, 3, 100.0)
+    );
     let health = b.resource_utilization.unwrap().system_health.unwrap();
-    assert_eq!((health.complete_tasks, health.error_tasks, health.total_tasks), (5, 1, 6));
-    assert!(b.recommendations.iter().any(|r| r.contains("DLQ")), "{:?}", b.recommendations);
+    assert_eq!(
+        (health.complete_tasks, health.error_tasks, health.total_tasks),
+        (5, 1, 6)
+    );
+    assert!(
+        b.recommendations.iter().any(|r| r.contains("DLQ")),
+        "{:?}",
+        b.recommendations
+    );
     let bad = a
         .get_bottleneck_analysis(pb::GetBottleneckAnalysisRequest {
             limit: Some(0),

@@ -127,10 +127,14 @@ async fn scenario(dir: &TempDir, db: &str) {
         .unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
     let mut keyed = tonic::Request::new(create_request("linear_workflow", json!({"even_number": 4})));
-    keyed.metadata_mut().insert("idempotency-key", "order-17".parse().unwrap());
+    keyed
+        .metadata_mut()
+        .insert("idempotency-key", "order-17".parse().unwrap());
     let first = c.tasks.create_task(keyed).await.unwrap().into_inner().task.unwrap();
     let mut keyed = tonic::Request::new(create_request("linear_workflow", json!({"even_number": 6})));
-    keyed.metadata_mut().insert("idempotency-key", "order-17".parse().unwrap());
+    keyed
+        .metadata_mut()
+        .insert("idempotency-key", "order-17".parse().unwrap());
     let second = c.tasks.create_task(keyed).await.unwrap_err();
     assert_eq!(second.code(), Code::AlreadyExists, "the key identifies the task");
     assert_eq!(finish(&mut c, &first.task_uuid).await, TaskState::Complete);
@@ -154,8 +158,14 @@ async fn scenario(dir: &TempDir, db: &str) {
         .map(|r| ms_from_timestamp(r.recorded_at.as_ref().unwrap()).unwrap())
         .collect();
     assert_eq!(enqueued.len(), 3);
-    assert!(enqueued[1] - enqueued[0] >= 100, "first retry after the 100 ms base: {enqueued:?}");
-    assert!(enqueued[2] - enqueued[1] >= 200, "second retry after 200 ms: {enqueued:?}");
+    assert!(
+        enqueued[1] - enqueued[0] >= 100,
+        "first retry after the 100 ms base: {enqueued:?}"
+    );
+    assert!(
+        enqueued[2] - enqueued[1] >= 200,
+        "second retry after 200 ms: {enqueued:?}"
+    );
     let never = step_named(&mut c, &failing.task_uuid, "never_reached").await;
     assert_eq!(StepState::try_from(never.state).unwrap(), StepState::Pending);
     let entry = c
@@ -191,7 +201,11 @@ async fn scenario(dir: &TempDir, db: &str) {
         .unwrap();
     assert_eq!(StepState::try_from(resolved.state).unwrap(), StepState::Complete);
     let after = stream_all(&mut c, &failing.task_uuid).await;
-    let states: Vec<_> = after.iter().filter_map(|u| u.task_state).map(|s| TaskState::try_from(s).unwrap()).collect();
+    let states: Vec<_> = after
+        .iter()
+        .filter_map(|u| u.task_state)
+        .map(|s| TaskState::try_from(s).unwrap())
+        .collect();
     assert_eq!(states.last(), Some(&TaskState::Complete), "{states:?}");
     assert_eq!(
         step_result(&mut c, &failing.task_uuid, "never_reached").await,
@@ -364,7 +378,11 @@ async fn tags_filter_and_unknown_templates_and_bad_input_change_nothing() {
     assert_eq!(both.tasks[0].task_uuid, tagged.task_uuid);
     assert_eq!(finish(&mut c, &plain.task_uuid).await, TaskState::Complete);
 
-    let before = list(&mut c, pb::ListTasksRequest::default()).await.pagination.unwrap().total;
+    let before = list(&mut c, pb::ListTasksRequest::default())
+        .await
+        .pagination
+        .unwrap()
+        .total;
     let step = step_named(&mut c, &tagged.task_uuid, "linear_step_1").await;
     let audit_before = audit(&mut c, &tagged.task_uuid, &step.step_uuid).await.len();
 
@@ -390,7 +408,10 @@ async fn tags_filter_and_unknown_templates_and_bad_input_change_nothing() {
         .create_task(create_request("linear_workflow", json!({})))
         .await
         .unwrap_err();
-    assert!(missing.message().contains("context.even_number is required"), "{missing:?}");
+    assert!(
+        missing.message().contains("context.even_number is required"),
+        "{missing:?}"
+    );
     let empty = c
         .tasks
         .create_task(pb::CreateTaskRequest {
@@ -469,8 +490,16 @@ async fn tags_filter_and_unknown_templates_and_bad_input_change_nothing() {
     for (action, result, needle) in [
         (0, None, "Action type must be specified"),
         (99, None, "Invalid action type"),
-        (pb::StepManualActionType::CompleteManually as i32, None, "result is required"),
-        (pb::StepManualActionType::ResetForRetry as i32, None, "only a step in error"),
+        (
+            pb::StepManualActionType::CompleteManually as i32,
+            None,
+            "result is required",
+        ),
+        (
+            pb::StepManualActionType::ResetForRetry as i32,
+            None,
+            "only a step in error",
+        ),
         (
             pb::StepManualActionType::CompleteManually as i32,
             cairn_client::json::to_struct(&json!({"result": 1})),
@@ -518,9 +547,16 @@ async fn tags_filter_and_unknown_templates_and_bad_input_change_nothing() {
     assert_eq!(bad_sort.code(), Code::InvalidArgument);
 
     // Nothing changed.
-    let after = list(&mut c, pb::ListTasksRequest::default()).await.pagination.unwrap().total;
+    let after = list(&mut c, pb::ListTasksRequest::default())
+        .await
+        .pagination
+        .unwrap()
+        .total;
     assert_eq!(after, before);
-    assert_eq!(audit(&mut c, &tagged.task_uuid, &step.step_uuid).await.len(), audit_before);
+    assert_eq!(
+        audit(&mut c, &tagged.task_uuid, &step.step_uuid).await.len(),
+        audit_before
+    );
     let s = step_named(&mut c, &tagged.task_uuid, "linear_step_1").await;
     assert_eq!(s.state, StepState::Complete as i32);
 }

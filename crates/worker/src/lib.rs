@@ -282,7 +282,10 @@ impl Worker {
                 }
                 Err(status) => {
                     use tonic::Code::*;
-                    if matches!(status.code(), InvalidArgument | AlreadyExists | PermissionDenied | Unauthenticated) {
+                    if matches!(
+                        status.code(),
+                        InvalidArgument | AlreadyExists | PermissionDenied | Unauthenticated
+                    ) {
                         anyhow::bail!("the orchestrator refused this worker: {}", status.message());
                     }
                     tracing::warn!(code = ?status.code(), message = status.message(), "cannot connect to the orchestrator; retrying");
@@ -310,7 +313,8 @@ impl Worker {
                 templates: self.templates.clone(),
             })),
         };
-        tx.try_send(hello).map_err(|_| tonic::Status::internal("cannot queue hello"))?;
+        tx.try_send(hello)
+            .map_err(|_| tonic::Status::internal("cannot queue hello"))?;
         let requests = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut client = WorkerServiceClient::new(self.client.clone());
         let mut inbound = client.connect(requests).await?.into_inner();
@@ -434,7 +438,10 @@ impl Worker {
             let started = std::time::Instant::now();
             let outcome = match handler {
                 Some(h) => h(step).await,
-                None => Err(StepError::permanent(format!("this worker has no handler {:?}", a.handler))),
+                None => Err(StepError::permanent(format!(
+                    "this worker has no handler {:?}",
+                    a.handler
+                ))),
             };
             // Cancelled meanwhile: the orchestrator takes no result.
             if lock(&running).remove(&id).is_none() {
@@ -464,7 +471,17 @@ impl Worker {
     }
 }
 
-/// Shuts down on SIGTERM or Ctrl-C, for binaries.
+/// Completes on SIGTERM or Ctrl-C (for binaries: `worker.run(shutdown_signal())`).
 pub async fn shutdown_signal() {
-    cairn_service::shutdown::on_signal().await;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -49,7 +49,12 @@ pub fn start_worker(dir: &Path, orchestrator: &str, name: &str, extra: &[&str]) 
     let addr = format!("http://{orchestrator}");
     let mut args = vec!["--orchestrator", &addr, "--name", name];
     args.extend_from_slice(extra);
-    Process::start_plain("cairn-demo-worker", &args, &[("CAIRN_LOG", "info,cairn_worker=debug")], dir)
+    Process::start_plain(
+        "cairn-demo-worker",
+        &args,
+        &[("CAIRN_LOG", "info,cairn_worker=debug")],
+        dir,
+    )
 }
 
 /// Waits until the orchestrator counts `n` connected workers.

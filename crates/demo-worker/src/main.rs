@@ -30,10 +30,10 @@ struct Cli {
 }
 
 const TEMPLATES: [&str; 4] = [
-    include_str!("../../templates/linear_workflow.yaml"),
-    include_str!("../../templates/diamond_workflow.yaml"),
-    include_str!("../../templates/failing_workflow.yaml"),
-    include_str!("../../templates/slow_workflow.yaml"),
+    include_str!("../templates/linear_workflow.yaml"),
+    include_str!("../templates/diamond_workflow.yaml"),
+    include_str!("../templates/failing_workflow.yaml"),
+    include_str!("../templates/slow_workflow.yaml"),
 ];
 
 /// The value a step works on: its one parent's result, or the task's
@@ -73,8 +73,11 @@ async fn multiply(step: Step) -> StepResult {
 }
 
 async fn fail(step: Step) -> StepResult {
-    Err(StepError::retryable(format!("demo.fail always fails (attempt {} of {})", step.attempt, step.max_attempts))
-        .with_type("demo_failure"))
+    Err(StepError::retryable(format!(
+        "demo.fail always fails (attempt {} of {})",
+        step.attempt, step.max_attempts
+    ))
+    .with_type("demo_failure"))
 }
 
 async fn sleep(step: Step) -> StepResult {
@@ -115,7 +118,7 @@ fn main() -> ExitCode {
         for t in TEMPLATES {
             builder = builder.template(t);
         }
-        builder.build()?.run(cairn_worker::shutdown_signal()).await
+        builder.build()?.run(cairn_service::shutdown::on_signal()).await
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
