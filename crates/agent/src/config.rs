@@ -225,13 +225,7 @@ impl ServiceConfig for Config {
                 "must be greater than 0",
             ));
         }
-        let url = &self.metadata.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::invalid(
-                "metadata.url",
-                "must start with sqlite: or postgres://",
-            ));
-        }
+        cairn_service::sql::check_config("metadata", &self.metadata.url, self.metadata.max_connections)?;
         let o = &self.object_store;
         if !(o.url.starts_with("file://") || o.url.starts_with("s3://")) {
             return Err(ConfigError::invalid(

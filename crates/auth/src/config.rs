@@ -78,16 +78,7 @@ impl Default for KeysConfig {
 
 impl ServiceConfig for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        let url = &self.store.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::invalid(
-                "store.url",
-                "must start with sqlite: or postgres://",
-            ));
-        }
-        if self.store.max_connections == 0 {
-            return Err(ConfigError::invalid("store.max_connections", "must be greater than 0"));
-        }
+        cairn_service::sql::check_config("store", &self.store.url, self.store.max_connections)?;
         if self.keys.rotation_grace > self.keys.max_rotation_grace {
             return Err(ConfigError::invalid(
                 "keys.rotation_grace",

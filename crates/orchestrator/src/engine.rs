@@ -1480,6 +1480,10 @@ impl Engine {
                 "no such assignment is held by this worker (its lease expired, it was cancelled, or the orchestrator restarted)",
             );
         };
+        let Some(outcome) = result.outcome else {
+            // Refused without touching the attempt: its lease still runs.
+            return ack(round, false, "a result needs success or failure");
+        };
         let (task, i, assigned_at) = (lease.task.clone(), lease.step, lease.assigned_at);
         let Some(t) = self.tasks.get_mut(&task) else {
             return ack(round, false, "the task is gone");
@@ -1506,40 +1510,22 @@ impl Engine {
             );
         }
         let exec = i64::try_from(result.execution_time_ms).ok();
-        match result.outcome {
-            Some(wpb::step_result::Outcome::Success(s)) => {
-                let value: Value = match serde_json::from_str(&s.result_json) {
-                    Ok(v @ Value::Object(_)) => v,
-                    Ok(_) | Err(_) => {
-                        // Not a JSON object: a failure of the handler's contract.
-                        let message = "the step's result is not a JSON object";
-                        t.steps[i].row.error = Some(
-                            json!({"message": message, "error_type": "invalid_result", "retryable": false}).to_string(),
-                        );
-                        move_step(
-                            t,
-                            i,
-                            round,
-                            StepState::EnqueuedAsErrorForOrchestration,
-                            StepNote {
-                                worker,
-                                success: Some(false),
-                                execution_time_ms: exec,
-                                ..note(message)
-                            },
-                        );
-                        let mut taken = self.tasks.remove(&task);
-                        if let Some(t) = taken.as_mut() {
-                            self.settle_failure(t, i, round, false, None, "invalid_result");
-                        }
-                        if let Some(t) = taken {
-                            self.tasks.insert(task.clone(), t);
-                        }
-                        ack(round, true, "recorded as a failure: the result is not a JSON object");
-                        self.evaluate(&task, round, "step failed");
-                        return;
-                    }
-                };
+        // A success must carry a JSON object; anything else is the handler
+        // breaking its contract, recorded as a permanent failure.
+        let outcome = match outcome {
+            wpb::step_result::Outcome::Success(s) => match serde_json::from_str(&s.result_json) {
+                Ok(v @ Value::Object(_)) => Ok(v),
+                Ok(_) | Err(_) => Err(wpb::Failure {
+                    retryable: false,
+                    message: "the step's result is not a JSON object".into(),
+                    error_type: "invalid_result".into(),
+                    backoff_ms: None,
+                }),
+            },
+            wpb::step_result::Outcome::Failure(f) => Err(f),
+        };
+        match outcome {
+            Ok(value) => {
                 let text = value.to_string();
                 t.steps[i].row.results = Some(text.clone());
                 t.steps[i].row.error = None;
@@ -1561,7 +1547,7 @@ impl Engine {
                 ack(round, true, "");
                 self.evaluate(&task, round, "step completed");
             }
-            Some(wpb::step_result::Outcome::Failure(f)) => {
+            Err(f) => {
                 t.steps[i].row.error = Some(
                     json!({"message": f.message, "error_type": f.error_type, "retryable": f.retryable}).to_string(),
                 );
@@ -1586,9 +1572,6 @@ impl Engine {
                 }
                 ack(round, true, "");
                 self.evaluate(&task, round, "step failed");
-            }
-            None => {
-                ack(round, false, "a result needs success or failure");
             }
         }
     }

@@ -55,3 +55,22 @@ pub async fn connect(url: &str, max_connections: u32, mut migrator: Migrator) ->
 pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
+
+/// Checks a database section of a config (`<section>.url`,
+/// `<section>.max_connections`): the URL names SQLite or Postgres and the
+/// pool has room for at least one connection.
+pub fn check_config(section: &str, url: &str, max_connections: u32) -> Result<(), crate::ConfigError> {
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(crate::ConfigError::invalid(
+            format!("{section}.url"),
+            "must start with sqlite: or postgres://",
+        ));
+    }
+    if max_connections == 0 {
+        return Err(crate::ConfigError::invalid(
+            format!("{section}.max_connections"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
+}

@@ -254,6 +254,51 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Starts `path` in `dir` with its output appended to a log of its own; a
+/// service (`listen` given) binds there, puts metrics on a port of its own
+/// choosing and reports its addresses to the returned address file.
+fn launch(
+    path: &Path,
+    listen: Option<&str>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> (Child, PathBuf, PathBuf) {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let binary_name = path
+        .file_name()
+        .map_or("process".into(), |n| n.to_string_lossy().into_owned());
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stem = format!("{binary_name}-{}-{n}", std::process::id());
+    let log = dir.join(format!("{stem}.log"));
+    let address_file = dir.join(format!("{stem}.addr"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let err = out.try_clone().unwrap();
+    let mut command = Command::new(path);
+    if let Some(listen) = listen {
+        command
+            .arg("--listen")
+            .arg(listen)
+            // Metrics on a port of its own choosing too (tests may override).
+            .args(["--set", "metrics.listen=127.0.0.1:0"])
+            .env(cairn_service::app::ADDRESS_FILE_ENV, &address_file);
+    }
+    let child = command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    (child, log, address_file)
+}
+
 /// A service binary running as a child process.
 pub struct Process {
     child: Option<Child>,
@@ -284,24 +329,7 @@ impl Process {
     /// A binary that serves nothing (a worker, a client): started with just
     /// `args`, not waited for; it has no addresses.
     pub fn start_plain(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
-        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = dir.join(format!("{binary_name}-{}-{n}.log", std::process::id()));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let err = out.try_clone().unwrap();
-        let child = Command::new(binary(binary_name))
-            .args(args)
-            .envs(env.iter().copied())
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap();
+        let (child, log, _) = launch(&binary(binary_name), None, args, env, dir);
         Process {
             child: Some(child),
             addr: String::new(),
@@ -317,35 +345,8 @@ impl Process {
     }
 
     fn spawn(path: &Path, port: Option<u16>, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
-        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let binary_name = path
-            .file_name()
-            .map_or("process".into(), |n| n.to_string_lossy().into_owned());
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stem = format!("{binary_name}-{}-{n}", std::process::id());
-        let log = dir.join(format!("{stem}.log"));
-        let address_file = dir.join(format!("{stem}.addr"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let err = out.try_clone().unwrap();
         let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
-        let mut child = Command::new(path)
-            .arg("--listen")
-            .arg(&listen)
-            // Metrics on a port of its own choosing too (tests may override).
-            .args(["--set", "metrics.listen=127.0.0.1:0"])
-            .args(args)
-            .env(cairn_service::app::ADDRESS_FILE_ENV, &address_file)
-            .envs(env.iter().copied())
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap();
+        let (mut child, log, address_file) = launch(path, Some(&listen), args, env, dir);
         let give_up = Instant::now() + Duration::from_secs(60);
         let addresses: std::collections::BTreeMap<String, String> = loop {
             if let Ok(text) = std::fs::read_to_string(&address_file)
