@@ -22,7 +22,16 @@ SERVICES = {
     },
     "cairn-agent": {"cairn.agent.v1.AgentService", "cairn.agent.v1.TopicService"},
     "cairn-ingest": {"cairn.ingest.v1.ReadService", "ingestion.InternalIngestionService"},
-    "cairn-orchestrator": set(),
+    "cairn-orchestrator": {
+        "tasker.v1.TaskService",
+        "tasker.v1.StepService",
+        "tasker.v1.TemplateService",
+        "tasker.v1.AnalyticsService",
+        "tasker.v1.DlqService",
+        "tasker.v1.HealthService",
+        "tasker.v1.ConfigService",
+        "cairn.orchestrator.v1.WorkerService",
+    },
     "cairn-druid-proxy": set(),
 }
 
