@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tasker_client::grpc_clients::orchestration_grpc_client::{DlqInvestigationUpdate, OrchestrationGrpcClient};
+use tasker_client::grpc_clients::OrchestrationGrpcClient;
+use tasker_shared::models::orchestration::{DlqInvestigationUpdate, DlqResolutionStatus};
 use tasker_shared::{models::core::task_request::TaskRequest, types::api::orchestration::StepManualAction};
 use uuid::Uuid;
 
@@ -57,7 +58,9 @@ fn request(name: &str, context: serde_json::Value) -> TaskRequest {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let endpoint = std::env::args().nth(1).unwrap_or_else(|| "http://127.0.0.1:50054".into());
+    let endpoint = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "http://127.0.0.1:50054".into());
     let client = OrchestrationGrpcClient::connect(endpoint.clone())
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
@@ -79,12 +82,18 @@ async fn main() -> anyhow::Result<()> {
     let created = c.check(
         "create_task(linear)",
         client
-            .create_task(request("linear_workflow", json!({"even_number": 2, "run": run.to_string()})))
+            .create_task(request(
+                "linear_workflow",
+                json!({"even_number": 2, "run": run.to_string()}),
+            ))
             .await,
     );
     if let Some(task) = created {
         let uuid: Uuid = task.task_uuid.parse()?;
-        c.check("get_task until complete", wait_status(&client, uuid, &["complete"]).await);
+        c.check(
+            "get_task until complete",
+            wait_status(&client, uuid, &["complete"]).await,
+        );
         c.check("get_task_context", client.get_task_context(uuid).await);
         c.check("get_task_summary", client.get_task_summary(uuid).await);
         if let Some(steps) = c.check("list_task_steps", client.list_task_steps(uuid).await) {
@@ -95,27 +104,45 @@ async fn main() -> anyhow::Result<()> {
             if let Some(s) = steps.first() {
                 let step: Uuid = s.step_uuid.parse()?;
                 c.check("get_step", client.get_step(uuid, step).await);
-                c.check("get_step_audit_history", client.get_step_audit_history(uuid, step).await);
+                c.check(
+                    "get_step_audit_history",
+                    client.get_step_audit_history(uuid, step).await,
+                );
             }
         }
         c.check("list_tasks", client.list_tasks(50, 0, Some("demo"), None).await);
-        c.check("list_tasks(status)", client.list_tasks(10, 0, None, Some("complete")).await);
+        c.check(
+            "list_tasks(status)",
+            client.list_tasks(10, 0, None, Some("complete")).await,
+        );
     }
 
     let failing = c.check(
         "create_task(failing)",
         client
-            .create_task(request("failing_workflow", json!({"even_number": 2, "run": run.to_string()})))
+            .create_task(request(
+                "failing_workflow",
+                json!({"even_number": 2, "run": run.to_string()}),
+            ))
             .await,
     );
     if let Some(task) = failing {
         let uuid: Uuid = task.task_uuid.parse()?;
-        c.check("get_task until error", wait_status(&client, uuid, &["error"]).await);
+        c.check(
+            "get_task until blocked_by_failures",
+            wait_status(&client, uuid, &["blocked_by_failures"]).await,
+        );
         if let Some(entry) = c.check("get_dlq_entry", client.get_dlq_entry(uuid).await) {
             c.check("list_dlq_entries", client.list_dlq_entries(None).await);
             c.check("get_dlq_stats", client.get_dlq_stats().await);
-            c.check("get_investigation_queue", client.get_investigation_queue(Some(10)).await);
-            c.check("get_staleness_monitoring", client.get_staleness_monitoring(Some(10)).await);
+            c.check(
+                "get_investigation_queue",
+                client.get_investigation_queue(Some(10)).await,
+            );
+            c.check(
+                "get_staleness_monitoring",
+                client.get_staleness_monitoring(Some(10)).await,
+            );
             let update = DlqInvestigationUpdate {
                 resolution_status: None,
                 resolution_notes: Some("looked at it through tasker-client".into()),
@@ -142,17 +169,54 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // A held task given up through its DLQ entry ends in error.
+    let given_up = c.check(
+        "create_task(failing, to give up)",
+        client
+            .create_task(request(
+                "failing_workflow",
+                json!({"even_number": 2, "run": run.to_string(), "give_up": true}),
+            ))
+            .await,
+    );
+    if let Some(task) = given_up {
+        let uuid: Uuid = task.task_uuid.parse()?;
+        c.check(
+            "get_task until blocked_by_failures",
+            wait_status(&client, uuid, &["blocked_by_failures"]).await,
+        );
+        if let Some(entry) = c.check("get_dlq_entry", client.get_dlq_entry(uuid).await) {
+            let verdict = DlqInvestigationUpdate {
+                resolution_status: Some(DlqResolutionStatus::PermanentlyFailed),
+                resolution_notes: Some("unfixable".into()),
+                resolved_by: Some("compat".into()),
+                metadata: None,
+            };
+            c.check(
+                "update_dlq_investigation(permanently_failed)",
+                client.update_dlq_investigation(entry.dlq_entry_uuid, verdict).await,
+            );
+            c.check("get_task until error", wait_status(&client, uuid, &["error"]).await);
+        }
+    }
+
     let slow = c.check(
         "create_task(slow)",
         client
-            .create_task(request("slow_workflow", json!({"sleep_ms": 30000, "run": run.to_string()})))
+            .create_task(request(
+                "slow_workflow",
+                json!({"sleep_ms": 30000, "run": run.to_string()}),
+            ))
             .await,
     );
     if let Some(task) = slow {
         let uuid: Uuid = task.task_uuid.parse()?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.check("cancel_task", client.cancel_task(uuid).await);
-        c.check("get_task until cancelled", wait_status(&client, uuid, &["cancelled"]).await);
+        c.check(
+            "get_task until cancelled",
+            wait_status(&client, uuid, &["cancelled"]).await,
+        );
     }
 
     c.check("get_performance_metrics", client.get_performance_metrics(None).await);

@@ -355,7 +355,30 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Follows StreamTaskStatus, printing each change; the final task state.
+/// Whether the task is held in BLOCKED_BY_FAILURES now.
+async fn still_blocked(
+    client: &mut TaskServiceClient<cairn_service::Client>,
+    key: Option<&str>,
+    task_uuid: &str,
+) -> anyhow::Result<bool> {
+    let task = client
+        .get_task(request(
+            pb::GetTaskRequest {
+                task_uuid: task_uuid.into(),
+                include_steps: false,
+                include_context: false,
+            },
+            key,
+        )?)
+        .await?
+        .into_inner()
+        .task
+        .context("no task in the answer")?;
+    Ok(task.state == pb::TaskState::BlockedByFailures as i32)
+}
+
+/// Follows StreamTaskStatus, printing each change; the final task state
+/// (or BLOCKED_BY_FAILURES when the task is held for an operator).
 async fn watch(
     client: &mut TaskServiceClient<cairn_service::Client>,
     key: Option<&str>,
@@ -402,6 +425,14 @@ async fn watch(
                     if verbose {
                         let extra = update.error_message.map(|e| format!("  ({e})")).unwrap_or_default();
                         println!("{at}  task {}{extra}", task_state_name(state));
+                    }
+                    // A held task waits for an operator: stop watching if it
+                    // is still held (the replay also shows holds it has left).
+                    if last == pb::TaskState::BlockedByFailures && still_blocked(client, key, task_uuid).await? {
+                        eprintln!(
+                            "task {task_uuid} is blocked by a failed step: resolve the step (StepService/ResolveStep) or settle its DLQ entry (cairn dlq resolve)"
+                        );
+                        break;
                     }
                 }
             }

@@ -526,8 +526,14 @@ impl TaskService for Api {
                 }
                 last_seq = event.seq();
                 let update = match &*event {
-                    Event::Task { state, at, reason, .. } => {
-                        ended = ends_stream(*state);
+                    Event::Task {
+                        state,
+                        at,
+                        reason,
+                        settled,
+                        ..
+                    } => {
+                        ended = *settled && ends_stream(*state);
                         Some(task_update(*state, *at, reason))
                     }
                     Event::Step {

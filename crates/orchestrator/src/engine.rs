@@ -32,7 +32,9 @@ use uuid::Uuid;
 use crate::{
     metrics::EngineMetrics,
     state::{self, StepState, TaskState, step_done, step_in_flight, task_name, task_route, task_terminal},
-    store::{self, Batch, DlqRow, NewTask, StepRow, StepTransition, Store, TaskRow, TaskTransition, TemplateRow},
+    store::{
+        self, Batch, DlqRow, DlqUpdate, NewTask, StepRow, StepTransition, Store, TaskRow, TaskTransition, TemplateRow,
+    },
     template::{Identity, Template},
 };
 
@@ -50,6 +52,10 @@ pub enum Command {
         reply: oneshot::Sender<Result<CancelOutcome, Status>>,
     },
     Resolve(Box<ResolveSpec>, oneshot::Sender<Result<Snapshot, Status>>),
+    /// An investigation update of a DLQ entry; its verdict settles a task
+    /// held in BLOCKED_BY_FAILURES (permanently failed → ERROR, manually
+    /// resolved → RESOLVED_MANUALLY). NOT_FOUND for an unknown entry.
+    Investigate(Box<DlqUpdate>, oneshot::Sender<Result<(), Status>>),
     /// Register templates (a worker's hello or the templates directory).
     Register {
         templates: Vec<Template>,
@@ -150,6 +156,9 @@ pub enum Event {
         state: TaskState,
         reason: String,
         at: i64,
+        /// The task's last transition in its commit: the state it rests in
+        /// (a task routed through ERROR on its way back to PENDING has not ended).
+        settled: bool,
     },
     Step {
         task: String,
@@ -372,6 +381,7 @@ fn move_task(t: &mut TaskRt, round: &mut Round, to: TaskState, reason: &str) -> 
         state: to,
         reason: reason.to_owned(),
         at: round.now,
+        settled: false,
     });
     round.dirty_tasks.insert(t.row.task_uuid.clone());
     true
@@ -775,6 +785,12 @@ impl Engine {
             }
         }
         if !round.events.is_empty() {
+            let mut seen = HashSet::new();
+            for event in round.events.iter_mut().rev() {
+                if let Event::Task { task, settled, .. } = event {
+                    *settled = seen.insert(task.clone());
+                }
+            }
             self.events.publish(round.events);
         }
         for uuid in round.finished {
@@ -812,6 +828,7 @@ impl Engine {
             Command::Create(spec, reply) => self.create_all(vec![(*spec, reply)], round).await,
             Command::Cancel { task, reason, reply } => self.cancel(task, &reason, reply, round).await,
             Command::Resolve(spec, reply) => self.resolve(*spec, reply, round).await,
+            Command::Investigate(update, reply) => self.investigate(*update, reply, round).await,
             Command::Register { templates, reply } => {
                 let answer = self.register(templates, round);
                 round.replies.push(Box::new(move || {
@@ -1096,6 +1113,7 @@ impl Engine {
             state: TaskState::Pending,
             reason: "created".into(),
             at: now,
+            settled: false,
         });
         for step in &t.steps {
             t.row.seq += 1;
@@ -1312,8 +1330,17 @@ impl Engine {
                 );
             }
         }
-        // A task the failure stopped runs on along the DAG.
+        // A task the failure stopped runs on along the DAG; a held task whose
+        // last failed step was resolved without a result, with nothing left
+        // to run, is resolved manually as a whole.
         let reason = format!("step {} resolved by {}", t.steps[i].row.name, spec.performed_by);
+        let all_done = (0..t.steps.len()).all(|j| step_done(step_state(t, j)));
+        if task_state == TaskState::BlockedByFailures && spec.action == Action::ResolveManually && all_done {
+            move_task(t, round, TaskState::ResolvedManually, &reason);
+            round.finished.push(spec.task.clone());
+            round.snapshots.push((spec.task, Some(i), reply));
+            return;
+        }
         match task_state {
             TaskState::Error => {
                 move_task(t, round, TaskState::Pending, &reason);
@@ -1328,6 +1355,42 @@ impl Engine {
         }
         self.evaluate(&spec.task, round, &reason);
         round.snapshots.push((spec.task, Some(i), reply));
+    }
+
+    /// Applies a DLQ investigation update in the round's commit; a verdict
+    /// on a held task ends it in the same commit.
+    async fn investigate(&mut self, update: DlqUpdate, reply: oneshot::Sender<Result<(), Status>>, round: &mut Round) {
+        let answer = match self.store.dlq_task(&update.dlq_entry_uuid).await {
+            Ok(Some(task)) => {
+                let verdict = match update.status.as_deref() {
+                    Some("permanently_failed") => Some((TaskState::Error, "the investigation gave up")),
+                    Some("manually_resolved") => Some((TaskState::ResolvedManually, "resolved by the investigation")),
+                    _ => None,
+                };
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    if let Some((to, why)) = verdict
+                        && state::parse_task(&t.row.state) == TaskState::BlockedByFailures
+                    {
+                        let who = update.resolved_by.as_deref().unwrap_or("an operator");
+                        move_task(t, round, to, &format!("{why} ({who})"));
+                        round.finished.push(task);
+                    }
+                }
+                round.batch.dlq_updates.push(update);
+                Ok(())
+            }
+            Ok(None) => Err(Status::not_found(format!(
+                "DLQ entry not found: {}",
+                update.dlq_entry_uuid
+            ))),
+            Err(error) => {
+                tracing::error!(%error, "reading a DLQ entry");
+                Err(Status::internal("Internal server error"))
+            }
+        };
+        round.replies.push(Box::new(move || {
+            let _ = reply.send(answer);
+        }));
     }
 
     /// Decides where a task goes next from its steps' states, queues the
@@ -1361,8 +1424,9 @@ impl Engine {
                     );
                 }
             } else {
+                // Held for an operator: ResolveStep lets it run on, the DLQ
+                // entry's verdict ends it (ERROR or RESOLVED_MANUALLY).
                 route_task(t, round, TaskState::BlockedByFailures, "a step failed permanently");
-                move_task(t, round, TaskState::Error, "no step can run: giving up");
                 let last = (0..n)
                     .filter(|&i| step_state(t, i) == StepState::Error)
                     .filter_map(|i| t.steps[i].row.error.as_deref())
@@ -1371,9 +1435,10 @@ impl Engine {
                     Some("worker_unavailable") => "worker_unavailable",
                     _ => "max_retries_exceeded",
                 };
-                round.batch.dlq.push(dlq_entry(t, dlq_reason, round.now, last));
-                t.in_dlq = true;
-                round.finished.push(uuid.to_owned());
+                if !t.in_dlq {
+                    round.batch.dlq.push(dlq_entry(t, dlq_reason, round.now, last));
+                    t.in_dlq = true;
+                }
             }
             return;
         }

@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     api::{Api, internal},
     convert::{self, parse_uuid},
-    engine::now_ms,
+    engine::{Command, now_ms},
     state::{self, StepState, TaskState},
-    store::DlqRow,
+    store::{DlqRow, DlqUpdate},
 };
 
 /// Settings the operational services report.
@@ -57,6 +57,11 @@ fn dlq_status(text: &str) -> pb::DlqResolutionStatus {
         "cancelled" => pb::DlqResolutionStatus::Cancelled,
         _ => pb::DlqResolutionStatus::Unspecified,
     }
+}
+
+/// A task that failed: given up, or held for an operator.
+fn failed_state(state: &str) -> bool {
+    matches!(state, "error" | "blocked_by_failures")
 }
 
 fn dlq_status_name(status: pb::DlqResolutionStatus) -> Option<&'static str> {
@@ -133,7 +138,7 @@ impl AnalyticsService for Ops {
         let total = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
         let finished = |s: &str| matches!(s, "complete" | "resolved_manually");
         let completed = tasks.iter().filter(|t| finished(&t.state)).count();
-        let failed = tasks.iter().filter(|t| t.state == "error").count();
+        let failed = tasks.iter().filter(|t| failed_state(&t.state)).count();
         let active = tasks
             .iter()
             .filter(|t| !state::task_terminal(state::parse_task(&t.state)))
@@ -255,7 +260,7 @@ impl AnalyticsService for Ops {
             e.sum_ms += took;
             e.max_ms = e.max_ms.max(took);
             e.count += 1;
-            e.errors += i64::from(t.state == "error");
+            e.errors += i64::from(failed_state(&t.state));
             e.last = e.last.max(t.completed_at.unwrap_or(t.created_at));
             e.steps += t.steps;
         }
@@ -404,22 +409,18 @@ impl DlqService for Ops {
         // With keys on, the resolver is the caller; without, what the client says.
         let resolved_by = principal.or(r.resolved_by.filter(|s| !s.is_empty()));
         let metadata = r.metadata.as_ref().map(|m| convert::from_struct(m).to_string());
-        let found = self
-            .api
-            .store
-            .update_dlq(
-                &uuid,
-                status,
-                r.resolution_notes.as_deref(),
-                resolved_by.as_deref(),
-                metadata.as_deref(),
-                now_ms(),
-            )
-            .await
-            .map_err(internal)?;
-        if !found {
-            return Err(Status::not_found(format!("DLQ entry not found: {uuid}")));
-        }
+        let update = DlqUpdate {
+            dlq_entry_uuid: uuid.clone(),
+            status: status.map(str::to_owned),
+            notes: r.resolution_notes,
+            resolved_by,
+            metadata,
+            at: now_ms(),
+        };
+        self.api
+            .engine
+            .ask(|reply| Command::Investigate(Box::new(update), reply))
+            .await?;
         Ok(Response::new(pb::UpdateDlqInvestigationResponse {
             success: true,
             message: "Investigation status updated successfully".into(),

@@ -138,6 +138,19 @@ pub struct Batch {
     pub tasks: Vec<TaskRow>,
     pub steps: Vec<StepRow>,
     pub dlq: Vec<DlqRow>,
+    /// Investigation updates of existing entries.
+    pub dlq_updates: Vec<DlqUpdate>,
+}
+
+/// An investigation update: unset fields stay as they are.
+#[derive(Debug, Clone)]
+pub struct DlqUpdate {
+    pub dlq_entry_uuid: String,
+    pub status: Option<String>,
+    pub notes: Option<String>,
+    pub resolved_by: Option<String>,
+    pub metadata: Option<String>,
+    pub at: i64,
 }
 
 impl Batch {
@@ -149,6 +162,7 @@ impl Batch {
             && self.tasks.is_empty()
             && self.steps.is_empty()
             && self.dlq.is_empty()
+            && self.dlq_updates.is_empty()
     }
 }
 
@@ -674,6 +688,21 @@ impl Store {
             let rows = batch.dlq.iter().map(dlq_values).collect();
             insert_rows(conn, &format!("INSERT INTO dlq_entries ({DLQ_COLUMNS})"), 12, rows, "").await?;
         }
+        for u in &batch.dlq_updates {
+            let resolved_at = u.status.as_deref().filter(|s| *s != "pending").map(|_| u.at);
+            sqlx::query(
+                "UPDATE dlq_entries SET resolution_status = COALESCE($1, resolution_status), resolution_notes = COALESCE($2, resolution_notes), resolved_by = COALESCE($3, resolved_by), metadata = COALESCE($4, metadata), resolution_at = COALESCE($5, resolution_at), updated_at = $6 WHERE dlq_entry_uuid = $7",
+            )
+            .bind(u.status.as_deref())
+            .bind(u.notes.as_deref())
+            .bind(u.resolved_by.as_deref())
+            .bind(u.metadata.as_deref())
+            .bind(resolved_at)
+            .bind(u.at)
+            .bind(&u.dlq_entry_uuid)
+            .execute(&mut *conn)
+            .await?;
+        }
         tx.commit().await
     }
 
@@ -1092,30 +1121,13 @@ impl Store {
         rows.iter().map(|r| r.try_get("task_uuid")).collect()
     }
 
-    /// Applies an investigation update; whether the entry exists.
-    pub async fn update_dlq(
-        &self,
-        dlq_entry_uuid: &str,
-        status: Option<&str>,
-        notes: Option<&str>,
-        resolved_by: Option<&str>,
-        metadata: Option<&str>,
-        now: i64,
-    ) -> Result<bool, Error> {
-        let resolved_at = status.filter(|s| *s != "pending").map(|_| now);
-        let done = sqlx::query(
-            "UPDATE dlq_entries SET resolution_status = COALESCE($1, resolution_status), resolution_notes = COALESCE($2, resolution_notes), resolved_by = COALESCE($3, resolved_by), metadata = COALESCE($4, metadata), resolution_at = COALESCE($5, resolution_at), updated_at = $6 WHERE dlq_entry_uuid = $7",
-        )
-        .bind(status)
-        .bind(notes)
-        .bind(resolved_by)
-        .bind(metadata)
-        .bind(resolved_at)
-        .bind(now)
-        .bind(dlq_entry_uuid)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+    /// The task an entry is about.
+    pub async fn dlq_task(&self, dlq_entry_uuid: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT task_uuid FROM dlq_entries WHERE dlq_entry_uuid = $1")
+            .bind(dlq_entry_uuid)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("task_uuid")).transpose()
     }
 
     /// Every DLQ entry (for stats; the DLQ is small by design).

@@ -328,8 +328,14 @@ async fn analytics_report_percentages_and_bottlenecks() {
     );
     let health = b.resource_utilization.unwrap().system_health.unwrap();
     assert_eq!(
-        (health.complete_tasks, health.error_tasks, health.total_tasks),
-        (5, 1, 6)
+        (
+            health.complete_tasks,
+            health.blocked_by_failures_tasks,
+            health.error_tasks,
+            health.total_tasks
+        ),
+        (5, 1, 0, 6),
+        "the failed task is held for an operator, not given up"
     );
     assert!(
         b.recommendations.iter().any(|r| r.contains("DLQ")),

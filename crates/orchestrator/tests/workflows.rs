@@ -144,10 +144,10 @@ async fn scenario(dir: &TempDir, db: &str) {
     );
 
     // Failing: three attempts with exponential backoff (100 ms, then 200 ms),
-    // then ERROR with a DLQ entry.
+    // then held in BLOCKED_BY_FAILURES with a DLQ entry.
     let failing = create(&mut c, "failing_workflow", json!({"even_number": 2})).await;
     let updates = stream_all(&mut c, &failing.task_uuid).await;
-    check_stream(&updates, TaskState::Error);
+    check_stream(&updates, TaskState::BlockedByFailures);
     let failed = step_named(&mut c, &failing.task_uuid, "always_fails").await;
     assert_eq!(StepState::try_from(failed.state).unwrap(), StepState::Error);
     assert_eq!(failed.attempts, 3);
@@ -180,7 +180,7 @@ async fn scenario(dir: &TempDir, db: &str) {
         .unwrap();
     assert_eq!(entry.dlq_reason, pb::DlqReason::MaxRetriesExceeded as i32);
     assert_eq!(entry.resolution_status, pb::DlqResolutionStatus::Pending as i32);
-    assert_eq!(entry.original_state, "error");
+    assert_eq!(entry.original_state, "blocked_by_failures");
 
     // Resolving the failed step lets the task run on along the DAG.
     let resolved = c
@@ -220,6 +220,75 @@ async fn scenario(dir: &TempDir, db: &str) {
         "manual transitions are audited"
     );
 
+    // A held task ends with its DLQ entry's verdict, in the same commit as
+    // the entry's update, and a stream open on it ends there.
+    let mut settled = Vec::new();
+    for (verdict, end) in [
+        (pb::DlqResolutionStatus::PermanentlyFailed, TaskState::Error),
+        (pb::DlqResolutionStatus::ManuallyResolved, TaskState::ResolvedManually),
+    ] {
+        let held = create(
+            &mut c,
+            "failing_workflow",
+            json!({"even_number": 2, "verdict": verdict as i32}),
+        )
+        .await;
+        let updates = stream_all(&mut c, &held.task_uuid).await;
+        check_stream(&updates, TaskState::BlockedByFailures);
+        let mut open = c
+            .tasks
+            .stream_task_status(pb::StreamTaskStatusRequest {
+                task_uuid: held.task_uuid.clone(),
+                include_steps: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let entry = c
+            .dlq
+            .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
+                task_uuid: held.task_uuid.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entry
+            .unwrap();
+        c.dlq
+            .update_investigation(pb::UpdateDlqInvestigationRequest {
+                dlq_entry_uuid: entry.dlq_entry_uuid.clone(),
+                resolution_status: Some(verdict as i32),
+                resolution_notes: Some("investigated".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut last = None;
+        while let Some(u) = tokio::time::timeout(std::time::Duration::from_secs(20), open.message())
+            .await
+            .expect("the open stream to end with the verdict")
+            .unwrap()
+        {
+            last = u.task_state;
+        }
+        assert_eq!(last, Some(end as i32), "{verdict:?}");
+        let task = get_task(&mut c, &held.task_uuid).await.task.unwrap();
+        assert_eq!(task.state, end as i32);
+        let entry = c
+            .dlq
+            .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
+                task_uuid: held.task_uuid.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entry
+            .unwrap();
+        assert_eq!(entry.resolution_status, verdict as i32);
+        assert!(entry.resolution_timestamp.is_some());
+        settled.push(held);
+    }
+
     // Cancel of a running task: its running step is cancelled on the worker.
     let slow = create(&mut c, "slow_workflow", json!({"sleep_ms": 60_000})).await;
     cairn_testkit::eventually(std::time::Duration::from_secs(20), "the slow step to start", || {
@@ -258,7 +327,11 @@ async fn scenario(dir: &TempDir, db: &str) {
     assert!(!again.success, "a finished task cannot be cancelled");
     assert!(again.task.is_none());
 
-    list_filters(&mut c, &[&linear, &diamond, &first, &failing, &slow]).await;
+    list_filters(
+        &mut c,
+        &[&linear, &diamond, &first, &failing, &slow, &settled[0], &settled[1]],
+    )
+    .await;
 }
 
 async fn list(c: &mut Clients, request: pb::ListTasksRequest) -> pb::ListTasksResponse {

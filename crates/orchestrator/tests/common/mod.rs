@@ -121,9 +121,17 @@ pub async fn stream_all(c: &mut Clients, task_uuid: &str) -> Vec<pb::TaskStatusU
     loop {
         let next = tokio::time::timeout_at(give_up, stream.message())
             .await
-            .expect("the task to end within 60 s");
+            .expect("the task to end or be held within 60 s");
         match next.unwrap() {
-            Some(u) => out.push(u),
+            Some(u) => {
+                // A task held for an operator streams on: stop while it is
+                // still held (the replay also shows holds it has left).
+                let held = u.task_state == Some(TaskState::BlockedByFailures as i32);
+                out.push(u);
+                if held && get_task(c, task_uuid).await.task.unwrap().state == TaskState::BlockedByFailures as i32 {
+                    return out;
+                }
+            }
             None => return out,
         }
     }
