@@ -186,15 +186,27 @@ fn bind<'q>(query: Query<'q>, value: Value<'q>) -> Query<'q> {
 }
 
 /// Most bound values per statement. SQLite allows 32766 and Postgres 65535,
-/// but through sqlx the cost per value grows with the statement's size: a
-/// batch of 4,200 rows took 1.5 s at 8,000 values per statement, 300 ms at
-/// 2,000, 75 ms at 256 and 110 ms at 120 (release build, this machine).
+/// but numbered placeholders cost SQLite time quadratic in their count
+/// (sqlx asks each one's name, a linear search): SQLite statements use
+/// anonymous `?` and Postgres ones `$n` (a batch of 4,200 rows took 1.5 s at
+/// 8,000 numbered values per statement, 75 ms at 256).
 const MAX_PARAMS: usize = 256;
+
+/// The placeholder of the `n`th value (from 1) in `sql`.
+fn placeholder(sql: &mut String, sqlite: bool, n: usize) {
+    if sqlite {
+        sql.push('?');
+    } else {
+        sql.push('$');
+        sql.push_str(&n.to_string());
+    }
+}
 
 /// Inserts `rows` (each `columns` values) with as few multi-row statements as
 /// the parameter limit allows; `tail` follows the values (an ON CONFLICT).
 async fn insert_rows<'a>(
     conn: &mut sqlx::AnyConnection,
+    sqlite: bool,
     head: &str,
     columns: usize,
     rows: Vec<Vec<Value<'a>>>,
@@ -218,8 +230,7 @@ async fn insert_rows<'a>(
                     sql.push(',');
                 }
                 n += 1;
-                sql.push('$');
-                sql.push_str(&n.to_string());
+                placeholder(&mut sql, sqlite, n);
             }
             sql.push(')');
         }
@@ -234,13 +245,22 @@ async fn insert_rows<'a>(
 }
 
 /// `UPDATE … SET most_recent = 0 WHERE <key> IN (…) AND most_recent = 1`.
-async fn clear_most_recent(conn: &mut sqlx::AnyConnection, table: &str, key: &str, ids: &[&str]) -> Result<(), Error> {
+async fn clear_most_recent(
+    conn: &mut sqlx::AnyConnection,
+    sqlite: bool,
+    table: &str,
+    key: &str,
+    ids: &[&str],
+) -> Result<(), Error> {
     for chunk in ids.chunks(MAX_PARAMS) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "UPDATE {table} SET most_recent = 0 WHERE most_recent = 1 AND {key} IN ({})",
-            placeholders.join(",")
-        );
+        let mut sql = format!("UPDATE {table} SET most_recent = 0 WHERE most_recent = 1 AND {key} IN (");
+        for n in 1..=chunk.len() {
+            if n > 1 {
+                sql.push(',');
+            }
+            placeholder(&mut sql, sqlite, n);
+        }
+        sql.push(')');
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             query = query.bind(*id);
@@ -452,6 +472,8 @@ pub struct Store {
     /// behind API reads.
     writer: AnyPool,
     max_connections: u32,
+    /// SQLite (else Postgres): the few statements whose SQL differs.
+    sqlite: bool,
 }
 
 impl Store {
@@ -463,6 +485,7 @@ impl Store {
             pool,
             writer,
             max_connections,
+            sqlite: cairn_service::sql::is_sqlite(url),
         })
     }
 
@@ -472,6 +495,7 @@ impl Store {
             pool: self.writer.clone(),
             writer: self.writer.clone(),
             max_connections: 2,
+            sqlite: self.sqlite,
         }
     }
 
@@ -509,6 +533,7 @@ impl Store {
                 .collect();
             insert_rows(
                 conn,
+                self.sqlite,
                 "INSERT INTO templates (namespace, name, version, description, source, step_count, registered_at)",
                 7,
                 rows,
@@ -530,7 +555,15 @@ impl Store {
                 .zip(&tags_json)
                 .map(|(n, tags)| task_values(&n.task, tags))
                 .collect();
-            insert_rows(conn, &format!("INSERT INTO tasks ({TASK_COLUMNS})"), 19, tasks, "").await?;
+            insert_rows(
+                conn,
+                self.sqlite,
+                &format!("INSERT INTO tasks ({TASK_COLUMNS})"),
+                19,
+                tasks,
+                "",
+            )
+            .await?;
             let tags = batch
                 .new_tasks
                 .iter()
@@ -544,14 +577,22 @@ impl Store {
                 })
                 .collect::<Vec<_>>();
             if !tags.is_empty() {
-                insert_rows(conn, "INSERT INTO task_tags (task_uuid, tag)", 2, tags, "").await?;
+                insert_rows(conn, self.sqlite, "INSERT INTO task_tags (task_uuid, tag)", 2, tags, "").await?;
             }
             let steps = batch
                 .new_tasks
                 .iter()
                 .flat_map(|n| n.steps.iter().map(step_values))
                 .collect();
-            insert_rows(conn, &format!("INSERT INTO steps ({STEP_COLUMNS})"), 19, steps, "").await?;
+            insert_rows(
+                conn,
+                self.sqlite,
+                &format!("INSERT INTO steps ({STEP_COLUMNS})"),
+                19,
+                steps,
+                "",
+            )
+            .await?;
             let edges = batch
                 .new_tasks
                 .iter()
@@ -568,6 +609,7 @@ impl Store {
             if !edges.is_empty() {
                 insert_rows(
                     conn,
+                    self.sqlite,
                     "INSERT INTO step_edges (task_uuid, parent_uuid, child_uuid)",
                     3,
                     edges,
@@ -580,7 +622,7 @@ impl Store {
             let mut ids: Vec<&str> = batch.task_transitions.iter().map(|t| t.task_uuid.as_str()).collect();
             ids.sort_unstable();
             ids.dedup();
-            clear_most_recent(conn, "task_transitions", "task_uuid", &ids).await?;
+            clear_most_recent(conn, self.sqlite, "task_transitions", "task_uuid", &ids).await?;
             let mut last: HashMap<&str, i64> = HashMap::new();
             for t in &batch.task_transitions {
                 let seq = last.entry(&t.task_uuid).or_insert(t.seq);
@@ -604,6 +646,7 @@ impl Store {
                 .collect();
             insert_rows(
                 conn,
+                self.sqlite,
                 "INSERT INTO task_transitions (transition_uuid, task_uuid, seq, from_state, to_state, reason, created_at, most_recent)",
                 8,
                 rows, "")
@@ -613,7 +656,7 @@ impl Store {
             let mut ids: Vec<&str> = batch.step_transitions.iter().map(|t| t.step_uuid.as_str()).collect();
             ids.sort_unstable();
             ids.dedup();
-            clear_most_recent(conn, "step_transitions", "step_uuid", &ids).await?;
+            clear_most_recent(conn, self.sqlite, "step_transitions", "step_uuid", &ids).await?;
             let mut last: HashMap<&str, i64> = HashMap::new();
             for t in &batch.step_transitions {
                 let seq = last.entry(&t.step_uuid).or_insert(t.seq);
@@ -645,6 +688,7 @@ impl Store {
                 .collect();
             insert_rows(
                 conn,
+                self.sqlite,
                 "INSERT INTO step_transitions (transition_uuid, audit_uuid, step_uuid, task_uuid, seq, from_state, to_state, reason, attempt, worker_uuid, performed_by, success, execution_time_ms, result, created_at, most_recent)",
                 16,
                 rows, "")
@@ -666,6 +710,7 @@ impl Store {
                 .collect();
             insert_rows(
                 conn,
+                self.sqlite,
                 &format!("INSERT INTO tasks ({TASK_COLUMNS})"),
                 19,
                 rows,
@@ -677,6 +722,7 @@ impl Store {
             let rows = batch.steps.iter().map(step_values).collect();
             insert_rows(
                 conn,
+                self.sqlite,
                 &format!("INSERT INTO steps ({STEP_COLUMNS})"),
                 19,
                 rows,
@@ -686,7 +732,15 @@ impl Store {
         }
         if !batch.dlq.is_empty() {
             let rows = batch.dlq.iter().map(dlq_values).collect();
-            insert_rows(conn, &format!("INSERT INTO dlq_entries ({DLQ_COLUMNS})"), 12, rows, "").await?;
+            insert_rows(
+                conn,
+                self.sqlite,
+                &format!("INSERT INTO dlq_entries ({DLQ_COLUMNS})"),
+                12,
+                rows,
+                "",
+            )
+            .await?;
         }
         for u in &batch.dlq_updates {
             let resolved_at = u.status.as_deref().filter(|s| *s != "pending").map(|_| u.at);
