@@ -1374,14 +1374,13 @@ impl Engine {
                     Some("manually_resolved") => Some((TaskState::ResolvedManually, "resolved by the investigation")),
                     _ => None,
                 };
-                if let Some(t) = self.tasks.get_mut(&task) {
-                    if let Some((to, why)) = verdict
-                        && state::parse_task(&t.row.state) == TaskState::BlockedByFailures
-                    {
-                        let who = update.resolved_by.as_deref().unwrap_or("an operator");
-                        move_task(t, round, to, &format!("{why} ({who})"));
-                        round.finished.push(task);
-                    }
+                if let Some(t) = self.tasks.get_mut(&task)
+                    && let Some((to, why)) = verdict
+                    && state::parse_task(&t.row.state) == TaskState::BlockedByFailures
+                {
+                    let who = update.resolved_by.as_deref().unwrap_or("an operator");
+                    move_task(t, round, to, &format!("{why} ({who})"));
+                    round.finished.push(task);
                 }
                 round.batch.dlq_updates.push(update);
                 Ok(())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cairn_client::names::ms_from_timestamp;
 use cairn_proto::tasker::v1 as pb;
-use cairn_testkit::{Process, TempDir, eventually, free_port, sqlite_url};
+use cairn_testkit::{Process, TempDir, eventually, free_port, postgres_url, sqlite_url};
 use common::*;
 use serde_json::json;
 
@@ -100,6 +100,18 @@ async fn a_worker_killed_mid_step_has_the_step_rerun_elsewhere_at_once() {
 async fn the_orchestrator_killed_mid_workflow_loses_no_task_and_leaves_none_stuck() {
     let dir = TempDir::new("orch-kill-orch");
     let db = sqlite_url(dir.path());
+    killed_mid_workflow(&dir, &db).await;
+}
+
+#[tokio::test]
+async fn the_orchestrator_killed_mid_workflow_on_postgres_loses_no_task() {
+    let Some(db) = postgres_url().await else { return };
+    let dir = TempDir::new("orch-kill-orch-pg");
+    killed_mid_workflow(&dir, &db).await;
+}
+
+async fn killed_mid_workflow(dir: &TempDir, db: &str) {
+    let db = db.to_owned();
     let port = free_port();
     let mut orch = start_orchestrator_on(Some(port), dir.path(), &db, &[]).await;
     let _worker = start_worker(dir.path(), &orch.addr, "w1", &["--concurrency", "8"]);

@@ -356,3 +356,103 @@ async fn analytics_report_percentages_and_bottlenecks() {
     assert_eq!(metric(&scrape, "cairn_orchestrator_workers"), Some(1.0));
     assert_eq!(metric(&scrape, "cairn_orchestrator_worker_capacity"), Some(16.0));
 }
+
+const TIMED: &str = "namespace: ops\nname: timed\nversion: 1.0.0\nsteps:\n  - name: nap\n    handler: demo.sleep\n    timeout_seconds: 1\n    retry:\n      max_attempts: 2\n      backoff_base_ms: 100\n";
+
+#[tokio::test]
+async fn a_step_past_its_time_limit_fails_as_timed_out_and_a_stale_task_gets_a_dlq_entry() {
+    let dir = TempDir::new("orch-limits");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(templates.join("timed.yaml"), TIMED).unwrap();
+    let templates_dir = format!("orchestrator.templates_dir={}", templates.display());
+    let orch = start_orchestrator(
+        dir.path(),
+        &sqlite_url(dir.path()),
+        &[
+            "--set",
+            &templates_dir,
+            "--set",
+            "orchestrator.staleness_threshold=2500ms",
+            "--set",
+            "orchestrator.sweep_interval=50ms",
+        ],
+    )
+    .await;
+    let _worker = start_worker(dir.path(), &orch.addr, "w1", &[]);
+    wait_workers(&orch, 1.0).await;
+    let mut c = clients(&orch.addr).await;
+
+    // Each attempt sleeps 10 s against a 1 s limit: two attempts time out,
+    // the task is held with the timeout as the DLQ entry's last error.
+    let started = std::time::Instant::now();
+    let timed = c
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            namespace: "ops".into(),
+            ..create_request("timed", json!({"sleep_ms": 10_000}))
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let updates = stream_all(&mut c, &timed.task_uuid).await;
+    assert_eq!(
+        updates.last().unwrap().task_state,
+        Some(TaskState::BlockedByFailures as i32)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "two attempts of a 1 s limit: {:?}",
+        started.elapsed()
+    );
+    let nap = step_named(&mut c, &timed.task_uuid, "nap").await;
+    assert_eq!((nap.state, nap.attempts), (StepState::Error as i32, 2));
+    let entry = c
+        .dlq
+        .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
+            task_uuid: timed.task_uuid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entry
+        .unwrap();
+    assert_eq!(entry.dlq_reason, pb::DlqReason::MaxRetriesExceeded as i32);
+    assert_eq!(
+        cairn_client::json::from_struct(entry.metadata.as_ref().unwrap())["error_type"],
+        json!("timeout")
+    );
+
+    // A task sitting in one state past the threshold gets a staleness entry.
+    let slow = create(&mut c, "slow_workflow", json!({"sleep_ms": 8_000})).await;
+    let stale = eventually(Duration::from_secs(15), "a staleness DLQ entry", || {
+        let c = clients(&orch.addr);
+        let uuid = slow.task_uuid.clone();
+        async move {
+            c.await
+                .dlq
+                .get_entry_by_task(pb::GetDlqEntryByTaskRequest { task_uuid: uuid })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().entry)
+        }
+    })
+    .await;
+    assert_eq!(stale.dlq_reason, pb::DlqReason::StalenessTimeout as i32);
+    assert!(cairn_client::json::from_struct(stale.metadata.as_ref().unwrap())["minutes_in_state"].is_number());
+    // Only one pending entry per task, however long it stays.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pending = c
+        .dlq
+        .list_entries(pb::ListDlqEntriesRequest {
+            resolution_status: Some(pb::DlqResolutionStatus::Pending as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(pending.iter().filter(|e| e.task_uuid == slow.task_uuid).count(), 1);
+}

@@ -633,3 +633,61 @@ async fn tags_filter_and_unknown_templates_and_bad_input_change_nothing() {
     let s = step_named(&mut c, &tagged.task_uuid, "linear_step_1").await;
     assert_eq!(s.state, StepState::Complete as i32);
 }
+
+/// A subscriber that stops reading falls behind the engine and is dropped;
+/// its stream catches up from the database and still delivers every
+/// transition once, in order.
+#[tokio::test]
+async fn a_stream_that_falls_behind_catches_up_from_the_database() {
+    let dir = TempDir::new("orch-lagging");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    let mut yaml = String::from("namespace: wide\nname: fan\nversion: 1.0.0\nsteps:\n");
+    for i in 0..800 {
+        yaml.push_str(&format!("  - name: s{i}\n    handler: demo.square\n"));
+    }
+    std::fs::write(templates.join("fan.yaml"), yaml).unwrap();
+    let templates_dir = format!("orchestrator.templates_dir={}", templates.display());
+    let orch = start_orchestrator(dir.path(), &sqlite_url(dir.path()), &["--set", &templates_dir]).await;
+    let _worker = start_worker(dir.path(), &orch.addr, "w1", &["--concurrency", "64"]);
+    wait_workers(&orch, 1.0).await;
+    let mut c = clients(&orch.addr).await;
+    let task = c
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            namespace: "wide".into(),
+            ..create_request("fan", json!({"even_number": 2}))
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let mut stream = c
+        .tasks
+        .stream_task_status(pb::StreamTaskStatusRequest {
+            task_uuid: task.task_uuid.clone(),
+            include_steps: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Not reading while the task runs: thousands of events pile up.
+    let uuid = task.task_uuid.clone();
+    cairn_testkit::eventually(std::time::Duration::from_secs(60), "the wide task to complete", || {
+        let c = clients(&orch.addr);
+        let uuid = uuid.clone();
+        async move {
+            let t = get_task(&mut c.await, &uuid).await.task.unwrap();
+            (t.state == TaskState::Complete as i32).then_some(())
+        }
+    })
+    .await;
+    let mut updates = Vec::new();
+    while let Some(u) = stream.message().await.unwrap() {
+        updates.push(u);
+    }
+    let (_, step_changes) = check_stream(&updates, TaskState::Complete);
+    // pending, enqueued, in_progress, enqueued_for_orchestration, complete.
+    assert_eq!(step_changes, 800 * 5, "every step transition once");
+}
