@@ -343,6 +343,35 @@ struct Round {
     identities: HashSet<String>,
 }
 
+impl Round {
+    /// Whether all the round changed is attempts that workers started: no
+    /// one waits on those, so they may ride along with the next commit
+    /// instead of costing an fsync of their own.
+    fn only_progress(&self) -> bool {
+        self.replies.is_empty()
+            && self.outbound.is_empty()
+            && self.finished.is_empty()
+            && self.snapshots.is_empty()
+            && self.cancels.is_empty()
+            && self.batch.templates.is_empty()
+            && self.batch.new_tasks.is_empty()
+            && self.batch.task_transitions.is_empty()
+            && self.batch.dlq.is_empty()
+            && self.batch.dlq_updates.is_empty()
+            && !self.batch.step_transitions.is_empty()
+            && self
+                .batch
+                .step_transitions
+                .iter()
+                .all(|t| t.to_state == state::step_name(StepState::InProgress))
+    }
+}
+
+/// Longest a round holding only started attempts waits for the next commit.
+/// Losing it in a crash loses nothing anyone was told: recovery fails and
+/// retries every attempt in flight, started or not.
+const PROGRESS_LINGER_MS: i64 = 20;
+
 /// Details recorded with a step transition.
 #[derive(Default)]
 struct StepNote {
@@ -667,22 +696,38 @@ impl Engine {
         stop: cairn_service::CancellationToken,
     ) -> anyhow::Result<()> {
         let mut commands = Vec::with_capacity(self.config.max_batch);
+        // A round of started attempts waiting to ride along, and until when.
+        let mut carried: Option<(Round, i64)> = None;
         loop {
-            let wake = self.next_wake();
-            let sleep = Duration::from_millis(u64::try_from(wake - now_ms()).unwrap_or(0));
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return Ok(()),
-                n = rx.recv_many(&mut commands, self.config.max_batch) => {
-                    if n == 0 {
-                        return Ok(());
-                    }
-                }
-                () = tokio::time::sleep(sleep) => {}
+            let mut wake = self.next_wake();
+            if let Some((_, until)) = &carried {
+                wake = wake.min(*until);
             }
-            let mut round = Round {
-                now: now_ms(),
-                ..Round::default()
+            let sleep = Duration::from_millis(u64::try_from(wake - now_ms()).unwrap_or(0));
+            let stopping = tokio::select! {
+                biased;
+                () = stop.cancelled() => true,
+                n = rx.recv_many(&mut commands, self.config.max_batch) => n == 0,
+                () = tokio::time::sleep(sleep) => false,
+            };
+            if stopping {
+                if let Some((round, _)) = carried {
+                    self.commit(round).await?;
+                }
+                return Ok(());
+            }
+            let (mut round, until) = match carried.take() {
+                Some((mut round, until)) => {
+                    round.now = now_ms();
+                    (round, Some(until))
+                }
+                None => (
+                    Round {
+                        now: now_ms(),
+                        ..Round::default()
+                    },
+                    None,
+                ),
             };
             let mut creates = Vec::new();
             for command in commands.drain(..) {
@@ -701,6 +746,11 @@ impl Engine {
                 self.next_sweep = round.now + i64::try_from(self.config.sweep_interval.as_millis()).unwrap_or(1000);
             }
             self.dispatch(&mut round);
+            if round.only_progress() && until.is_none_or(|until| round.now < until) {
+                let until = until.unwrap_or(round.now + PROGRESS_LINGER_MS);
+                carried = Some((round, until));
+                continue;
+            }
             self.commit(round).await?;
         }
     }
