@@ -109,7 +109,8 @@ enum DlqCommand {
     /// Record the outcome of an investigation.
     Resolve {
         dlq_entry_uuid: String,
-        /// manually_resolved (default), permanently_failed or cancelled.
+        /// manually_resolved (default; a held task ends resolved_manually),
+        /// permanently_failed (a held task ends in error) or cancelled.
         #[arg(long, default_value = "manually_resolved")]
         status: String,
         #[arg(long)]
