@@ -25,12 +25,14 @@ const OWN: &str = "namespace: ops\nname: nightly\nversion: 2.1.0\ndescription: F
 #[tokio::test]
 async fn templates_backpressure_dlq_and_health() {
     let dir = TempDir::new("orch-ops");
-    let templates = dir.path().join("templates");
-    std::fs::create_dir_all(&templates).unwrap();
-    std::fs::write(templates.join("nightly.yaml"), OWN).unwrap();
-    std::fs::write(templates.join("linear.yml"), CONFLICTING).unwrap();
-    std::fs::write(templates.join("notes.txt"), "not a template").unwrap();
-    let templates_dir = format!("orchestrator.templates_dir={}", templates.display());
+    let templates_dir = templates_dir(
+        dir.path(),
+        &[
+            ("nightly.yaml", OWN),
+            ("linear.yml", CONFLICTING),
+            ("notes.txt", "not a template"),
+        ],
+    );
     let orch = start_orchestrator(
         dir.path(),
         &sqlite_url(dir.path()),
@@ -186,16 +188,7 @@ async fn templates_backpressure_dlq_and_health() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
-    let pending = c
-        .dlq
-        .list_entries(pb::ListDlqEntriesRequest {
-            resolution_status: Some(pb::DlqResolutionStatus::Pending as i32),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let pending = pending_dlq(&mut c).await;
     assert_eq!(pending.len(), 1);
     let stats = c
         .dlq
@@ -362,10 +355,7 @@ const TIMED: &str = "namespace: ops\nname: timed\nversion: 1.0.0\nsteps:\n  - na
 #[tokio::test]
 async fn a_step_past_its_time_limit_fails_as_timed_out_and_a_stale_task_gets_a_dlq_entry() {
     let dir = TempDir::new("orch-limits");
-    let templates = dir.path().join("templates");
-    std::fs::create_dir_all(&templates).unwrap();
-    std::fs::write(templates.join("timed.yaml"), TIMED).unwrap();
-    let templates_dir = format!("orchestrator.templates_dir={}", templates.display());
+    let templates_dir = templates_dir(dir.path(), &[("timed.yaml", TIMED)]);
     let orch = start_orchestrator(
         dir.path(),
         &sqlite_url(dir.path()),
@@ -386,17 +376,7 @@ async fn a_step_past_its_time_limit_fails_as_timed_out_and_a_stale_task_gets_a_d
     // Each attempt sleeps 10 s against a 1 s limit: two attempts time out,
     // the task is held with the timeout as the DLQ entry's last error.
     let started = std::time::Instant::now();
-    let timed = c
-        .tasks
-        .create_task(pb::CreateTaskRequest {
-            namespace: "ops".into(),
-            ..create_request("timed", json!({"sleep_ms": 10_000}))
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let timed = create_in(&mut c, "ops", "timed", json!({"sleep_ms": 10_000})).await;
     let updates = stream_all(&mut c, &timed.task_uuid).await;
     assert_eq!(
         updates.last().unwrap().task_state,
@@ -409,16 +389,7 @@ async fn a_step_past_its_time_limit_fails_as_timed_out_and_a_stale_task_gets_a_d
     );
     let nap = step_named(&mut c, &timed.task_uuid, "nap").await;
     assert_eq!((nap.state, nap.attempts), (StepState::Error as i32, 2));
-    let entry = c
-        .dlq
-        .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
-            task_uuid: timed.task_uuid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entry
-        .unwrap();
+    let entry = dlq_entry_of(&mut c, &timed.task_uuid).await.unwrap();
     assert_eq!(entry.dlq_reason, pb::DlqReason::MaxRetriesExceeded as i32);
     assert_eq!(
         cairn_client::json::from_struct(entry.metadata.as_ref().unwrap())["error_type"],
@@ -430,29 +401,13 @@ async fn a_step_past_its_time_limit_fails_as_timed_out_and_a_stale_task_gets_a_d
     let stale = eventually(Duration::from_secs(15), "a staleness DLQ entry", || {
         let c = clients(&orch.addr);
         let uuid = slow.task_uuid.clone();
-        async move {
-            c.await
-                .dlq
-                .get_entry_by_task(pb::GetDlqEntryByTaskRequest { task_uuid: uuid })
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().entry)
-        }
+        async move { dlq_entry_of(&mut c.await, &uuid).await }
     })
     .await;
     assert_eq!(stale.dlq_reason, pb::DlqReason::StalenessTimeout as i32);
     assert!(cairn_client::json::from_struct(stale.metadata.as_ref().unwrap())["minutes_in_state"].is_number());
     // Only one pending entry per task, however long it stays.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pending = c
-        .dlq
-        .list_entries(pb::ListDlqEntriesRequest {
-            resolution_status: Some(pb::DlqResolutionStatus::Pending as i32),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let pending = pending_dlq(&mut c).await;
     assert_eq!(pending.iter().filter(|e| e.task_uuid == slow.task_uuid).count(), 1);
 }

@@ -168,16 +168,7 @@ async fn scenario(dir: &TempDir, db: &str) {
     );
     let never = step_named(&mut c, &failing.task_uuid, "never_reached").await;
     assert_eq!(StepState::try_from(never.state).unwrap(), StepState::Pending);
-    let entry = c
-        .dlq
-        .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
-            task_uuid: failing.task_uuid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entry
-        .unwrap();
+    let entry = dlq_entry_of(&mut c, &failing.task_uuid).await.unwrap();
     assert_eq!(entry.dlq_reason, pb::DlqReason::MaxRetriesExceeded as i32);
     assert_eq!(entry.resolution_status, pb::DlqResolutionStatus::Pending as i32);
     assert_eq!(entry.original_state, "blocked_by_failures");
@@ -244,16 +235,7 @@ async fn scenario(dir: &TempDir, db: &str) {
             .await
             .unwrap()
             .into_inner();
-        let entry = c
-            .dlq
-            .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
-                task_uuid: held.task_uuid.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .entry
-            .unwrap();
+        let entry = dlq_entry_of(&mut c, &held.task_uuid).await.unwrap();
         c.dlq
             .update_investigation(pb::UpdateDlqInvestigationRequest {
                 dlq_entry_uuid: entry.dlq_entry_uuid.clone(),
@@ -274,16 +256,7 @@ async fn scenario(dir: &TempDir, db: &str) {
         assert_eq!(last, Some(end as i32), "{verdict:?}");
         let task = get_task(&mut c, &held.task_uuid).await.task.unwrap();
         assert_eq!(task.state, end as i32);
-        let entry = c
-            .dlq
-            .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
-                task_uuid: held.task_uuid.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .entry
-            .unwrap();
+        let entry = dlq_entry_of(&mut c, &held.task_uuid).await.unwrap();
         assert_eq!(entry.resolution_status, verdict as i32);
         assert!(entry.resolution_timestamp.is_some());
         settled.push(held);
@@ -640,29 +613,16 @@ async fn tags_filter_and_unknown_templates_and_bad_input_change_nothing() {
 #[tokio::test]
 async fn a_stream_that_falls_behind_catches_up_from_the_database() {
     let dir = TempDir::new("orch-lagging");
-    let templates = dir.path().join("templates");
-    std::fs::create_dir_all(&templates).unwrap();
     let mut yaml = String::from("namespace: wide\nname: fan\nversion: 1.0.0\nsteps:\n");
     for i in 0..800 {
         yaml.push_str(&format!("  - name: s{i}\n    handler: demo.square\n"));
     }
-    std::fs::write(templates.join("fan.yaml"), yaml).unwrap();
-    let templates_dir = format!("orchestrator.templates_dir={}", templates.display());
+    let templates_dir = templates_dir(dir.path(), &[("fan.yaml", &yaml)]);
     let orch = start_orchestrator(dir.path(), &sqlite_url(dir.path()), &["--set", &templates_dir]).await;
     let _worker = start_worker(dir.path(), &orch.addr, "w1", &["--concurrency", "64"]);
     wait_workers(&orch, 1.0).await;
     let mut c = clients(&orch.addr).await;
-    let task = c
-        .tasks
-        .create_task(pb::CreateTaskRequest {
-            namespace: "wide".into(),
-            ..create_request("fan", json!({"even_number": 2}))
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let task = create_in(&mut c, "wide", "fan", json!({"even_number": 2})).await;
     let mut stream = c
         .tasks
         .stream_task_status(pb::StreamTaskStatusRequest {

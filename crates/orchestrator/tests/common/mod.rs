@@ -96,13 +96,56 @@ pub fn create_request(name: &str, context: Value) -> pb::CreateTaskRequest {
 }
 
 pub async fn create(c: &mut Clients, name: &str, context: Value) -> pb::Task {
+    create_in(c, "demo", name, context).await
+}
+
+/// Creates a task of `namespace/name` 1.0.0.
+pub async fn create_in(c: &mut Clients, namespace: &str, name: &str, context: Value) -> pb::Task {
     c.tasks
-        .create_task(create_request(name, context))
+        .create_task(pb::CreateTaskRequest {
+            namespace: namespace.into(),
+            ..create_request(name, context)
+        })
         .await
         .unwrap()
         .into_inner()
         .task
         .unwrap()
+}
+
+/// Writes `files` (name, text) into a templates directory under `dir`; the
+/// `--set` value that points the orchestrator at it.
+pub fn templates_dir(dir: &Path, files: &[(&str, &str)]) -> String {
+    let templates = dir.join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    for (name, text) in files {
+        std::fs::write(templates.join(name), text).unwrap();
+    }
+    format!("orchestrator.templates_dir={}", templates.display())
+}
+
+/// The task's most recent DLQ entry.
+pub async fn dlq_entry_of(c: &mut Clients, task_uuid: &str) -> Option<pb::DlqEntry> {
+    c.dlq
+        .get_entry_by_task(pb::GetDlqEntryByTaskRequest {
+            task_uuid: task_uuid.into(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().entry)
+}
+
+/// Every DLQ entry still pending.
+pub async fn pending_dlq(c: &mut Clients) -> Vec<pb::DlqEntry> {
+    c.dlq
+        .list_entries(pb::ListDlqEntriesRequest {
+            resolution_status: Some(pb::DlqResolutionStatus::Pending as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
 }
 
 /// Every update StreamTaskStatus sends for the task, until it ends.
