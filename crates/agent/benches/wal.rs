@@ -70,7 +70,7 @@ async fn run_case(dir: &Path, record_size: usize, batch: usize, producers: usize
         max_round_bytes: 8 << 20,
         queue_depth: 4096,
         wal_file_bytes: 1 << 30,
-        fsync_seconds: None,
+        timings: None,
     };
     let (partition, _) = Partition::open("bench", 0, &case, &Tenure::local(0), Default::default(), config).unwrap();
     partition

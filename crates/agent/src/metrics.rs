@@ -19,13 +19,13 @@ use cairn_service::{
     },
 };
 
-use crate::node::Node;
+use crate::{node::Node, partition::WalTimings};
 
 /// Counters and histograms the agent updates as things happen.
 #[derive(Debug, Clone)]
 pub struct AgentMetrics {
-    /// Time of each WAL fdatasync.
-    pub fsync_seconds: Histogram,
+    /// The durable-ack path's stages: queue wait, WAL write, fdatasync.
+    pub wal: WalTimings,
     /// Leases this agent took (a new tenure or a reclaim).
     pub leases_acquired: Counter,
     /// Leases this agent found lost at renewal.
@@ -43,8 +43,12 @@ pub struct AgentMetrics {
 impl Default for AgentMetrics {
     fn default() -> Self {
         AgentMetrics {
-            // 50 µs to ~400 ms.
-            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
+            // 50 µs to ~400 ms (queue waits from 10 µs).
+            wal: WalTimings {
+                queue_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
+                write_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
+                fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
+            },
             leases_acquired: Counter::default(),
             leases_lost: Counter::default(),
             partitions_given_up: Counter::default(),
@@ -58,11 +62,25 @@ impl Default for AgentMetrics {
 impl AgentMetrics {
     /// Registers everything in `metrics`.
     pub fn register(&self, metrics: &Metrics) {
-        metrics.register(
-            "cairn_agent_wal_fsync_seconds",
-            "Time of each WAL fdatasync (one per group-commit round)",
-            self.fsync_seconds.clone(),
-        );
+        for (name, help, histogram) in [
+            (
+                "cairn_agent_wal_queue_seconds",
+                "Time a produce waited in its partition's queue for a group-commit round",
+                &self.wal.queue_seconds,
+            ),
+            (
+                "cairn_agent_wal_write_seconds",
+                "Time of writing one group-commit round to the WAL",
+                &self.wal.write_seconds,
+            ),
+            (
+                "cairn_agent_wal_fsync_seconds",
+                "Time of each WAL fdatasync (one per group-commit round)",
+                &self.wal.fsync_seconds,
+            ),
+        ] {
+            metrics.register(name, help, histogram.clone());
+        }
         for (name, help, counter) in [
             (
                 "cairn_agent_leases_acquired",

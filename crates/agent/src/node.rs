@@ -524,7 +524,7 @@ impl Node {
             max_round_bytes: self.config.agent.max_round_bytes,
             queue_depth: self.config.agent.write_queue_depth,
             wal_file_bytes: self.config.agent.wal_file_bytes,
-            fsync_seconds: Some(self.metrics.fsync_seconds.clone()),
+            timings: Some(self.metrics.wal.clone()),
         };
         let (topic, dir, tenure, snapshot) = (topic.to_owned(), dir.to_owned(), tenure.clone(), snapshot.clone());
         tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer)).await?

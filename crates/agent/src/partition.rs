@@ -54,6 +54,8 @@ pub struct Appended {
 }
 
 struct Request {
+    /// When it entered the queue (the queue-wait stage).
+    queued_at: std::time::Instant,
     records: Vec<Record>,
     producer: ProducerInfo,
     ack: Ack,
@@ -211,6 +213,19 @@ pub struct Partition {
     clock: Arc<AppendClock>,
 }
 
+/// Where a durable ack's time goes, stage by stage: waiting in the
+/// partition's queue for a group-commit round, writing the round, its
+/// fdatasync.
+#[derive(Debug, Clone)]
+pub struct WalTimings {
+    /// From a request's arrival in the queue to its round starting.
+    pub queue_seconds: cairn_service::metrics::prometheus_client::metrics::histogram::Histogram,
+    /// Writing one round's frames to the WAL file.
+    pub write_seconds: cairn_service::metrics::prometheus_client::metrics::histogram::Histogram,
+    /// One round's fdatasync.
+    pub fsync_seconds: cairn_service::metrics::prometheus_client::metrics::histogram::Histogram,
+}
+
 /// Writer settings.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -221,8 +236,8 @@ pub struct WriterConfig {
     /// Start a new WAL file past this size, so files below the committed
     /// offset can be deleted.
     pub wal_file_bytes: u64,
-    /// Where each fsync's time is recorded.
-    pub fsync_seconds: Option<cairn_service::metrics::prometheus_client::metrics::histogram::Histogram>,
+    /// Where the durable-ack path's time goes (none: not recorded).
+    pub timings: Option<WalTimings>,
 }
 
 impl Partition {
@@ -328,6 +343,7 @@ impl Partition {
         }
         let (reply, answer) = oneshot::channel();
         let request = Request {
+            queued_at: std::time::Instant::now(),
             records,
             producer,
             ack: ack.unwrap_or(Ack::Durable),
@@ -538,6 +554,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if let Some(t) = &self.config.timings {
+                let started = std::time::Instant::now();
+                for request in &round {
+                    t.queue_seconds
+                        .observe(started.saturating_duration_since(request.queued_at).as_secs_f64());
+                }
+            }
             if let Err(error) = self.commit(round) {
                 tracing::error!(partition = %self.name, %error, "WAL write failed; partition stops accepting writes");
                 self.failed.store(true, Ordering::SeqCst);
@@ -653,10 +676,15 @@ impl Writer {
                 }
             }
         }
-        if !headers.is_empty()
-            && let Err(error) = self.wal.append(&frames, &headers)
-        {
-            return Err(self.fail_all(pending, error));
+        if !headers.is_empty() {
+            let started = std::time::Instant::now();
+            let written = self.wal.append(&frames, &headers);
+            if let Some(t) = &self.config.timings {
+                t.write_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            if let Err(error) = written {
+                return Err(self.fail_all(pending, error));
+            }
         }
         let mut durable = Vec::with_capacity(pending.len());
         for p in pending {
@@ -669,8 +697,8 @@ impl Writer {
         if !headers.is_empty() {
             let started = std::time::Instant::now();
             let synced = self.wal.sync();
-            if let Some(h) = &self.config.fsync_seconds {
-                h.observe(started.elapsed().as_secs_f64());
+            if let Some(t) = &self.config.timings {
+                t.fsync_seconds.observe(started.elapsed().as_secs_f64());
             }
             if let Err(error) = synced {
                 return Err(self.fail_all(durable, error));

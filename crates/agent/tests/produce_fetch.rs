@@ -284,6 +284,10 @@ async fn the_agent_exposes_its_figures_on_the_metrics_listener() {
     assert_eq!(value("cairn_agent_partitions_unrecoverable"), 0.0);
     assert!(value("cairn_agent_leases_acquired_total") >= 1.0);
     assert!(value("cairn_agent_wal_fsync_seconds_count") >= 3.0);
+    // Every produce's queue wait is recorded; a write per round.
+    assert_eq!(value("cairn_agent_wal_queue_seconds_count"), 3.0);
+    assert!(value("cairn_agent_wal_write_seconds_count") >= 3.0);
+    assert!(value("cairn_agent_wal_write_seconds_sum") > 0.0);
     assert_eq!(
         value(r#"cairn_rpc_server_requests_total{service="cairn.agent.v1.AgentService",method="Produce",code="OK"}"#),
         3.0
