@@ -395,6 +395,21 @@ async fn a_step_past_its_time_limit_fails_as_timed_out_and_a_stale_task_gets_a_d
         cairn_client::json::from_struct(entry.metadata.as_ref().unwrap())["error_type"],
         json!("timeout")
     );
+    // Resolving manually the only failed step, with nothing left to run,
+    // resolves the held task as a whole.
+    c.steps
+        .resolve_step(pb::ResolveStepRequest {
+            task_uuid: timed.task_uuid.clone(),
+            step_uuid: nap.step_uuid.clone(),
+            action_type: pb::StepManualActionType::ResolveManually as i32,
+            performed_by: "oncall".into(),
+            reason: "the nap was long enough".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let task = get_task(&mut c, &timed.task_uuid).await.task.unwrap();
+    assert_eq!(task.state, TaskState::ResolvedManually as i32);
 
     // A task sitting in one state past the threshold gets a staleness entry.
     let slow = create(&mut c, "slow_workflow", json!({"sleep_ms": 8_000})).await;
