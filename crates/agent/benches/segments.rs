@@ -169,6 +169,7 @@ async fn history_read(store: &[String]) {
     while offset < n * per {
         let page = client
             .fetch(pb::FetchRequest {
+                frames: false,
                 topic: "h".into(),
                 partition: 0,
                 offset,

@@ -208,12 +208,14 @@ impl AgentService for Api {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         check_topic_name("topic", &request.get_ref().topic)?;
         self.authorize(&request, "produce", &request.get_ref().topic)?;
-        let req = convert::Produce::try_from(request.into_inner())?;
-        convert::check_limits(&req.records, &self.limits)?;
-        let count = req.records.len() as u32;
+        let req = convert::Produce::check(request.into_inner(), &self.limits)?;
+        let count = req.count;
         let held = self.partition(&req.topic, req.partition).await?;
         self.node.ensure_dirty(&held).await?;
-        let appended = held.partition.append(req.records, req.producer, req.ack.wal()).await?;
+        let appended = held
+            .partition
+            .append(req.frame, req.count, req.producer, req.ack.wal())
+            .await?;
         if let (Some(a), convert::AckLevel::Committed) = (&appended, req.ack) {
             let end = a.base_offset + u64::from(a.count);
             let mut wait = self.limits.max_commit_wait;
@@ -286,14 +288,16 @@ impl AgentService for Api {
                 .await?;
             Fetched {
                 records,
+                frames: Vec::new(),
                 high_watermark: held.partition.high_watermark(),
                 time_floor,
             }
         } else {
-            held.partition.fetch(req.offset, max_bytes, wait).await?
+            held.partition.fetch(req.offset, max_bytes, wait, req.frames).await?
         };
         Ok(Response::new(pb::FetchResponse {
             records: fetched.records.into_iter().map(convert::stored_record).collect(),
+            frames: fetched.frames,
             high_watermark: fetched.high_watermark,
             log_start_offset: held.log_start.load(Ordering::SeqCst),
             time_floor_ms: fetched.time_floor,

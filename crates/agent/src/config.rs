@@ -93,6 +93,9 @@ pub struct AgentConfig {
     /// offset are deleted.
     #[serde(with = "cairn_service::units::bytes")]
     pub wal_file_bytes: u64,
+    /// Write WAL files into zero-filled space prepared ahead by a helper
+    /// thread (`wal_file_bytes` each), so an fdatasync changes no file size.
+    pub wal_preallocate: bool,
     /// How often each partition's retention and orphan-object sweep runs.
     #[serde(with = "cairn_service::units::duration")]
     pub retention_interval: Duration,
@@ -130,6 +133,7 @@ impl Default for AgentConfig {
             write_queue_depth: 4096,
             max_round_bytes: 8 * 1024 * 1024,
             wal_file_bytes: 64 * 1024 * 1024,
+            wal_preallocate: true,
             retention_interval: Duration::from_secs(60),
             commit_linger: Duration::from_millis(50),
             commit_linger_bytes: 4 * 1024 * 1024,

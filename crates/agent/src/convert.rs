@@ -7,11 +7,11 @@ use cairn_proto::{Timestamp, cairn::agent::v1 as pb};
 use cairn_service::names;
 
 use crate::{
-    batch::{ProducerInfo, Record, Stored},
+    batch::{self, BatchHeader, Compression, FrameBuilder, FrameLimits, ProducerInfo, Stored},
     config::Limits,
     error::Error,
     meta::{SegmentRow, TopicRow},
-    partition::{Ack, now_ms},
+    partition::Ack,
 };
 
 /// Kafka's topic name rule (`cairn_service::names`), naming `field` when broken.
@@ -50,20 +50,22 @@ impl AckLevel {
     }
 }
 
-/// A produce request, checked.
+/// A produce request, checked, its records in one version 2 frame.
 #[derive(Debug)]
 pub struct Produce {
     pub topic: String,
     pub partition: u32,
-    pub records: Vec<Record>,
+    pub frame: Vec<u8>,
+    pub count: u32,
     pub producer: ProducerInfo,
     pub ack: AckLevel,
 }
 
-impl TryFrom<pb::ProduceRequest> for Produce {
-    type Error = Error;
-
-    fn try_from(req: pb::ProduceRequest) -> Result<Self, Error> {
+impl Produce {
+    /// Checks a request against the limits: a producer's frame without
+    /// decoding it ([`batch::validate`]), or `records` encoded into a frame
+    /// here, once.
+    pub fn check(req: pb::ProduceRequest, limits: &Limits) -> Result<Self, Error> {
         check_topic_name("topic", &req.topic)?;
         let ack = match pb::AckMode::try_from(req.ack_mode) {
             Ok(pb::AckMode::Unspecified | pb::AckMode::Durable) => AckLevel::Wal(Ack::Durable),
@@ -72,41 +74,99 @@ impl TryFrom<pb::ProduceRequest> for Produce {
             Ok(pb::AckMode::Committed) => AckLevel::Committed,
             Err(_) => return Err(Error::invalid("ack_mode", "unknown ack mode")),
         };
-        if req.records.is_empty() {
-            return Err(Error::invalid("records", "at least one record is required"));
-        }
-        let producer = ProducerInfo {
+        let requested = ProducerInfo {
             producer_id: req.producer_id,
             epoch: req.producer_epoch,
             base_sequence: req.base_sequence,
         };
-        let count = req.records.len() as u64;
-        if producer.producer_id != 0 && producer.base_sequence.checked_add(count).is_none() {
+        let (frame, count, producer) = match (req.records.is_empty(), req.frame.is_empty()) {
+            (false, false) => return Err(Error::invalid("frame", "set records or frame, not both")),
+            (true, true) => return Err(Error::invalid("records", "at least one record is required")),
+            (false, true) => {
+                check_limits(&req.records, limits)?;
+                let count = req.records.len() as u32;
+                (records_frame(&req.records, requested), count, requested)
+            }
+            (true, false) => {
+                let checked = SCRATCH
+                    .with_borrow_mut(|scratch| batch::validate(&req.frame, &frame_limits(limits), scratch))
+                    .map_err(|e| Error::invalid("frame", e.to_string()))?;
+                let p = checked.producer;
+                for (field, asked, framed) in [
+                    ("producer_id", requested.producer_id, p.producer_id),
+                    ("producer_epoch", u64::from(requested.epoch), u64::from(p.epoch)),
+                    ("base_sequence", requested.base_sequence, p.base_sequence),
+                ] {
+                    if asked != 0 && asked != framed {
+                        return Err(Error::invalid(
+                            field,
+                            format!("{asked} differs from the frame's {framed}; leave it 0 or equal"),
+                        ));
+                    }
+                }
+                (req.frame, checked.count, p)
+            }
+        };
+        if producer.producer_id != 0 && producer.base_sequence.checked_add(u64::from(count)).is_none() {
             return Err(Error::invalid("base_sequence", "sequence overflows"));
         }
-        let now = now_ms();
-        let records = req
-            .records
-            .into_iter()
-            .map(|r| Record {
-                key: r.key,
-                value: r.value,
-                timestamp_ms: if r.timestamp_ms == 0 { now } else { r.timestamp_ms },
-                headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-            })
-            .collect();
         Ok(Produce {
             topic: req.topic,
             partition: req.partition,
-            records,
+            frame,
+            count,
             producer,
             ack,
         })
     }
 }
 
+thread_local! {
+    /// Where a compressed frame's records are inflated to be checked,
+    /// reused by every request a worker thread handles.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What a frame may hold, from the request limits.
+pub fn frame_limits(limits: &Limits) -> FrameLimits {
+    FrameLimits {
+        max_records: limits.max_records_per_request,
+        max_record_bytes: limits.max_record_bytes,
+        max_bytes: limits.max_request_bytes,
+    }
+}
+
+/// Records of the `records` form in one frame (a timestamp of 0 stays 0:
+/// it reads back as the append time, as in a producer's frame).
+fn records_frame(records: &[pb::Record], producer: ProducerInfo) -> Vec<u8> {
+    let mut builder = FrameBuilder::with_capacity(records.iter().map(record_len).sum());
+    for r in records {
+        builder.push(
+            r.key.as_deref(),
+            &r.value,
+            r.timestamp_ms,
+            r.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())),
+        );
+    }
+    let header = BatchHeader {
+        base_offset: 0,
+        count: builder.count(),
+        producer,
+        append_time_ms: 0,
+    };
+    builder.finish(&header, Compression::None)
+}
+
+fn record_len(r: &pb::Record) -> usize {
+    batch::record_len(
+        r.key.as_ref().map(Vec::len),
+        r.value.len(),
+        r.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())),
+    )
+}
+
 /// The request limits (record size, request size, record count).
-pub fn check_limits(records: &[Record], limits: &Limits) -> Result<(), Error> {
+pub fn check_limits(records: &[pb::Record], limits: &Limits) -> Result<(), Error> {
     if records.len() > limits.max_records_per_request {
         return Err(Error::invalid(
             "records",
@@ -115,7 +175,7 @@ pub fn check_limits(records: &[Record], limits: &Limits) -> Result<(), Error> {
     }
     let mut total = 0usize;
     for (i, record) in records.iter().enumerate() {
-        let size = record.encoded_len();
+        let size = record_len(record);
         if size > limits.max_record_bytes {
             return Err(Error::invalid(
                 format!("records[{i}]"),
@@ -206,13 +266,11 @@ mod tests {
             ack_mode: pb::AckMode::Committed as i32,
             ..Default::default()
         };
-        let produce = Produce::try_from(ok.clone()).unwrap();
+        let limits = Limits::default();
+        let produce = Produce::check(ok.clone(), &limits).unwrap();
         assert_eq!(produce.ack, AckLevel::Committed);
-        assert!(
-            produce.records[0].timestamp_ms > 0,
-            "an unset timestamp is the append time"
-        );
-        let field = |req: pb::ProduceRequest| match Produce::try_from(req) {
+        assert_eq!(produce.count, 1);
+        let field = |req: pb::ProduceRequest| match Produce::check(req, &limits) {
             Err(Error::InvalidArgument { field, .. }) => field,
             other => panic!("{other:?}"),
         };

@@ -525,6 +525,7 @@ impl Node {
             queue_depth: self.config.agent.write_queue_depth,
             wal_file_bytes: self.config.agent.wal_file_bytes,
             timings: Some(self.metrics.wal.clone()),
+            preallocate: self.config.agent.wal_preallocate,
         };
         let (topic, dir, tenure, snapshot) = (topic.to_owned(), dir.to_owned(), tenure.clone(), snapshot.clone());
         tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer)).await?

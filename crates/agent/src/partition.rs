@@ -2,9 +2,11 @@
 //! the WAL, the durable high watermark readers see, and reads.
 //!
 //! Group commit: the writer takes every append waiting in its queue, assigns
-//! dense offsets, writes all their frames with one `write`, acknowledges
-//! leader-acked requests, runs one `fdatasync`, then moves the high watermark
-//! and acknowledges durable requests. Many concurrent produces share one fsync.
+//! dense offsets by stamping each frame's header (the records inside are
+//! never decoded or re-encoded here), writes all the frames with one `write`,
+//! acknowledges leader-acked requests, runs one `fdatasync`, then moves the
+//! high watermark and acknowledges durable requests. Many concurrent produces
+//! share one fsync.
 
 use std::{
     path::Path,
@@ -18,7 +20,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    batch::{self, BatchHeader, ProducerInfo, Record, Stored},
+    batch::{self, BatchHeader, ProducerInfo, Stored},
     error::{Error, Result},
     producers::{Producers, Verdict},
     wal::{Discarded, Tenure, Wal, WalReader},
@@ -56,7 +58,9 @@ pub struct Appended {
 struct Request {
     /// When it entered the queue (the queue-wait stage).
     queued_at: std::time::Instant,
-    records: Vec<Record>,
+    /// A checked version 2 frame of `count` records, stamped by the writer.
+    frame: Vec<u8>,
+    count: u32,
     producer: ProducerInfo,
     ack: Ack,
     reply: oneshot::Sender<Result<Appended>>,
@@ -181,6 +185,8 @@ impl AppendClock {
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub records: Vec<Stored>,
+    /// Whole frames as stored, when asked for instead of records.
+    pub frames: Vec<Vec<u8>>,
     pub high_watermark: u64,
     /// Records at or above the high watermark will have append times at or
     /// above this (unix ms).
@@ -238,6 +244,8 @@ pub struct WriterConfig {
     pub wal_file_bytes: u64,
     /// Where the durable-ack path's time goes (none: not recorded).
     pub timings: Option<WalTimings>,
+    /// Write WAL files into preallocated, zero-filled space.
+    pub preallocate: bool,
 }
 
 impl Partition {
@@ -267,7 +275,10 @@ impl Partition {
             .map_or(0, |h| h.append_time_ms)
             .max(tenure.time_floor);
         let clock = Arc::new(AppendClock::new(floor));
-        let wal = recovered.wal;
+        let mut wal = recovered.wal;
+        if config.preallocate {
+            wal.preallocate(config.wal_file_bytes);
+        }
         let reader = wal.reader();
         let (hw_tx, hw_rx) = watch::channel(wal.next_offset());
         let (queue, rx) = mpsc::channel(config.queue_depth);
@@ -284,6 +295,7 @@ impl Partition {
             failed: failed.clone(),
             stats: stats.clone(),
             config,
+            round: Vec::new(),
             topic: topic.to_owned(),
             partition,
             name: format!("{topic}/{partition}"),
@@ -321,10 +333,13 @@ impl Partition {
         self.reader.start()
     }
 
-    /// Queues an append. `Ok(None)` means queued without waiting (fire and forget).
+    /// Queues an append of a checked version 2 `frame` of `count` records
+    /// (see [`batch::validate`]). `Ok(None)` means queued without waiting
+    /// (fire and forget).
     pub async fn append(
         &self,
-        records: Vec<Record>,
+        frame: Vec<u8>,
+        count: u32,
         producer: ProducerInfo,
         ack: Option<Ack>,
     ) -> Result<Option<Appended>> {
@@ -344,7 +359,8 @@ impl Partition {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             queued_at: std::time::Instant::now(),
-            records,
+            frame,
+            count,
             producer,
             ack: ack.unwrap_or(Ack::Durable),
             reply,
@@ -365,8 +381,9 @@ impl Partition {
         answer.await.map_err(|_| self.writer_stopped())?.map(Some)
     }
 
-    /// Durable records from `offset`, waiting up to `wait` for some when at the end.
-    pub async fn fetch(&self, offset: u64, max_bytes: usize, wait: Duration) -> Result<Fetched> {
+    /// Durable records from `offset` (whole frames as stored, with
+    /// `frames`), waiting up to `wait` for some when at the end.
+    pub async fn fetch(&self, offset: u64, max_bytes: usize, wait: Duration, frames: bool) -> Result<Fetched> {
         let mut hw_rx = self.high_watermark.clone();
         let mut time_floor = self.clock.floor();
         let mut hw = *hw_rx.borrow_and_update();
@@ -384,9 +401,17 @@ impl Partition {
             hw = *hw_rx.borrow();
         }
         let reader = self.reader.clone();
-        let records = tokio::task::spawn_blocking(move || reader.read(offset, hw, max_bytes)).await??;
+        let (records, frames) = tokio::task::spawn_blocking(move || -> Result<_> {
+            Ok(if frames {
+                (Vec::new(), reader.read_frames(offset, hw, max_bytes)?)
+            } else {
+                (reader.read(offset, hw, max_bytes)?, Vec::new())
+            })
+        })
+        .await??;
         Ok(Fetched {
             records,
+            frames,
             high_watermark: hw,
             time_floor,
         })
@@ -490,6 +515,8 @@ struct Writer {
     failed: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
     config: WriterConfig,
+    /// The round's frames, back to back (kept to reuse its allocation).
+    round: Vec<u8>,
     topic: String,
     partition: u32,
     /// `topic/partition`, for logs and errors.
@@ -508,9 +535,7 @@ impl Writer {
     /// Rotates a full WAL file and deletes files segments now cover. Neither
     /// failing stops appends: it is retried after the next round.
     fn tidy(&mut self) {
-        if self.wal.current_file_size() >= self.config.wal_file_bytes
-            && let Err(error) = self.wal.rotate()
-        {
+        if let Err(error) = self.wal.rotate_if_due(self.config.wal_file_bytes) {
             tracing::warn!(partition = %self.name, %error, "rotating the WAL file failed");
         }
         let committed = *self.committed.borrow();
@@ -543,7 +568,7 @@ impl Writer {
             while bytes < self.config.max_round_bytes {
                 match self.rx.try_recv() {
                     Ok(Op::Append(request)) => {
-                        bytes += request.records.iter().map(Record::encoded_len).sum::<usize>();
+                        bytes += request.frame.len();
                         round.push(request);
                     }
                     // Handled after this round, in queue order.
@@ -625,18 +650,13 @@ impl Writer {
         // Sequences are checked against a working copy that includes this
         // round's earlier batches; the real state changes only after the write.
         let mut tentative = self.producers.clone();
-        let mut frames = Vec::new();
+        let mut frames = std::mem::take(&mut self.round);
+        frames.clear();
         let mut headers = Vec::new();
         let mut pending = Vec::new();
         let mut next = self.wal.next_offset();
-        for request in round {
-            let count = request.records.len() as u32;
-            if count == 0 {
-                let _ = request
-                    .reply
-                    .send(Err(Error::invalid("records", "at least one record is required")));
-                continue;
-            }
+        for mut request in round {
+            let count = request.count;
             match tentative.check(request.producer, count) {
                 Err(error) => {
                     let _ = request.reply.send(Err(error));
@@ -658,9 +678,9 @@ impl Writer {
                         producer: request.producer,
                         append_time_ms: now,
                     };
-                    let before = frames.len();
-                    batch::encode(&header, &request.records, &mut frames);
-                    headers.push((header, (frames.len() - before) as u32));
+                    batch::stamp(&mut request.frame, next, now);
+                    frames.extend_from_slice(&request.frame);
+                    headers.push((header, request.frame.len() as u32));
                     tentative.record(request.producer, count, next, now);
                     pending.push(Pending {
                         reply: request.reply,
@@ -681,6 +701,10 @@ impl Writer {
             let written = self.wal.append(&frames, &headers);
             if let Some(t) = &self.config.timings {
                 t.write_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            // Keep the buffer for the next round unless one huge round grew it.
+            if frames.capacity() <= self.config.max_round_bytes * 2 {
+                self.round = frames;
             }
             if let Err(error) = written {
                 return Err(self.fail_all(pending, error));

@@ -284,14 +284,14 @@ impl Node {
         // workers, or every request on this agent waits behind them.
         let epoch = held.epoch;
         let built = tokio::task::spawn_blocking(move || -> Result<_> {
-            let batches = reader.read_batches(from, to)?;
+            let frames = reader.read_batches(from, to)?;
             let mut builder = SegmentBuilder::new(epoch);
-            for (header, records) in &batches {
-                builder
-                    .push(header, records)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let mut headers = Vec::with_capacity(frames.len());
+            for bytes in &frames {
+                let frame = crate::batch::frame(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+                builder.push_frame(&frame).map_err(|e| Error::Corrupt(e.to_string()))?;
+                headers.push(frame.header);
             }
-            let headers: Vec<crate::batch::BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
             let (Some(range), Some(bytes)) = (builder.offsets(), builder.finish()) else {
                 return Ok(None);
             };

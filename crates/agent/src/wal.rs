@@ -11,6 +11,15 @@
 //!
 //! Once segments cover a file's records, the writer deletes it ([`Wal::drop_below`]);
 //! reads below the WAL's start go to the segments.
+//!
+//! Files are preallocated ([`Wal::preallocate`]): a helper thread writes a
+//! spare file full of zeros ahead of time, and rotation renames it into place,
+//! so frames overwrite zeros in place and an fdatasync has no file size or
+//! extent change to write (on ext4 a 4 KiB fdatasync is then ≈ 2× faster than
+//! an appending one). Recovery finds the true end of such a file: zeros after
+//! the last valid frame are a clean end (nothing was written there); a
+//! partial or garbled frame before the zeros is a torn tail, cut off as
+//! before.
 
 use std::{
     fs::{File, OpenOptions},
@@ -24,13 +33,16 @@ use std::{
 };
 
 use crate::{
-    batch::{self, BatchHeader, FrameError, PREAMBLE, Record, Stored},
+    batch::{self, BatchHeader, FrameError, PREAMBLE, Stored},
     error::{Error, Result},
 };
 
 fn file_name(base: u64) -> String {
     format!("{base:020}.wal")
 }
+
+/// The zero-filled file the next rotation renames into place.
+const SPARE: &str = "spare.prealloc";
 
 /// Where one batch lives.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +68,14 @@ pub struct Wal {
     dir: PathBuf,
     file: File,
     file_base: u64,
+    /// Bytes of frames in the current file (where the next write goes).
     size: u64,
+    /// The current file was preallocated (zeros beyond `size`).
+    preallocated: bool,
+    /// Size of preallocated files (0: files grow as they are written).
+    prealloc_bytes: u64,
+    /// The helper thread writing the next spare.
+    spare: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     next_offset: u64,
     reader: Arc<WalReader>,
 }
@@ -203,6 +222,8 @@ struct Found {
     entries: Vec<Entry>,
     headers: Vec<BatchHeader>,
     size: u64,
+    /// Preallocated zeros follow the last frame.
+    zero_tail: bool,
     valid_len: u64,
     /// A bad frame with valid frames after it: not a torn tail.
     damage: Option<String>,
@@ -281,6 +302,12 @@ impl Wal {
     /// file is always named by the first offset it holds.
     pub fn recover(dir: &Path, tenure: &Tenure) -> Result<Recovered> {
         std::fs::create_dir_all(dir)?;
+        for leftover in [SPARE.to_owned(), format!("{SPARE}.tmp")] {
+            match std::fs::remove_file(dir.join(leftover)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
         let committed = tenure.committed;
         let mut set_aside_paths = Vec::new();
         let (bases, strays) = wal_files(dir)?;
@@ -294,9 +321,12 @@ impl Wal {
             let path = dir.join(file_name(base));
             let mut file = File::open(&path)?;
             let scanned = scan(&mut file, &path)?;
+            let file_len = file.metadata()?.len();
             found.push(Found {
                 base,
-                size: file.metadata()?.len(),
+                // Zeros after the last frame are preallocated space, not data.
+                size: if scanned.zero_tail { scanned.valid_len } else { file_len },
+                zero_tail: scanned.zero_tail && scanned.valid_len < file_len,
                 path,
                 entries: scanned.entries,
                 headers: scanned.headers,
@@ -393,7 +423,7 @@ impl Wal {
             (None, Some(end)) => end <= committed,
         };
         let mut discarded = None;
-        let (files, entries, batches, truncated) = if restart {
+        let (files, entries, batches, truncated, tail) = if restart {
             if let (Some(epoch), Some(end)) = (diverged, local_end)
                 && end > committed
             {
@@ -431,12 +461,14 @@ impl Wal {
                 Vec::new(),
                 Vec::new(),
                 0,
+                (0, false),
             )
         } else {
             let mut files = Vec::with_capacity(live.len());
             let mut entries = Vec::new();
             let mut batches = Vec::new();
             let mut truncated = 0;
+            let mut tail = (0, false);
             for f in live {
                 if f.valid_len < f.size {
                     tracing::warn!(path = %f.path.display(), bytes = f.size - f.valid_len, "truncating torn WAL tail");
@@ -448,6 +480,7 @@ impl Wal {
                 entries.extend(f.entries.into_iter().map(|e| Entry { file: f.base, ..e }));
                 batches.extend(f.headers);
                 files.push((f.base, Arc::new(File::open(&f.path)?)));
+                tail = (f.valid_len, f.zero_tail);
             }
             let start = local_start.unwrap_or(committed);
             if start > committed {
@@ -462,7 +495,7 @@ impl Wal {
             while epochs.len() > 1 && epochs[1].1 <= start {
                 epochs.remove(0);
             }
-            (files, entries, batches, truncated)
+            (files, entries, batches, truncated, tail)
         };
         let next_offset = entries.last().map_or_else(
             || files.last().map_or(committed, |(b, _)| *b),
@@ -477,9 +510,9 @@ impl Wal {
         let (last_base, _) = *files
             .last()
             .ok_or_else(|| Error::Corrupt("no WAL file after recovery".into()))?;
-        let size = std::fs::metadata(dir.join(file_name(last_base)))?.len();
+        let (size, preallocated) = tail;
         let start = entries.first().map_or(next_offset, |e| e.base_offset);
-        let file = OpenOptions::new().append(true).open(dir.join(file_name(last_base)))?;
+        let file = OpenOptions::new().write(true).open(dir.join(file_name(last_base)))?;
         let reader = Arc::new(WalReader {
             files: RwLock::new(files),
             index: RwLock::new(entries),
@@ -491,6 +524,9 @@ impl Wal {
                 file,
                 file_base: last_base,
                 size,
+                preallocated,
+                prealloc_bytes: 0,
+                spare: None,
                 next_offset,
                 reader,
             },
@@ -519,7 +555,7 @@ impl Wal {
     /// Appends encoded frames (whose headers are `headers`, in order). Not
     /// durable until [`Wal::sync`].
     pub fn append(&mut self, frames: &[u8], headers: &[(BatchHeader, u32)]) -> Result<()> {
-        self.file.write_all(frames)?;
+        self.file.write_all_at(frames, self.size)?;
         let mut position = self.size;
         let mut index = self.reader.index.write().unwrap_or_else(|p| p.into_inner());
         for (header, len) in headers {
@@ -544,29 +580,103 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts a new file at the next offset (after a [`Wal::sync`]).
+    /// Preallocates files of `bytes` from now on (0: never): starts writing
+    /// the first spare, which the writer swaps in at its next
+    /// [`Wal::rotate_if_due`].
+    pub fn preallocate(&mut self, bytes: u64) {
+        self.prealloc_bytes = bytes;
+        self.prepare_spare();
+    }
+
+    fn prepare_spare(&mut self) {
+        if self.prealloc_bytes == 0 || self.spare.is_some() {
+            return;
+        }
+        let (dir, bytes) = (self.dir.clone(), self.prealloc_bytes);
+        let spawned = std::thread::Builder::new()
+            .name("wal-prealloc".into())
+            .spawn(move || write_spare(&dir, bytes));
+        match spawned {
+            Ok(handle) => self.spare = Some(handle),
+            Err(error) => tracing::warn!(%error, "could not start preallocating a WAL file"),
+        }
+    }
+
+    /// Takes the spare if it is ready: `Some(path)` of a zero-filled file.
+    fn take_spare(&mut self) -> Option<PathBuf> {
+        if !self.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            return None;
+        }
+        match self.spare.take()?.join() {
+            Ok(Ok(())) => Some(self.dir.join(SPARE)),
+            Ok(Err(error)) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "preallocating a WAL file failed; files grow as written");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Rotates when the current file is full, or swaps in a preallocated
+    /// file as soon as one is ready when the current one is not.
+    pub fn rotate_if_due(&mut self, file_bytes: u64) -> Result<()> {
+        let swap = !self.preallocated && self.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished);
+        if self.size >= file_bytes || swap {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new file at the next offset (after a [`Wal::sync`]): the
+    /// spare when it is ready, else an empty file. An empty current file that
+    /// is not preallocated is replaced by the spare under the same name.
     pub fn rotate(&mut self) -> Result<()> {
-        if self.size == 0 {
+        if self.size == 0 && (self.preallocated || self.spare.is_none()) {
             return Ok(());
         }
         let base = self.next_offset;
         let path = self.dir.join(file_name(base));
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let replacing = self.size == 0;
+        let (file, preallocated) = match self.take_spare() {
+            Some(spare) => {
+                // Over the empty current file (same name), or as a new one.
+                std::fs::rename(&spare, &path)?;
+                (OpenOptions::new().write(true).open(&path)?, true)
+            }
+            None if replacing => return Ok(()),
+            None => (OpenOptions::new().create_new(true).write(true).open(&path)?, false),
+        };
         File::open(&self.dir)?.sync_all()?;
-        self.reader
-            .files
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((base, Arc::new(File::open(&path)?)));
+        {
+            let mut files = self.reader.files.write().unwrap_or_else(|p| p.into_inner());
+            if replacing {
+                files.retain(|(b, _)| *b != base);
+            }
+            files.push((base, Arc::new(File::open(&path)?)));
+        }
         self.file = file;
         self.file_base = base;
         self.size = 0;
+        self.preallocated = preallocated;
+        self.prepare_spare();
         Ok(())
+    }
+
+    /// Whether the current file was preallocated.
+    pub fn is_preallocated(&self) -> bool {
+        self.preallocated
     }
 
     /// Deletes every file and the epochs record: segments hold everything
     /// (a clean hand-off). The WAL must not be used afterwards.
     pub fn retire(&mut self) -> Result<()> {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+        match std::fs::remove_file(self.dir.join(SPARE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let (bases, _) = wal_files(&self.dir)?;
         for base in bases {
             std::fs::remove_file(self.dir.join(file_name(base)))?;
@@ -609,6 +719,16 @@ impl Wal {
     }
 }
 
+impl Drop for Wal {
+    /// A spare still being written is waited for: nothing writes into this
+    /// directory after its WAL is gone (a later tenure's recovery starts clean).
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+    }
+}
+
 impl WalReader {
     /// The first offset still in the WAL.
     pub fn start(&self) -> u64 {
@@ -621,42 +741,84 @@ impl WalReader {
         index[from..].iter().take_while(keep).copied().collect()
     }
 
-    fn frame(&self, entry: &Entry) -> Result<(BatchHeader, Vec<Record>)> {
-        let file = {
-            let files = self.files.read().unwrap_or_else(|p| p.into_inner());
-            files.iter().find(|(b, _)| *b == entry.file).map(|(_, f)| f.clone())
-        };
-        let file = file.ok_or(Error::ReadRace)?;
-        let mut buf = vec![0u8; entry.len as usize];
-        file.read_exact_at(&mut buf, entry.position)?;
-        let (_, body) = batch::frame(&buf).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
-        batch::decode(body).map_err(|e| Error::Corrupt(e.to_string()))
+    /// The frames of `entries` (in order), each checked, read with one
+    /// `pread` per run of entries that sit next to each other in one file.
+    fn frames(&self, entries: &[Entry]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(entries.len());
+        let mut i = 0;
+        while i < entries.len() {
+            let first = entries[i];
+            let mut j = i + 1;
+            while j < entries.len()
+                && entries[j].file == first.file
+                && entries[j].position == entries[j - 1].position + u64::from(entries[j - 1].len)
+            {
+                j += 1;
+            }
+            let file = {
+                let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+                files.iter().find(|(b, _)| *b == first.file).map(|(_, f)| f.clone())
+            };
+            let file = file.ok_or(Error::ReadRace)?;
+            let last = entries[j - 1];
+            let mut buf = vec![0u8; (last.position + u64::from(last.len) - first.position) as usize];
+            file.read_exact_at(&mut buf, first.position)?;
+            let mut at = 0usize;
+            for entry in &entries[i..j] {
+                let bytes = &buf[at..at + entry.len as usize];
+                let frame = batch::frame(bytes).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
+                if frame.len() != bytes.len() || frame.header.base_offset != entry.base_offset {
+                    return Err(Error::Corrupt(format!("at {}: not the indexed batch", entry.position)));
+                }
+                out.push(bytes.to_vec());
+                at += entry.len as usize;
+            }
+            i = j;
+        }
+        Ok(out)
     }
 
-    /// Records from `offset` up to (not including) `end`, about `max_bytes`
-    /// of them, but at least one batch's worth when any is available.
-    pub fn read(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<Stored>> {
+    fn entries_from(&self, offset: u64, end: u64, max_bytes: usize) -> Vec<Entry> {
         let mut taken = 0usize;
-        let entries = self.entries(
+        self.entries(
             |e| e.next_offset <= offset,
             |e| {
                 let fits = e.base_offset < end && (taken == 0 || taken + e.len as usize <= max_bytes);
                 taken += e.len as usize;
                 fits
             },
-        );
+        )
+    }
+
+    /// Records from `offset` up to (not including) `end`, about `max_bytes`
+    /// of them, but at least one batch's worth when any is available.
+    pub fn read(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<Stored>> {
         let mut out = Vec::new();
-        for entry in entries {
-            let (header, records) = self.frame(&entry)?;
-            out.extend(header.stored(records).filter(|s| s.offset >= offset && s.offset < end));
+        for bytes in self.frames(&self.entries_from(offset, end, max_bytes))? {
+            let frame = batch::frame(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let records = frame.records().map_err(|e| Error::Corrupt(e.to_string()))?;
+            out.extend(
+                frame
+                    .header
+                    .stored(records)
+                    .filter(|s| s.offset >= offset && s.offset < end),
+            );
         }
         Ok(out)
     }
 
-    /// Whole batches with `from <= base` and `next <= to`, in order (for segments).
-    pub fn read_batches(&self, from: u64, to: u64) -> Result<Vec<(BatchHeader, Vec<Record>)>> {
+    /// Whole frames as stored, from the one holding `offset` to the last
+    /// one that starts below `end`, about `max_bytes` of them but at least
+    /// one. The first may start below `offset`, the last end above `end`'s
+    /// batch boundary never (`end` is a batch boundary: the high watermark).
+    pub fn read_frames(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<Vec<u8>>> {
+        self.frames(&self.entries_from(offset, end, max_bytes))
+    }
+
+    /// Whole frames with `from <= base` and `next <= to`, in order (for segments).
+    pub fn read_batches(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>> {
         let entries = self.entries(|e| e.base_offset < from, |e| e.next_offset <= to);
-        entries.iter().map(|e| self.frame(e)).collect()
+        self.frames(&entries)
     }
 
     /// Bytes and the oldest append time (unix ms) of the batches in `[from, to)`.
@@ -671,6 +833,8 @@ impl WalReader {
 struct Scanned {
     entries: Vec<Entry>,
     headers: Vec<BatchHeader>,
+    /// Only zeros follow the valid prefix (preallocated space), or nothing.
+    zero_tail: bool,
     /// Length of the valid prefix.
     valid_len: u64,
     /// Damage that is not a torn tail (valid frames follow it, or offsets jump).
@@ -686,6 +850,7 @@ fn scan(file: &mut File, path: &Path) -> Result<Scanned> {
     let mut out = Scanned {
         entries: Vec::new(),
         headers: Vec::new(),
+        zero_tail: true,
         valid_len: 0,
         damage: None,
         end_after_damage: None,
@@ -716,13 +881,17 @@ fn scan(file: &mut File, path: &Path) -> Result<Scanned> {
             }
         };
         let header = match problem {
-            None => batch::frame(&buf).and_then(|(_, body)| batch::decode_header(body)),
+            None => batch::frame(&buf).map(|f| f.header),
             Some(problem) => Err(problem),
         };
         let header = match header {
             Ok(h) => h,
             Err(problem) => {
                 drop(reader);
+                out.zero_tail = rest_is_zero(file, position)?;
+                if out.zero_tail {
+                    return Ok(out);
+                }
                 if let Some(end) = later_frames_end(file, position)? {
                     out.end_after_damage = Some(end);
                     out.damage = Some(format!(
@@ -735,6 +904,7 @@ fn scan(file: &mut File, path: &Path) -> Result<Scanned> {
         };
         let expected = out.headers.last().map_or(header.base_offset, BatchHeader::next_offset);
         if header.base_offset != expected {
+            out.zero_tail = false;
             out.damage = Some(format!(
                 "{}: batch at byte {position} starts at offset {} but {expected} was expected",
                 path.display(),
@@ -769,18 +939,49 @@ fn later_frames_end(file: &mut File, position: u64) -> Result<Option<u64>> {
     let mut end = None;
     let mut i = 1;
     while i < rest.len() {
-        if rest[i..].starts_with(batch::MAGIC)
-            && let Ok((len, body)) = batch::frame(&rest[i..])
+        if (rest[i..].starts_with(batch::MAGIC) || rest[i..].starts_with(batch::MAGIC_V2))
+            && let Ok(frame) = batch::frame(&rest[i..])
         {
-            if let Ok(header) = batch::decode_header(body) {
-                end = Some(end.map_or(header.next_offset(), |e: u64| e.max(header.next_offset())));
-            }
-            i += len;
+            let next = frame.header.next_offset();
+            end = Some(end.map_or(next, |e: u64| e.max(next)));
+            i += frame.len();
         } else {
             i += 1;
         }
     }
     Ok(end)
+}
+
+/// Whether every byte of `file` from `position` on is zero (or there are none).
+fn rest_is_zero(file: &mut File, position: u64) -> Result<bool> {
+    file.seek(SeekFrom::Start(position))?;
+    let mut reader = BufReader::with_capacity(1 << 20, &mut *file);
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = read_up_to(&mut reader, &mut chunk)?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        if n < chunk.len() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Writes the spare: `bytes` of zeros, durable, under [`SPARE`].
+fn write_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{SPARE}.tmp"));
+    let file = File::create(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    while written < bytes {
+        let n = zeros.len().min((bytes - written) as usize);
+        file.write_all_at(&zeros[..n], written)?;
+        written += n as u64;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SPARE))?;
+    File::open(dir)?.sync_all()
 }
 
 fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -798,7 +999,7 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::batch::ProducerInfo;
+    use crate::batch::{ProducerInfo, Record};
 
     fn batch_at(base_offset: u64, n: u32) -> (Vec<u8>, BatchHeader) {
         let header = BatchHeader {
@@ -1163,5 +1364,156 @@ mod tests {
         let recovered = Wal::recover(dir.path(), &tenure(3, 4, false, &[(0, 2, 1), (2, 4, 2)])).unwrap();
         assert_eq!(recovered.wal.next_offset(), 6);
         assert_eq!(read_epochs(dir.path()).unwrap(), vec![(2, 2), (3, 6)]);
+    }
+
+    /// A WAL whose current file is a preallocated one (`bytes` of zeros).
+    fn preallocated(dir: &Path, bytes: u64) -> Wal {
+        let mut wal = open(dir, 0).unwrap().wal;
+        wal.preallocate(bytes);
+        for _ in 0..500 {
+            wal.rotate_if_due(u64::MAX).unwrap();
+            if wal.is_preallocated() {
+                return wal;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the spare was never ready");
+    }
+
+    #[test]
+    fn a_preallocated_file_is_written_in_place_and_recovery_finds_its_end() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = preallocated(dir.path(), 64 * 1024);
+        assert_eq!(
+            wal_files(dir.path()).unwrap().0,
+            vec![0],
+            "the empty file was replaced, same name"
+        );
+        write_batches(&mut wal, &[3, 4]);
+        let path = dir.path().join(file_name(0));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 * 1024, "written in place");
+        drop(wal);
+        let recovered = open(dir.path(), 0).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 7);
+        assert_eq!(
+            recovered.truncated, 0,
+            "zeros after the last frame are a clean end, not a torn tail"
+        );
+        assert!(recovered.wal.is_preallocated());
+        let mut wal = recovered.wal;
+        write_batches(&mut wal, &[2]);
+        drop(wal);
+        let recovered = open(dir.path(), 0).unwrap();
+        assert_eq!(
+            recovered.wal.next_offset(),
+            9,
+            "appends after recovery continue in place"
+        );
+        let records = recovered.wal.reader().read(0, 9, usize::MAX).unwrap();
+        assert_eq!(
+            records.iter().map(|s| s.offset).collect::<Vec<_>>(),
+            (0..9).collect::<Vec<_>>()
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 * 1024);
+    }
+
+    #[test]
+    fn a_torn_frame_before_the_zeros_of_a_preallocated_file_is_cut_off() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = preallocated(dir.path(), 64 * 1024);
+        write_batches(&mut wal, &[2, 2]);
+        let end = wal.current_file_size();
+        drop(wal);
+        let path = dir.path().join(file_name(0));
+        let (extra, _) = batch_at(4, 3);
+        // (A cut whose missing bytes are all zero leaves a whole frame: not torn.)
+        let last_nonzero = extra.iter().rposition(|&b| b != 0).unwrap();
+        for cut in [1, PREAMBLE - 1, PREAMBLE, PREAMBLE + 1, extra.len() / 2, last_nonzero] {
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(&extra[..cut], end).unwrap();
+            drop(file);
+            let recovered = open(dir.path(), 0).unwrap();
+            assert_eq!(recovered.wal.next_offset(), 4, "cut {cut}");
+            assert_eq!(
+                recovered.truncated,
+                64 * 1024 - end,
+                "cut {cut}: the torn part and the space after it"
+            );
+            drop(recovered);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "cut {cut}");
+            // Back to a preallocated tail for the next cut.
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(64 * 1024).unwrap();
+        }
+        // Zeros in the middle with frames after them are damage, not an end.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&extra, end + 4096).unwrap();
+        drop(file);
+        assert!(matches!(open(dir.path(), 0), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn rotation_takes_the_spare_and_recovery_reads_across_preallocated_files() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = preallocated(dir.path(), 16 * 1024);
+        for _ in 0..6 {
+            write_batches(&mut wal, &[50]);
+            // Wait for the next spare so every file is a preallocated one.
+            for _ in 0..500 {
+                if wal.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            wal.rotate_if_due(1).unwrap();
+            assert!(wal.is_preallocated());
+        }
+        let files = wal_files(dir.path()).unwrap().0;
+        assert_eq!(files, vec![0, 50, 100, 150, 200, 250, 300]);
+        drop(wal);
+        let recovered = open(dir.path(), 0).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 300);
+        assert_eq!(recovered.truncated, 0);
+        assert_eq!(recovered.wal.reader().read(0, 300, usize::MAX).unwrap().len(), 300);
+        assert!(
+            !dir.path().join(SPARE).exists(),
+            "a leftover spare is removed on recovery"
+        );
+    }
+
+    #[test]
+    fn version_1_frames_written_before_stay_readable_and_the_log_continues_in_version_2() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut old = Vec::new();
+        for (base, n) in [(0u64, 2u32), (2, 3)] {
+            let header = BatchHeader {
+                base_offset: base,
+                count: n,
+                producer: ProducerInfo::default(),
+                append_time_ms: 1,
+            };
+            let records: Vec<Record> = (0..n)
+                .map(|i| Record {
+                    value: format!("old{}", base + u64::from(i)).into_bytes(),
+                    timestamp_ms: 5,
+                    ..Default::default()
+                })
+                .collect();
+            batch::encode_v1(&header, &records, &mut old);
+        }
+        std::fs::write(dir.path().join(file_name(0)), &old).unwrap();
+        let mut wal = open(dir.path(), 0).unwrap().wal;
+        assert_eq!(wal.next_offset(), 5);
+        write_batches(&mut wal, &[2]);
+        drop(wal);
+        let wal = open(dir.path(), 0).unwrap().wal;
+        let records = wal.reader().read(0, 7, usize::MAX).unwrap();
+        assert_eq!(records.len(), 7);
+        assert_eq!(records[3].record.value, b"old3");
+        assert_eq!(records[6].record.value, b"r6");
+        let frames = wal.reader().read_frames(3, 7, usize::MAX).unwrap();
+        assert_eq!(frames.len(), 2, "from the frame holding offset 3");
+        assert_eq!(&frames[0][..4], batch::MAGIC);
+        assert_eq!(&frames[1][..4], batch::MAGIC_V2);
     }
 }

@@ -75,6 +75,7 @@ async fn produce_fetch_and_topic_admin_need_their_scopes() {
     assert!(wrong.message().contains("topics:produce:clicks"));
 
     let fetch = pb::FetchRequest {
+        frames: false,
         topic: "clicks".into(),
         partition: 0,
         offset: 0,
@@ -143,6 +144,7 @@ async fn wait_leader_with(addr: &str, reader: &str) {
             .await;
         let leads = meta.is_ok_and(|m| m.into_inner().topics[0].partitions[0].leader_address == addr);
         let probe = pb::FetchRequest {
+            frames: false,
             topic: "clicks".into(),
             partition: 0,
             offset: 0,

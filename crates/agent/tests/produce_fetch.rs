@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use cairn_log::batch::{BatchHeader, Compression, FrameBuilder, ProducerInfo};
 use cairn_proto::cairn::agent::v1 as pb;
 use cairn_service::status;
 use common::*;
@@ -119,6 +120,7 @@ async fn fetch_at_the_end_waits_for_new_records() {
         let page = agent(&addr)
             .await
             .fetch(pb::FetchRequest {
+                frames: false,
                 topic: "t".into(),
                 partition: 0,
                 offset: 0,
@@ -146,6 +148,7 @@ async fn fetch_at_the_end_waits_for_new_records() {
     let past = agent(&a.addr)
         .await
         .fetch(pb::FetchRequest {
+            frames: false,
             topic: "t".into(),
             partition: 0,
             offset: 99,
@@ -246,6 +249,292 @@ async fn bad_input_is_refused_precisely_and_appends_nothing() {
             .topics
             .len(),
         1
+    );
+}
+
+/// One record as a reader sees it, whichever form wrote it and however it was read.
+type Seen = (u64, Option<Vec<u8>>, Vec<u8>, i64, Vec<(String, Vec<u8>)>, i64);
+
+fn seen_from_records(records: Vec<pb::StoredRecord>) -> Vec<Seen> {
+    records
+        .into_iter()
+        .map(|r| {
+            let headers = r.headers.into_iter().map(|h| (h.key, h.value)).collect();
+            (r.offset, r.key, r.value, r.timestamp_ms, headers, r.append_time_ms)
+        })
+        .collect()
+}
+
+/// The whole partition read with Fetch `frames`, decoded as a client would.
+async fn read_all_frames(addr: &str, topic: &str, partition: u32) -> Vec<Seen> {
+    let mut client = agent(addr).await;
+    let mut out: Vec<Seen> = Vec::new();
+    loop {
+        let page = client
+            .fetch(pb::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset: out.len() as u64,
+                max_bytes: 300,
+                frames: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.records.is_empty(), "from the WAL the agent answers with frames");
+        if page.frames.is_empty() {
+            assert_eq!(page.high_watermark, out.len() as u64);
+            return out;
+        }
+        let stored = cairn_log::batch::stored_from_frames(&page.frames, out.len() as u64).unwrap();
+        out.extend(stored.into_iter().map(|s| {
+            let r = s.record;
+            (s.offset, r.key, r.value, r.timestamp_ms, r.headers, s.append_time_ms)
+        }));
+    }
+}
+
+fn frame_of(records: &[pb::Record], producer: ProducerInfo, compression: Compression) -> Vec<u8> {
+    let mut builder = FrameBuilder::with_capacity(0);
+    for r in records {
+        builder.push(
+            r.key.as_deref(),
+            &r.value,
+            r.timestamp_ms,
+            r.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())),
+        );
+    }
+    let header = BatchHeader {
+        base_offset: 0,
+        count: builder.count(),
+        producer,
+        append_time_ms: 0,
+    };
+    builder.finish(&header, compression)
+}
+
+/// Three records of every shape: keyed or not, headers, own timestamp or none.
+fn varied(tag: &str) -> Vec<pb::Record> {
+    vec![
+        pb::Record {
+            key: Some(format!("k-{tag}").into_bytes()),
+            value: format!("{tag}: {}", "compressible ".repeat(20)).into_bytes(),
+            timestamp_ms: 1_700_000_000_000,
+            headers: vec![pb::Header {
+                key: "h".into(),
+                value: tag.as_bytes().to_vec(),
+            }],
+        },
+        pb::Record {
+            key: None,
+            value: format!("{tag}-2").into_bytes(),
+            timestamp_ms: 0,
+            headers: vec![],
+        },
+        pb::Record {
+            key: Some(vec![]),
+            value: vec![],
+            timestamp_ms: -7,
+            headers: vec![
+                pb::Header {
+                    key: String::new(),
+                    value: vec![],
+                },
+                pb::Header {
+                    key: "ü".into(),
+                    value: vec![0, 1, 2],
+                },
+            ],
+        },
+    ]
+}
+
+#[tokio::test]
+async fn records_and_frame_clients_share_a_partition_exactly_once_in_order() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &[]).await;
+    create_topic(&a.addr, "mixed", 1).await;
+    wait_leader(&a.addr, "mixed", 0).await;
+    let mut client = agent(&a.addr).await;
+    let identity = |name: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .init_producer(pb::InitProducerRequest { name: name.into() })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let old = identity("records-client").await;
+    let new = identity("frame-client").await;
+    let mut expected: Vec<pb::Record> = Vec::new();
+    let codecs = [Compression::None, Compression::Lz4, Compression::Zstd];
+    for round in 0..12u64 {
+        let records = varied(&format!("old{round}"));
+        let ack = client
+            .produce(pb::ProduceRequest {
+                topic: "mixed".into(),
+                records: records.clone(),
+                producer_id: old.producer_id,
+                producer_epoch: old.producer_epoch,
+                base_sequence: round * 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.base_offset, expected.len() as u64);
+        expected.extend(records);
+
+        let records = varied(&format!("new{round}"));
+        let producer = ProducerInfo {
+            producer_id: new.producer_id,
+            epoch: new.producer_epoch,
+            base_sequence: round * 3,
+        };
+        let request = pb::ProduceRequest {
+            topic: "mixed".into(),
+            frame: frame_of(&records, producer, codecs[round as usize % 3]),
+            ..Default::default()
+        };
+        let ack = client.produce(request.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            (ack.base_offset, ack.count, ack.duplicate),
+            (expected.len() as u64, 3, false)
+        );
+        // A retry of the same frame is a duplicate with the original offsets.
+        let again = client.produce(request).await.unwrap().into_inner();
+        assert!(again.duplicate);
+        assert_eq!(again.base_offset, ack.base_offset);
+        expected.extend(records);
+
+        // A non-idempotent frame client too.
+        let records = varied(&format!("plain{round}"));
+        client
+            .produce(pb::ProduceRequest {
+                topic: "mixed".into(),
+                frame: frame_of(&records, ProducerInfo::default(), codecs[(round as usize + 1) % 3]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        expected.extend(records);
+    }
+
+    let by_records = seen_from_records(read_all(&a.addr, "mixed", 0).await);
+    assert_eq!(
+        by_records.len(),
+        expected.len(),
+        "every record once, duplicates not appended"
+    );
+    for (i, (seen, want)) in by_records.iter().zip(&expected).enumerate() {
+        let (offset, key, value, ts, headers, append) = seen;
+        assert_eq!(*offset, i as u64, "dense and in order");
+        assert_eq!((key, value), (&want.key, &want.value), "record {i}");
+        let want_headers: Vec<(String, Vec<u8>)> =
+            want.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+        assert_eq!(headers, &want_headers, "record {i}");
+        let want_ts = if want.timestamp_ms == 0 {
+            *append
+        } else {
+            want.timestamp_ms
+        };
+        assert_eq!(*ts, want_ts, "record {i}: a timestamp of 0 reads as the append time");
+    }
+    assert!(
+        by_records.windows(2).all(|w| w[0].5 <= w[1].5),
+        "append times never go back"
+    );
+    let by_frames = read_all_frames(&a.addr, "mixed", 0).await;
+    assert_eq!(
+        by_frames, by_records,
+        "both read forms give the same records, field for field"
+    );
+}
+
+#[tokio::test]
+async fn bad_frames_are_refused_precisely_and_append_nothing() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &["--set", "limits.max_record_bytes=1000"]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let good = frame_of(&varied("x"), ProducerInfo::default(), Compression::Lz4);
+    client
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            frame: good.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let with = |frame: Vec<u8>| pb::ProduceRequest {
+        topic: "t".into(),
+        frame,
+        ..Default::default()
+    };
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let mut v1 = Vec::new();
+    cairn_log::batch::encode_v1(
+        &BatchHeader {
+            base_offset: 0,
+            count: 1,
+            producer: ProducerInfo::default(),
+            append_time_ms: 0,
+        },
+        &[cairn_log::batch::Record::default()],
+        &mut v1,
+    );
+    let big = frame_of(
+        &[pb::Record {
+            value: vec![1; 2000],
+            ..Default::default()
+        }],
+        ProducerInfo::default(),
+        Compression::Zstd,
+    );
+    let cases: Vec<(pb::ProduceRequest, &str, &str)> = vec![
+        (with(flipped), "frame", "checksum"),
+        (with(good[..good.len() - 3].to_vec()), "frame", "truncated"),
+        (with(v1), "frame", "version 1"),
+        (with(big), "frame", "larger than the 1000 byte limit"),
+        (with(b"not a frame at all".to_vec()), "frame", "magic"),
+        (
+            pb::ProduceRequest {
+                records: records(&["x".into()]),
+                ..with(good.clone())
+            },
+            "frame",
+            "not both",
+        ),
+        (
+            pb::ProduceRequest {
+                producer_id: 99,
+                ..with(good)
+            },
+            "producer_id",
+            "differs",
+        ),
+    ];
+    for (request, field, words) in cases {
+        let error = client.produce(request).await.unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+        let violations = status::field_violations(&error);
+        assert_eq!(violations[0].0, field, "{error:?}");
+        assert!(
+            violations[0].1.contains(words),
+            "{:?} does not say {words:?}",
+            violations[0].1
+        );
+    }
+    assert_eq!(
+        read_all(&a.addr, "t", 0).await.len(),
+        3,
+        "no bad frame appended anything"
     );
 }
 

@@ -454,6 +454,7 @@ async fn retention_deletes_whole_old_segments_and_orphaned_objects() {
     // Reads: below the log start is out of range; from it, records are there.
     let below = client
         .fetch(pb::FetchRequest {
+            frames: false,
             topic: "t".into(),
             partition: 0,
             offset: 0,
@@ -465,6 +466,7 @@ async fn retention_deletes_whole_old_segments_and_orphaned_objects() {
     assert_eq!(below.code(), Code::OutOfRange);
     let page = client
         .fetch(pb::FetchRequest {
+            frames: false,
             topic: "t".into(),
             partition: 0,
             offset: start,
@@ -639,6 +641,7 @@ async fn a_fetch_below_the_wal_fills_max_bytes_across_segments() {
     let page = agent(&a.addr)
         .await
         .fetch(pb::FetchRequest {
+            frames: false,
             topic: "t".into(),
             partition: 0,
             offset: 3,
@@ -661,6 +664,7 @@ async fn a_fetch_below_the_wal_fills_max_bytes_across_segments() {
     let small = agent(&a.addr)
         .await
         .fetch(pb::FetchRequest {
+            frames: false,
             topic: "t".into(),
             partition: 0,
             offset: 3,

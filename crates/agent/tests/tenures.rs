@@ -203,6 +203,7 @@ async fn serving_leaders(any: &str, partitions: u32) -> Vec<String> {
                     break;
                 }
                 let probe = pb::FetchRequest {
+                    frames: false,
                     topic: "t".into(),
                     partition: p as u32,
                     offset: 0,

@@ -450,6 +450,9 @@ impl LogReader {
         let mut agent = self.agent(&leader)?;
         let response = agent
             .fetch(pb::FetchRequest {
+                // Whole frames as the log stores them: the agent reads and
+                // sends bytes, this reader decodes (records only from segments).
+                frames: true,
                 topic: topic.to_owned(),
                 partition,
                 offset,
@@ -458,7 +461,12 @@ impl LogReader {
             })
             .await?
             .into_inner();
-        let records: Vec<Stored> = response.records.into_iter().map(stored).collect();
+        let records: Vec<Stored> = if response.frames.is_empty() {
+            response.records.into_iter().map(stored).collect()
+        } else {
+            cairn_log::batch::stored_from_frames(&response.frames, offset)
+                .map_err(|e| Status::data_loss(format!("{topic}/{partition}: a fetched batch frame is damaged: {e}")))?
+        };
         let next = records.last().map_or(offset, |s| s.offset + 1);
         self.stats
             .from_leaders

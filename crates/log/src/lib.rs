@@ -6,4 +6,5 @@
 
 pub mod batch;
 pub mod segment;
+#[cfg(feature = "store")]
 pub mod store;

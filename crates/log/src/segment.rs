@@ -4,8 +4,10 @@
 //! with three range reads (footer, index, block) and no agent.
 //!
 //! ```text
-//! block*   LZ4 (size-prepended) of whole batch frames, about BLOCK_BYTES raw each
-//! index    one entry per block (see `BlockEntry::SIZE`)
+//! block*   whole batch frames, about BLOCK_BYTES raw each: LZ4 (size-prepended)
+//!          of the frames, or the frames as they are when a block is `stored`
+//!          (frames whose producer compressed them are never compressed again)
+//! index    one entry per block (see `BlockEntry::SIZE`; version 1: without flags)
 //! footer   FOOTER_SIZE bytes, last in the file:
 //!          index_pos u64 | index_len u32 | index_crc u32 | base_offset u64 |
 //!          next_offset u64 | records u64 | min_ts i64 | max_ts i64 |
@@ -13,16 +15,17 @@
 //! ```
 //!
 //! Inside a block the batch frames keep their own CRCs; the index carries a
-//! CRC of each compressed block. Decoding never panics on any bytes.
+//! CRC of each block as stored. Decoding never panics on any bytes. Version 1
+//! segments (no flags, every block LZ4) are still read.
 
 use std::ops::Range;
 
-use crate::batch::{self, BatchHeader, Record, Stored};
+use crate::batch::{self, BatchHeader, Compression, Frame, Record, Stored};
 
 /// The last four bytes of every segment.
 pub const MAGIC: &[u8; 4] = b"CSEG";
 /// Format version written.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes of the footer.
 pub const FOOTER_SIZE: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 8 + 4 + 4 + 4;
 /// Raw bytes gathered into one compressed block.
@@ -50,6 +53,8 @@ pub struct Footer {
     pub max_ts: i64,
     /// Lease epoch of the holder that wrote it.
     pub epoch: u64,
+    /// The format version (1 or 2).
+    pub version: u32,
 }
 
 /// Where one block is and what it holds.
@@ -63,10 +68,19 @@ pub struct BlockEntry {
     pub len: u32,
     pub raw_len: u32,
     crc: u32,
+    /// The frames as they are, not LZ4-compressed (they were compressed by their producer).
+    pub stored: bool,
 }
 
+const FLAG_STORED: u32 = 1;
+
 impl BlockEntry {
-    const SIZE: usize = 8 * 5 + 4 * 3;
+    const SIZE_V1: usize = 8 * 5 + 4 * 3;
+    const SIZE: usize = Self::SIZE_V1 + 4;
+
+    fn size(version: u32) -> usize {
+        if version == 1 { Self::SIZE_V1 } else { Self::SIZE }
+    }
 
     /// The byte range of the compressed block in the segment.
     pub fn range(&self) -> Range<u64> {
@@ -83,7 +97,8 @@ impl BlockEntry {
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        for v in [self.len, self.raw_len, self.crc] {
+        let flags = if self.stored { FLAG_STORED } else { 0 };
+        for v in [self.len, self.raw_len, self.crc, flags] {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
@@ -114,16 +129,15 @@ impl SegmentBuilder {
 
     /// Adds a batch; batches must be contiguous in offset.
     pub fn push(&mut self, header: &BatchHeader, records: &[Record]) -> Result<(), SegmentError> {
-        let min_ts = records
-            .iter()
-            .map(|r| r.timestamp_ms)
-            .min()
-            .unwrap_or(header.append_time_ms);
-        let max_ts = records
-            .iter()
-            .map(|r| r.timestamp_ms)
-            .max()
-            .unwrap_or(header.append_time_ms);
+        let mut frame = Vec::new();
+        batch::encode(header, records, &mut frame);
+        self.push_frame(&batch::frame(&frame).map_err(|e| damaged(e.to_string()))?)
+    }
+
+    /// Adds a checked frame as it is; frames must be contiguous in offset.
+    pub fn push_frame(&mut self, frame: &Frame<'_>) -> Result<(), SegmentError> {
+        let header = &frame.header;
+        let (min_ts, max_ts) = frame.timestamps().map_err(|e| damaged(e.to_string()))?;
         match &mut self.footer {
             Some((_, next, count, lo, hi)) => {
                 if header.base_offset != *next {
@@ -147,6 +161,10 @@ impl SegmentBuilder {
                 ))
             }
         }
+        let stored = frame.compression() != Compression::None;
+        if self.block.is_some_and(|b| b.stored != stored) {
+            self.seal_block();
+        }
         let block = self.block.get_or_insert(BlockEntry {
             first_offset: header.base_offset,
             next_offset: header.base_offset,
@@ -156,11 +174,12 @@ impl SegmentBuilder {
             len: 0,
             raw_len: 0,
             crc: 0,
+            stored,
         });
         block.next_offset = header.next_offset();
         block.min_ts = block.min_ts.min(min_ts);
         block.max_ts = block.max_ts.max(max_ts);
-        batch::encode(header, records, &mut self.raw);
+        self.raw.extend_from_slice(frame.bytes());
         if self.raw.len() >= BLOCK_BYTES {
             self.seal_block();
         }
@@ -169,12 +188,18 @@ impl SegmentBuilder {
 
     fn seal_block(&mut self) {
         let Some(mut entry) = self.block.take() else { return };
-        let compressed = lz4_flex::compress_prepend_size(&self.raw);
         entry.pos = self.out.len() as u64;
-        entry.len = compressed.len() as u32;
         entry.raw_len = self.raw.len() as u32;
-        entry.crc = crc32fast::hash(&compressed);
-        self.out.extend_from_slice(&compressed);
+        if entry.stored {
+            entry.len = self.raw.len() as u32;
+            entry.crc = crc32fast::hash(&self.raw);
+            self.out.extend_from_slice(&self.raw);
+        } else {
+            let compressed = lz4_flex::compress_prepend_size(&self.raw);
+            entry.len = compressed.len() as u32;
+            entry.crc = crc32fast::hash(&compressed);
+            self.out.extend_from_slice(&compressed);
+        }
         self.index.push(entry);
         self.raw.clear();
     }
@@ -234,7 +259,7 @@ pub fn read_footer(tail: &[u8]) -> Result<Footer, SegmentError> {
         return Err(damaged("footer checksum mismatch"));
     }
     let version = u32_at(f, crc_at - 4);
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(damaged(format!("unknown version {version}")));
     }
     let footer = Footer {
@@ -247,8 +272,10 @@ pub fn read_footer(tail: &[u8]) -> Result<Footer, SegmentError> {
         min_ts: u64_at(f, 40) as i64,
         max_ts: u64_at(f, 48) as i64,
         epoch: u64_at(f, 56),
+        version,
     };
-    if footer.next_offset < footer.base_offset || !(footer.index_len as usize).is_multiple_of(BlockEntry::SIZE) {
+    if footer.next_offset < footer.base_offset || !(footer.index_len as usize).is_multiple_of(BlockEntry::size(version))
+    {
         return Err(damaged("impossible footer"));
     }
     Ok(footer)
@@ -272,7 +299,7 @@ pub fn read_index(footer: &Footer, bytes: &[u8]) -> Result<Vec<BlockEntry>, Segm
         return Err(damaged("index checksum mismatch"));
     }
     let entries: Vec<BlockEntry> = bytes
-        .chunks_exact(BlockEntry::SIZE)
+        .chunks_exact(BlockEntry::size(footer.version))
         .map(|c| BlockEntry {
             first_offset: u64_at(c, 0),
             next_offset: u64_at(c, 8),
@@ -282,6 +309,7 @@ pub fn read_index(footer: &Footer, bytes: &[u8]) -> Result<Vec<BlockEntry>, Segm
             len: u32_at(c, 40),
             raw_len: u32_at(c, 44),
             crc: u32_at(c, 48),
+            stored: footer.version >= 2 && u32_at(c, 52) & FLAG_STORED != 0,
         })
         .collect();
     let dense = entries.windows(2).all(|w| w[0].next_offset == w[1].first_offset);
@@ -309,22 +337,28 @@ pub fn read_block(entry: &BlockEntry, compressed: &[u8]) -> Result<Vec<Stored>, 
     if compressed.len() != entry.len as usize || crc32fast::hash(compressed) != entry.crc {
         return Err(damaged("block checksum mismatch"));
     }
-    let raw = lz4_flex::decompress_size_prepended(compressed).map_err(|e| damaged(e.to_string()))?;
+    let inflated;
+    let raw = if entry.stored {
+        compressed
+    } else {
+        inflated = lz4_flex::decompress_size_prepended(compressed).map_err(|e| damaged(e.to_string()))?;
+        &inflated[..]
+    };
     if raw.len() != entry.raw_len as usize {
         return Err(damaged("block size mismatch"));
     }
     let mut out = Vec::new();
-    let mut rest = &raw[..];
+    let mut rest = raw;
     let mut expected = entry.first_offset;
     while !rest.is_empty() {
-        let (len, body) = batch::frame(rest).map_err(|e| damaged(e.to_string()))?;
-        let (header, records) = batch::decode(body).map_err(|e| damaged(e.to_string()))?;
+        let frame = batch::frame(rest).map_err(|e| damaged(e.to_string()))?;
+        let header = frame.header;
         if header.base_offset != expected {
             return Err(damaged("batches in a block are not contiguous"));
         }
         expected = header.next_offset();
-        out.extend(header.stored(records));
-        rest = &rest[len..];
+        out.extend(header.stored(frame.records().map_err(|e| damaged(e.to_string()))?));
+        rest = &rest[frame.len()..];
     }
     if expected != entry.next_offset {
         return Err(damaged("block ends at the wrong offset"));
@@ -449,5 +483,102 @@ mod tests {
         assert!(b.push(&h(5), &[Record::default()]).is_err());
         assert_eq!(b.offsets(), Some(0..1));
         assert!(SegmentBuilder::new(1).finish().is_none());
+    }
+
+    #[test]
+    fn frames_compressed_by_their_producer_are_stored_as_they_are() {
+        let mut b = SegmentBuilder::new(3);
+        let mut frames = Vec::new();
+        for (i, compression) in [
+            Compression::None,
+            Compression::Zstd,
+            Compression::Lz4,
+            Compression::None,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut fb = batch::FrameBuilder::with_capacity(0);
+            for j in 0..50 {
+                fb.push(None, format!("{i}-{j:0>40}").as_bytes(), 0, std::iter::empty());
+            }
+            let header = BatchHeader {
+                base_offset: 10 + 50 * i as u64,
+                count: 50,
+                producer: ProducerInfo::default(),
+                append_time_ms: 1_000 + i as i64,
+            };
+            let frame = fb.finish(&header, compression);
+            b.push_frame(&batch::frame(&frame).unwrap()).unwrap();
+            frames.push(frame);
+        }
+        let seg = b.finish().unwrap();
+        for f in &frames[1..3] {
+            assert!(
+                seg.windows(f.len()).any(|w| w == &f[..]),
+                "a compressed frame is in the segment byte for byte"
+            );
+        }
+        let footer = read_footer(&seg).unwrap();
+        assert_eq!(
+            (footer.min_ts, footer.max_ts),
+            (1_000, 1_003),
+            "timestamps of 0 are append times"
+        );
+        let range = index_range(&footer, seg.len() as u64).unwrap();
+        let index = read_index(&footer, &seg[range.start as usize..range.end as usize]).unwrap();
+        assert_eq!(
+            index.iter().map(|e| e.stored).collect::<Vec<_>>(),
+            [false, true, false],
+            "stored frames get a block of their own"
+        );
+        let records = read_all(&seg);
+        assert_eq!(records.len(), 200);
+        assert!(records.iter().enumerate().all(|(i, s)| s.offset == 10 + i as u64));
+        assert_eq!(records[60].record.value, format!("1-{:0>40}", 10).into_bytes());
+        assert_eq!(records[60].record.timestamp_ms, 1_001);
+    }
+
+    /// The same segment in version 1 (every block LZ4, no flags in the index).
+    fn as_version_1(seg: &[u8]) -> Vec<u8> {
+        let footer = read_footer(seg).unwrap();
+        let range = index_range(&footer, seg.len() as u64).unwrap();
+        let index = read_index(&footer, &seg[range.start as usize..range.end as usize]).unwrap();
+        assert!(index.iter().all(|e| !e.stored));
+        let mut out = seg[..footer.index_pos as usize].to_vec();
+        let mut v1_index = Vec::new();
+        for e in &index {
+            let mut entry = Vec::new();
+            e.encode(&mut entry);
+            v1_index.extend_from_slice(&entry[..BlockEntry::SIZE_V1]);
+        }
+        out.extend_from_slice(&v1_index);
+        let start = out.len();
+        out.extend_from_slice(&footer.index_pos.to_le_bytes());
+        out.extend_from_slice(&(v1_index.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&v1_index).to_le_bytes());
+        for v in [
+            footer.base_offset,
+            footer.next_offset,
+            footer.records,
+            footer.min_ts as u64,
+            footer.max_ts as u64,
+            footer.epoch,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(MAGIC);
+        out
+    }
+
+    #[test]
+    fn version_1_segments_stay_readable() {
+        let seg = build(50, 10, 20);
+        let v1 = as_version_1(&seg);
+        assert_eq!(read_footer(&v1).unwrap().version, 1);
+        assert_eq!(read_all(&v1), read_all(&seg));
     }
 }

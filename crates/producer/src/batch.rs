@@ -9,7 +9,8 @@ use std::{
     time::Instant,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use cairn_log::batch::{BatchHeader, Compression, FrameBuilder, ProducerInfo};
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
@@ -198,7 +199,8 @@ impl Future for Delivery {
 /// A batch still taking records.
 #[derive(Debug)]
 pub struct OpenBatch {
-    records: BytesMut,
+    records: FrameBuilder,
+    compression: Compression,
     count: u32,
     created: Instant,
     reservation: Reservation,
@@ -210,13 +212,20 @@ impl OpenBatch {
     /// An empty batch holding `reservation`, tracked by `ticket` until it ends.
     pub fn new(reservation: Reservation, capacity: usize, ticket: Option<Ticket>) -> Self {
         OpenBatch {
-            records: BytesMut::with_capacity(capacity),
+            records: FrameBuilder::with_capacity(capacity),
+            compression: Compression::None,
             count: 0,
             created: Instant::now(),
             reservation,
             completion: Arc::new(Completion::default()),
             ticket,
         }
+    }
+
+    /// Compresses the batch's records with `compression` when it is sealed.
+    pub fn compressed(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Adds a record (its memory already reserved) and returns what to wait on.
@@ -241,9 +250,9 @@ impl OpenBatch {
         }
     }
 
-    /// Encoded bytes so far.
+    /// Encoded bytes of records so far.
     pub fn bytes(&self) -> usize {
-        self.records.len()
+        self.records.len() - cairn_log::batch::V2_FIXED
     }
 
     /// Records so far.
@@ -256,10 +265,17 @@ impl OpenBatch {
         self.created
     }
 
-    /// Closes the batch to further records.
+    /// Closes the batch to further records: its frame is finished (and
+    /// compressed) now, once; the producer fields are filled in per attempt.
     pub fn seal(self) -> Batch {
+        let header = BatchHeader {
+            base_offset: 0,
+            count: self.count,
+            producer: ProducerInfo::default(),
+            append_time_ms: 0,
+        };
         Batch {
-            records: self.records.freeze(),
+            frame: Bytes::from(self.records.finish(&header, self.compression)),
             count: self.count,
             created: self.created,
             _reservation: self.reservation,
@@ -272,7 +288,8 @@ impl OpenBatch {
 /// A batch ready to send: immutable from here on.
 #[derive(Debug)]
 pub struct Batch {
-    pub records: Bytes,
+    /// The finished frame, producer fields 0.
+    pub frame: Bytes,
     pub count: u32,
     pub created: Instant,
     _reservation: Reservation,

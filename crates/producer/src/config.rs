@@ -45,16 +45,34 @@ impl std::str::FromStr for Acks {
     }
 }
 
-/// How Produce requests are compressed on the wire (gRPC message compression;
-/// the agent decompresses before anything else sees the records).
+/// How batches are compressed. LZ4 and zstd compress each batch's records
+/// inside its frame, once, here: the agent stores the frame as it came, and
+/// readers decompress (a batch that would not shrink is sent as it is).
+/// gzip compresses the whole gRPC message instead, which the agent undoes on
+/// receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     /// Sent as encoded. The default: records are often small or already compressed,
     /// and on a fast network compression costs more CPU than it saves.
     #[default]
     None,
-    /// gzip: worth it for compressible records over a slow or metered link.
+    /// gzip of the gRPC message: for clients and links that expect it.
     Gzip,
+    /// LZ4 per batch: cheap; stays compressed in the WAL and in segments.
+    Lz4,
+    /// zstd per batch: smaller than LZ4 for more CPU; stays compressed too.
+    Zstd,
+}
+
+impl Compression {
+    /// The frame compression this setting asks for.
+    pub fn frame(self) -> cairn_log::batch::Compression {
+        match self {
+            Compression::Lz4 => cairn_log::batch::Compression::Lz4,
+            Compression::Zstd => cairn_log::batch::Compression::Zstd,
+            Compression::None | Compression::Gzip => cairn_log::batch::Compression::None,
+        }
+    }
 }
 
 impl std::str::FromStr for Compression {
@@ -64,7 +82,9 @@ impl std::str::FromStr for Compression {
         match s {
             "none" => Ok(Compression::None),
             "gzip" => Ok(Compression::Gzip),
-            other => Err(format!("unknown compression {other:?} (none, gzip)")),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(format!("unknown compression {other:?} (none, gzip, lz4, zstd)")),
         }
     }
 }

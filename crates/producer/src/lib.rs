@@ -310,6 +310,7 @@ impl Shared {
         let limits = BatchLimits {
             bytes: self.config.batch_bytes,
             records: self.config.batch_records,
+            compression: self.config.compression.frame(),
         };
         let (delivery, sealed) = queue.append(&record, size, reservation, limits, &self.outstanding);
         if sealed && keyless {

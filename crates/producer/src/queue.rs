@@ -28,6 +28,8 @@ struct State {
 pub struct BatchLimits {
     pub bytes: usize,
     pub records: usize,
+    /// How a batch's records are compressed when it is sealed.
+    pub compression: cairn_log::batch::Compression,
 }
 
 /// A partition's batches before they reach its pipeline.
@@ -82,6 +84,7 @@ impl PartitionQueue {
                 limits.bytes.min(size.max(64 * 1024)),
                 Some(outstanding.ticket()),
             )
+            .compressed(limits.compression)
         });
         let delivery = open.push(record, reservation, &self.topic, self.partition);
         let full = open.count() as usize >= limits.records || open.bytes() >= limits.bytes;
@@ -156,8 +159,12 @@ mod tests {
         let q = PartitionQueue::new(Arc::from("t"), 0);
         let memory = Arc::new(Semaphore::new(0));
         let outstanding = Arc::new(Outstanding::default());
-        let limits = BatchLimits { bytes: 100, records: 3 };
-        let r = ProducerRecord::new("t", vec![1u8; 20]);
+        let limits = BatchLimits {
+            bytes: 100,
+            records: 3,
+            compression: Default::default(),
+        };
+        let r = ProducerRecord::new("t", vec![1u8; 5]);
         let size = record::encoded_len(&r);
         let mut sealed_at = Vec::new();
         for i in 0..7 {
@@ -175,16 +182,24 @@ mod tests {
         assert_eq!(batches.len(), 1);
         assert!(q.is_empty());
 
-        // By bytes: 22-byte records, 100-byte batches → 4 per batch.
+        // By bytes: 25-byte records, 100-byte batches → 4 per batch.
+        assert_eq!(size, 25);
         let limits = BatchLimits {
             bytes: 100,
             records: 100,
+            compression: Default::default(),
         };
         for _ in 0..5 {
             q.append(&r, size, Reservation::new(memory.clone(), 0), limits, &outstanding);
         }
         let (batches, _) = q.take(false, Duration::from_secs(1), now);
-        assert_eq!(batches.iter().map(|b| b.records.len()).collect::<Vec<_>>(), [4 * size]);
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.frame.len() - cairn_log::batch::V2_FIXED)
+                .collect::<Vec<_>>(),
+            [4 * size]
+        );
         q.request_flush();
         let (batches, _) = q.take(false, Duration::from_secs(1), now);
         assert!(batches.is_empty(), "no room in the pipeline: keep filling");

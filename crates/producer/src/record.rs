@@ -1,15 +1,15 @@
 //! Records as an application hands them over, what it gets back, and their
-//! encoding straight into a `ProduceRequest`'s `records` field.
+//! encoding straight into the batch frame a `ProduceRequest` carries.
 //!
 //! A batch never exists as a `Vec<pb::Record>`: each record is encoded into the
-//! batch's buffer when it is sent, and every attempt to deliver the batch sends
-//! that same buffer behind a freshly encoded request head ([`EncodedProduce`]).
-//! Protobuf readers accept fields in any order, so the head (topic, partition,
-//! producer id, sequence, ack mode) may precede or follow the records.
+//! batch's frame when it is sent (cairn-log's `batch` format, which the agent
+//! appends as it is), and every attempt to deliver the batch sends that same
+//! frame behind a freshly encoded request head and frame head ([`EncodedProduce`]).
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
+use cairn_log::batch::{self, FrameBuilder, ProducerInfo};
 use cairn_proto::cairn::agent::v1 as pb;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
@@ -82,100 +82,67 @@ pub struct RecordMetadata {
     pub timestamp_ms: i64,
 }
 
-const RECORDS_FIELD: u32 = 3;
+const FRAME_FIELD: u32 = 8;
 const LENGTH_DELIMITED: u32 = 2;
-const VARINT: u32 = 0;
 
-fn key_byte(field: u32, wire_type: u32) -> u8 {
-    ((field << 3) | wire_type) as u8
-}
-
-fn bytes_field_len(len: usize) -> usize {
-    1 + encoded_len_varint(len as u64) + len
-}
-
-fn header_len(key: &str, value: &[u8]) -> usize {
-    let mut len = 0;
-    if !key.is_empty() {
-        len += bytes_field_len(key.len());
-    }
-    if !value.is_empty() {
-        len += bytes_field_len(value.len());
-    }
-    len
-}
-
-/// The length of the `pb::Record` message body for `record`.
-fn record_body_len(record: &ProducerRecord) -> usize {
-    let mut len = 0;
-    if let Some(key) = &record.key {
-        len += bytes_field_len(key.len());
-    }
-    if !record.value.is_empty() {
-        len += bytes_field_len(record.value.len());
-    }
-    let timestamp = record.timestamp_ms.unwrap_or(0);
-    if timestamp != 0 {
-        len += 1 + encoded_len_varint(timestamp as u64);
-    }
-    for (key, value) in &record.headers {
-        len += bytes_field_len(header_len(key, value));
-    }
-    len
-}
-
-/// Bytes `record` adds to a batch: its `records` field entry, tag and length included.
+/// Bytes `record` adds to a batch frame.
 pub fn encoded_len(record: &ProducerRecord) -> usize {
-    bytes_field_len(record_body_len(record))
+    batch::record_len(
+        record.key.as_ref().map(Bytes::len),
+        record.value.len(),
+        record.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())),
+    )
 }
 
-fn put_bytes(out: &mut BytesMut, field: u32, data: &[u8]) {
-    out.put_u8(key_byte(field, LENGTH_DELIMITED));
-    encode_varint(data.len() as u64, out);
-    out.put_slice(data);
+/// Appends `record` to a batch frame (a timestamp of `None` is 0: the
+/// agent's append time).
+pub fn encode(record: &ProducerRecord, frame: &mut FrameBuilder) {
+    frame.push(
+        record.key.as_deref(),
+        &record.value,
+        record.timestamp_ms.unwrap_or(0),
+        record.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())),
+    );
 }
 
-/// Appends `record` to `out` as one entry of `ProduceRequest.records`.
-pub fn encode(record: &ProducerRecord, out: &mut BytesMut) {
-    let body = record_body_len(record);
-    out.reserve(bytes_field_len(body));
-    out.put_u8(key_byte(RECORDS_FIELD, LENGTH_DELIMITED));
-    encode_varint(body as u64, out);
-    if let Some(key) = &record.key {
-        put_bytes(out, 1, key);
-    }
-    if !record.value.is_empty() {
-        put_bytes(out, 2, &record.value);
-    }
-    let timestamp = record.timestamp_ms.unwrap_or(0);
-    if timestamp != 0 {
-        out.put_u8(key_byte(3, VARINT));
-        encode_varint(timestamp as u64, out);
-    }
-    for (key, value) in &record.headers {
-        out.put_u8(key_byte(4, LENGTH_DELIMITED));
-        encode_varint(header_len(key, value) as u64, out);
-        if !key.is_empty() {
-            put_bytes(out, 1, key.as_bytes());
-        }
-        if !value.is_empty() {
-            put_bytes(out, 2, value);
-        }
-    }
-}
-
-/// A `ProduceRequest` whose records are already encoded: `head` carries every
-/// other field (its `records` stays empty) and `records` the encoded entries.
+/// A `ProduceRequest` carrying a batch frame built once: `head` carries
+/// every other field, and each attempt sends the frame's bytes as they are
+/// behind a fresh 52-byte frame head naming this attempt's producer id,
+/// epoch and sequence ([`batch::head_for`]).
 #[derive(Debug, Clone, Default)]
 pub struct EncodedProduce {
     pub head: pb::ProduceRequest,
-    pub records: Bytes,
+    frame_head: Vec<u8>,
+    frame: Bytes,
+}
+
+impl EncodedProduce {
+    /// The request for `frame` under `head`'s producer fields.
+    pub fn new(head: pb::ProduceRequest, frame: Bytes) -> Self {
+        let producer = ProducerInfo {
+            producer_id: head.producer_id,
+            epoch: head.producer_epoch,
+            base_sequence: head.base_sequence,
+        };
+        EncodedProduce {
+            frame_head: batch::head_for(&frame, producer).to_vec(),
+            head,
+            frame,
+        }
+    }
+
+    fn frame_len(&self) -> usize {
+        self.frame_head.len() + self.frame.len().saturating_sub(batch::V2_HEAD)
+    }
 }
 
 impl prost::Message for EncodedProduce {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         self.head.encode_raw(buf);
-        buf.put_slice(&self.records);
+        buf.put_u8(((FRAME_FIELD << 3) | LENGTH_DELIMITED) as u8);
+        encode_varint(self.frame_len() as u64, buf);
+        buf.put_slice(&self.frame_head);
+        buf.put_slice(self.frame.get(batch::V2_HEAD..).unwrap_or_default());
     }
 
     fn merge_field(
@@ -189,12 +156,14 @@ impl prost::Message for EncodedProduce {
     }
 
     fn encoded_len(&self) -> usize {
-        self.head.encoded_len() + self.records.len()
+        let frame = self.frame_len();
+        self.head.encoded_len() + 1 + encoded_len_varint(frame as u64) + frame
     }
 
     fn clear(&mut self) {
         self.head.clear();
-        self.records = Bytes::new();
+        self.frame_head.clear();
+        self.frame = Bytes::new();
     }
 }
 
@@ -205,24 +174,8 @@ mod tests {
 
     use super::*;
 
-    fn pb_record(r: &ProducerRecord) -> pb::Record {
-        pb::Record {
-            key: r.key.as_ref().map(|k| k.to_vec()),
-            value: r.value.to_vec(),
-            timestamp_ms: r.timestamp_ms.unwrap_or(0),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| pb::Header {
-                    key: k.clone(),
-                    value: v.to_vec(),
-                })
-                .collect(),
-        }
-    }
-
     #[test]
-    fn encoded_batches_decode_as_the_generated_message() {
+    fn an_encoded_request_decodes_as_the_generated_message_with_this_attempts_identity() {
         let records = vec![
             ProducerRecord::new("t", "plain"),
             ProducerRecord::new("t", "").key(""),
@@ -234,35 +187,57 @@ mod tests {
                 .header("only-key", ""),
             ProducerRecord::new("t", "x").timestamp_ms(1_700_000_000_000),
         ];
-        let mut body = BytesMut::new();
-        let mut expected_len = 0;
+        let mut frame = FrameBuilder::with_capacity(0);
+        let mut expected_len = batch::V2_FIXED;
         for r in &records {
-            encode(r, &mut body);
+            encode(r, &mut frame);
             expected_len += encoded_len(r);
-            assert_eq!(body.len(), expected_len, "encoded_len agrees with encode");
+            assert_eq!(frame.len(), expected_len, "encoded_len agrees with encode");
         }
-        let message = EncodedProduce {
-            head: pb::ProduceRequest {
+        let header = batch::BatchHeader {
+            base_offset: 0,
+            count: frame.count(),
+            producer: ProducerInfo::default(),
+            append_time_ms: 0,
+        };
+        let frame = Bytes::from(frame.finish(&header, batch::Compression::None));
+        let message = EncodedProduce::new(
+            pb::ProduceRequest {
                 topic: "t".into(),
                 partition: 3,
                 producer_id: 11,
                 producer_epoch: 2,
                 base_sequence: 40,
                 ack_mode: pb::AckMode::Durable as i32,
-                records: vec![],
+                ..Default::default()
             },
-            records: body.freeze(),
-        };
+            frame,
+        );
         let wire = message.encode_to_vec();
         assert_eq!(wire.len(), message.encoded_len());
         let decoded = pb::ProduceRequest::decode(wire.as_slice()).unwrap();
-        let expected = pb::ProduceRequest {
-            records: records.iter().map(pb_record).collect(),
-            ..message.head.clone()
-        };
-        assert_eq!(decoded, expected);
-        // An empty key is present; an absent key is absent.
-        assert_eq!(decoded.records[0].key, None);
-        assert_eq!(decoded.records[1].key, Some(vec![]));
+        assert_eq!(decoded.topic, "t");
+        assert_eq!((decoded.producer_id, decoded.base_sequence), (11, 40));
+        let f = batch::frame(&decoded.frame).unwrap();
+        assert_eq!(f.len(), decoded.frame.len());
+        assert_eq!(
+            f.header.producer,
+            ProducerInfo {
+                producer_id: 11,
+                epoch: 2,
+                base_sequence: 40
+            },
+            "the frame names this attempt's identity"
+        );
+        let got = f.records().unwrap();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].key, None, "an absent key is absent");
+        assert_eq!(got[1].key, Some(vec![]), "an empty key is present");
+        assert_eq!(got[2].headers.len(), 3);
+        assert_eq!(got[3].timestamp_ms, 1_700_000_000_000);
+        assert_eq!(
+            got[0].timestamp_ms, 0,
+            "no timestamp: the append time (0 here, unstamped)"
+        );
     }
 }

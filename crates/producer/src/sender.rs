@@ -174,7 +174,8 @@ struct Pending {
 pub struct Send {
     pub id: u64,
     pub base_sequence: u64,
-    pub records: Bytes,
+    /// The batch's frame (producer fields 0: each attempt sends its own head).
+    pub frame: Bytes,
     pub count: u32,
     /// When the batch's delivery timeout runs out.
     pub expires: Instant,
@@ -392,7 +393,7 @@ impl Pipeline {
             out.push(Send {
                 id: p.id,
                 base_sequence: if self.limits.idempotent { sequence } else { 0 },
-                records: p.batch.records.clone(),
+                frame: p.batch.frame.clone(),
                 count: p.batch.count,
                 expires: p.batch.created + self.limits.delivery_timeout,
             });
@@ -590,18 +591,18 @@ pub async fn run(shared: Arc<Shared>, queue: Arc<PartitionQueue>) {
                 Ok((address, identity)) => {
                     let identity = own_identity.unwrap_or(identity);
                     for send in sends {
-                        let message = EncodedProduce {
-                            head: pb::ProduceRequest {
+                        let message = EncodedProduce::new(
+                            pb::ProduceRequest {
                                 topic: queue.topic.to_string(),
                                 partition: queue.partition,
-                                records: Vec::new(),
                                 producer_id: identity.0,
                                 producer_epoch: identity.1,
                                 base_sequence: send.base_sequence,
                                 ack_mode: config.acks.wire() as i32,
+                                ..Default::default()
                             },
-                            records: send.records,
-                        };
+                            send.frame,
+                        );
                         let timeout = config
                             .request_timeout
                             .min(send.expires.saturating_duration_since(now))

@@ -73,6 +73,7 @@ async fn produce_needs_the_topics_produce_scope() {
 
     let consume = create_key(&auth.addr, &admin, &["topics:consume:orders"]).await;
     let fetch = pb::FetchRequest {
+        frames: false,
         topic: "orders".into(),
         partition: 0,
         offset: 0,

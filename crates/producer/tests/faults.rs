@@ -190,6 +190,7 @@ async fn try_read_all(leader: &str, p: u32) -> Result<Vec<pb::StoredRecord>, ton
     loop {
         let page = client
             .fetch(pb::FetchRequest {
+                frames: false,
                 topic: TOPIC.into(),
                 partition: p,
                 offset: out.len() as u64,
@@ -687,6 +688,7 @@ async fn occupy_a_slot(addr: &str, at: u64) -> JoinHandle<()> {
     let task = tokio::spawn(async move {
         let _ = client
             .fetch(pb::FetchRequest {
+                frames: false,
                 topic: TOPIC.into(),
                 partition: 0,
                 offset: at,

@@ -218,6 +218,7 @@ pub async fn wait_leader(addr: &str, topic: &str, partition: u32) {
             // The lease row names the leader before it has opened the partition:
             // wait until it actually serves it.
             let probe = pb::FetchRequest {
+                frames: false,
                 topic: topic.into(),
                 partition,
                 offset: p.high_watermark,
@@ -263,6 +264,7 @@ pub async fn read_all(addr: &str, topic: &str, partition: u32) -> Vec<pb::Stored
     loop {
         let page = client
             .fetch(pb::FetchRequest {
+                frames: false,
                 topic: topic.into(),
                 partition,
                 offset: out.len() as u64,
