@@ -276,16 +276,25 @@ impl AgentService for Api {
         let fetched = if req.offset < held.partition.wal_start() {
             // Below the local WAL: the committed segments have it.
             let time_floor = held.partition.time_floor();
-            let records = self
+            let wal_start = held.partition.wal_start();
+            let mut records = self
                 .node
-                .read_segments(
-                    &req.topic,
-                    req.partition,
-                    req.offset,
-                    held.partition.wal_start(),
-                    max_bytes,
-                )
+                .read_segments(&req.topic, req.partition, req.offset, wal_start, max_bytes)
                 .await?;
+            let taken: usize = records.iter().map(|s| s.record.encoded_len()).sum();
+            let reached_wal = records.last().is_some_and(|s| s.offset + 1 == wal_start);
+            if reached_wal && taken < max_bytes {
+                // The segments ran out below the budget: go on in the WAL
+                // rather than answer short at a file boundary. (A frames
+                // reader gets the segment part as records and asks again.)
+                if let Ok(more) = held
+                    .partition
+                    .fetch(wal_start, max_bytes - taken, Duration::ZERO, false)
+                    .await
+                {
+                    records.extend(more.records);
+                }
+            }
             Fetched {
                 records,
                 frames: Vec::new(),

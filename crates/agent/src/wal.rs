@@ -336,6 +336,11 @@ impl Wal {
             });
         }
 
+        // Where the local records start, dead files included: a file that
+        // ends exactly at the committed offset still tells which epoch wrote
+        // the records just below it, and step 3 must see that.
+        let found_start = found.iter().find_map(|f| f.headers.first().map(|h| h.base_offset));
+
         // 1. Dead files: every valid record (past any damage too) below the
         // committed offset. What a damaged frame held lies between valid ones,
         // and what follows the last valid frame was never acknowledged.
@@ -400,17 +405,21 @@ impl Wal {
             expected = Some(f.end());
         }
 
-        // 3. Divergence from what other tenures committed.
+        // 3. Divergence from what other tenures committed, over every local
+        // record (dead ones too): a live file that starts at the committed
+        // offset continues the history of the file below it, which may be
+        // one another epoch committed over.
         let local_start = live
             .first()
             .map(|f| f.headers.first().map_or(f.base, |h| h.base_offset));
+        let checked_start = local_start.map(|start| found_start.map_or(start, |s| s.min(start)));
         let local_end = live.last().map(Found::end);
         let mut epochs = read_epochs(dir).unwrap_or_default();
         let mut known: Vec<u64> = epochs.iter().map(|(e, _)| *e).collect();
         if tenure.reclaim {
             known.push(tenure.epoch);
         }
-        let diverged = match (local_start, local_end) {
+        let diverged = match (checked_start, local_end) {
             (Some(start), Some(end)) if end > start => tenure
                 .segments
                 .iter()
@@ -1305,6 +1314,45 @@ mod tests {
             "records above the committed offset by our own epoch stay"
         );
         assert_eq!(again.discarded, None);
+    }
+
+    #[test]
+    fn divergence_below_a_file_boundary_at_the_committed_offset_is_found() {
+        // B (epoch 2) wrote 1..3 in one file and 3..22 in the next; A (epoch 3)
+        // took over uncleanly and committed [2, 3) over B's record at 2. B comes
+        // back at epoch 4 with 3 committed: its first file is dead, but what
+        // follows it continues a history the log no longer has.
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = Wal::recover(dir.path(), &tenure(2, 1, false, &[(0, 1, 1)]))
+            .unwrap()
+            .wal;
+        write_batches(&mut wal, &[1, 1]);
+        wal.rotate().unwrap();
+        write_batches(&mut wal, &[19]);
+        drop(wal);
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![1, 3]);
+        let recovered = Wal::recover(dir.path(), &tenure(4, 3, false, &[(0, 1, 1), (1, 2, 2), (2, 3, 3)])).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 3, "none of B's records above 3 are served");
+        assert_eq!(
+            recovered.discarded,
+            Some(Discarded {
+                from: 3,
+                to: 22,
+                diverged_at_epoch: 3
+            })
+        );
+        // Had A's segment at 2 been B's own, the records above 3 would stay.
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = Wal::recover(dir.path(), &tenure(2, 1, false, &[(0, 1, 1)]))
+            .unwrap()
+            .wal;
+        write_batches(&mut wal, &[1, 1]);
+        wal.rotate().unwrap();
+        write_batches(&mut wal, &[19]);
+        drop(wal);
+        let recovered = Wal::recover(dir.path(), &tenure(4, 3, false, &[(0, 1, 1), (1, 3, 2)])).unwrap();
+        assert_eq!(recovered.wal.next_offset(), 22);
+        assert_eq!(recovered.discarded, None);
     }
 
     #[test]
