@@ -978,6 +978,11 @@ fn rest_is_zero(file: &mut File, position: u64) -> Result<bool> {
 }
 
 /// Writes the spare: `bytes` of zeros, durable, under [`SPARE`].
+/// Bytes of zeros a spare is flushed in: one flush of a whole 64 MiB file
+/// holds the disk for tens of milliseconds, and every durable ack waiting on
+/// the WAL's fdatasync meanwhile waits behind it; small flushes interleave.
+const SPARE_FLUSH_BYTES: u64 = 2 << 20;
+
 fn write_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
     let tmp = dir.join(format!("{SPARE}.tmp"));
     let file = File::create(&tmp)?;
@@ -987,6 +992,9 @@ fn write_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
         let n = zeros.len().min((bytes - written) as usize);
         file.write_all_at(&zeros[..n], written)?;
         written += n as u64;
+        if written % SPARE_FLUSH_BYTES == 0 {
+            file.sync_data()?;
+        }
     }
     file.sync_all()?;
     std::fs::rename(&tmp, dir.join(SPARE))?;
