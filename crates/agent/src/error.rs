@@ -90,6 +90,9 @@ pub enum Error {
     /// A blocking task failed (a bug: it panicked).
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Work on a background thread failed (a bug: it panicked).
+    #[error("{0}")]
+    Offload(#[from] cairn_service::offload::OffloadError),
     /// The WAL is damaged in a way recovery must not paper over.
     #[error("WAL corrupt: {0}")]
     Corrupt(String),
@@ -144,7 +147,7 @@ impl ServiceError for Error {
             | Error::UnknownProducer(_) => Code::FailedPrecondition,
             Error::OffsetOutOfRange { .. } => Code::OutOfRange,
             Error::Overloaded { .. } => Code::ResourceExhausted,
-            Error::Task(_) => Code::Internal,
+            Error::Task(_) | Error::Offload(_) => Code::Internal,
             Error::PartitionMoving { .. }
             | Error::PartitionUnavailable { .. }
             | Error::NotCommitted { .. }
@@ -224,7 +227,7 @@ impl ServiceError for Error {
                 "partition storage unavailable, retry later".into()
             }
             Error::Database(_) | Error::Migrate(_) => "metadata database unavailable, retry later".into(),
-            Error::Task(_) => "internal error".into(),
+            Error::Task(_) | Error::Offload(_) => "internal error".into(),
             other => other.to_string(),
         }
     }
@@ -235,7 +238,7 @@ impl From<Error> for Status {
         // Failures of the agent's own storage are logged here, where the call
         // that met them is answered; the caller is told only that it may retry.
         match &error {
-            Error::StorageFailed { .. } | Error::Corrupt(_) | Error::Io(_) | Error::Task(_) => {
+            Error::StorageFailed { .. } | Error::Corrupt(_) | Error::Io(_) | Error::Task(_) | Error::Offload(_) => {
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error).map(ToString::to_string), "partition storage failed");
             }
             Error::Database(_) | Error::Migrate(_) => tracing::error!(%error, "metadata database failed"),

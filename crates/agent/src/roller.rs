@@ -281,9 +281,10 @@ impl Node {
         p.take_commit_wanted();
         let reader = p.reader();
         // Reading the WAL and compressing a segment take a while: off the async
-        // workers, or every request on this agent waits behind them.
+        // workers, or every request on this agent waits behind them, and at a
+        // lower priority, so the threads answering requests get a core first.
         let epoch = held.epoch;
-        let built = tokio::task::spawn_blocking(move || -> Result<_> {
+        let built = cairn_service::offload::run_low_priority("cairn-roll", move || -> Result<_> {
             let frames = reader.read_batches(from, to)?;
             let mut builder = SegmentBuilder::new(epoch);
             let mut headers = Vec::with_capacity(frames.len());

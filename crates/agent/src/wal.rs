@@ -76,6 +76,8 @@ pub struct Wal {
     prealloc_bytes: u64,
     /// The helper thread writing the next spare.
     spare: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The helper thread deleting files segments cover (see [`Wal::drop_below`]).
+    deleter: Option<std::thread::JoinHandle<()>>,
     next_offset: u64,
     reader: Arc<WalReader>,
 }
@@ -536,6 +538,7 @@ impl Wal {
                 preallocated,
                 prealloc_bytes: 0,
                 spare: None,
+                deleter: None,
                 next_offset,
                 reader,
             },
@@ -602,9 +605,11 @@ impl Wal {
             return;
         }
         let (dir, bytes) = (self.dir.clone(), self.prealloc_bytes);
-        let spawned = std::thread::Builder::new()
-            .name("wal-prealloc".into())
-            .spawn(move || write_spare(&dir, bytes));
+        let spawned = std::thread::Builder::new().name("wal-prealloc".into()).spawn(move || {
+            // Zero-filling competes with the writer for the disk and a core.
+            cairn_service::offload::lower_this_thread();
+            write_spare(&dir, bytes)
+        });
         match spawned {
             Ok(handle) => self.spare = Some(handle),
             Err(error) => tracing::warn!(%error, "could not start preallocating a WAL file"),
@@ -682,6 +687,7 @@ impl Wal {
         if let Some(spare) = self.spare.take() {
             let _ = spare.join();
         }
+        self.join_deleter();
         match std::fs::remove_file(self.dir.join(SPARE)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
@@ -699,7 +705,8 @@ impl Wal {
     }
 
     /// Deletes every file whose records are all below `offset` (covered by
-    /// committed segments). Never deletes the file being appended to.
+    /// committed segments): at once from what readers see, from the disk on a
+    /// helper thread. Never deletes the file being appended to.
     pub fn drop_below(&mut self, offset: u64) -> Result<()> {
         let doomed: Vec<u64> = {
             let files = self.reader.files.read().unwrap_or_else(|p| p.into_inner());
@@ -720,11 +727,41 @@ impl Wal {
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|(b, _)| *b > last_doomed);
         }
-        for base in doomed {
-            std::fs::remove_file(self.dir.join(file_name(base)))?;
+        // Unlinking a 64 MiB file takes the filesystem a while, and nothing
+        // acknowledged depends on it: off the writer thread, whose durable
+        // acks would wait behind it. No directory fsync either: a deletion a
+        // crash undoes leaves a file wholly below the committed offset, which
+        // recovery deletes again.
+        self.join_deleter();
+        let paths: Vec<PathBuf> = doomed.into_iter().map(|base| self.dir.join(file_name(base))).collect();
+        let spawned = std::thread::Builder::new().name("wal-delete".into()).spawn({
+            let paths = paths.clone();
+            move || {
+                cairn_service::offload::lower_this_thread();
+                for path in paths {
+                    if let Err(error) = std::fs::remove_file(&path) {
+                        tracing::warn!(file = %path.display(), %error, "deleting a committed WAL file failed; the next recovery deletes it");
+                    }
+                }
+            }
+        });
+        match spawned {
+            Ok(handle) => self.deleter = Some(handle),
+            Err(_) => {
+                for path in paths {
+                    std::fs::remove_file(path)?;
+                }
+            }
         }
-        File::open(&self.dir)?.sync_all()?;
         Ok(())
+    }
+
+    /// Waits for deletions under way: nothing deletes in this directory
+    /// behind a later recovery's back.
+    fn join_deleter(&mut self) {
+        if let Some(deleter) = self.deleter.take() {
+            let _ = deleter.join();
+        }
     }
 }
 
@@ -735,6 +772,7 @@ impl Drop for Wal {
         if let Some(spare) = self.spare.take() {
             let _ = spare.join();
         }
+        self.join_deleter();
     }
 }
 
@@ -1147,6 +1185,7 @@ mod tests {
         assert_eq!(reader.read(0, 8, usize::MAX).unwrap().len(), 8, "reads span files");
 
         wal.drop_below(5).unwrap();
+        wal.join_deleter();
         assert_eq!(
             wal_files(dir.path()).unwrap().0,
             vec![4, 7],
@@ -1154,6 +1193,7 @@ mod tests {
         );
         assert_eq!(reader.start(), 4);
         wal.drop_below(100).unwrap();
+        wal.join_deleter();
         assert_eq!(
             wal_files(dir.path()).unwrap().0,
             vec![7],

@@ -311,8 +311,12 @@ async fn the_wal_is_truncated_once_segments_cover_it() {
         all.extend(values);
     }
     let wal_dir = cluster.data_dir("a").join("wal/t/0");
-    let files = std::fs::read_dir(&wal_dir).unwrap().count();
-    assert!(files <= 3, "{files} WAL files left; committed ones should be gone");
+    // Committed files are deleted on a helper thread, just after the ack.
+    cairn_testkit::eventually(Duration::from_secs(5), "committed WAL files deleted", || {
+        let files = std::fs::read_dir(&wal_dir).unwrap().count();
+        async move { (files <= 3).then_some(()) }
+    })
+    .await;
 
     let check = |log: Vec<pb::StoredRecord>| {
         let values: Vec<String> = log

@@ -35,7 +35,8 @@ pub struct PerfArgs {
     /// Offered load in records per second; 0 sends as fast as the producer takes them.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Create the topic with this many partitions when it does not exist.
+    /// Create the topic with this many partitions when it does not exist,
+    /// and send one warm-up record to each before the clock starts.
     #[arg(long)]
     partitions: Option<u32>,
     /// Keyed records over this many distinct keys (0: keyless, sticky partitioning).
@@ -92,6 +93,22 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
     }
     let producer = args.producer.builder().build()?;
     let value = Bytes::from(vec![b'x'; args.record_size]);
+    if let Some(partitions) = args.partitions {
+        // One record per partition before the clock starts: a topic just
+        // created has no leaders yet, and the first request to each
+        // partition pays for finding its leader and opening a connection.
+        let mut warmups = Vec::new();
+        for p in 0..partitions {
+            warmups.push(
+                producer
+                    .send(ProducerRecord::new(&args.topic, value.clone()).partition(p))
+                    .await?,
+            );
+        }
+        for delivery in warmups {
+            delivery.await.context("warm-up record")?;
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Delivery)>();
     let acked = Arc::new(AtomicU64::new(0));
     // The worst latency since the last progress line, in microseconds.
@@ -186,6 +203,7 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
         "offered_rate": args.rate,
         "acks": format!("{:?}", args.producer.acks).to_lowercase(),
         "acked": tally.acked,
+        "warmup_records": args.partitions.unwrap_or(0),
         "failed": tally.failed + send_errors,
         "elapsed_s": elapsed.as_secs_f64(),
         "records_per_s": rps,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod exposition;
 pub mod layers;
+pub mod offload;
 pub mod runtime;
 pub mod scope;
 pub mod server;
