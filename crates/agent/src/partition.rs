@@ -277,7 +277,7 @@ impl Partition {
         let clock = Arc::new(AppendClock::new(floor));
         let mut wal = recovered.wal;
         if config.preallocate {
-            wal.preallocate(config.wal_file_bytes);
+            wal.preallocate_when_needed(config.wal_file_bytes);
         }
         let reader = wal.reader();
         let (hw_tx, hw_rx) = watch::channel(wal.next_offset());

@@ -12,8 +12,9 @@
 //! Once segments cover a file's records, the writer deletes it ([`Wal::drop_below`]);
 //! reads below the WAL's start go to the segments.
 //!
-//! Files are preallocated ([`Wal::preallocate`]): a helper thread writes a
-//! spare file full of zeros ahead of time, and rotation renames it into place,
+//! Files are preallocated ([`Wal::preallocate_when_needed`]): once the
+//! current file is half full, a helper thread (niced) writes a spare file
+//! full of zeros, and rotation renames it into place,
 //! so frames overwrite zeros in place and an fdatasync has no file size or
 //! extent change to write (on ext4 a 4 KiB fdatasync is then ≈ 2× faster than
 //! an appending one). Recovery finds the true end of such a file: zeros after
@@ -600,6 +601,15 @@ impl Wal {
         self.prepare_spare();
     }
 
+    /// Preallocates files of `bytes` from now on (0: never), writing each
+    /// spare only once the current file is half full
+    /// ([`Wal::rotate_if_due`]): a partition that writes little never holds
+    /// a spare, and one just opened does not zero-fill a file while its
+    /// first records wait on the disk.
+    pub fn preallocate_when_needed(&mut self, bytes: u64) {
+        self.prealloc_bytes = bytes;
+    }
+
     fn prepare_spare(&mut self) {
         if self.prealloc_bytes == 0 || self.spare.is_some() {
             return;
@@ -637,6 +647,8 @@ impl Wal {
         let swap = !self.preallocated && self.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished);
         if self.size >= file_bytes || swap {
             self.rotate()?;
+        } else if self.size >= file_bytes / 2 {
+            self.prepare_spare();
         }
         Ok(())
     }
@@ -672,7 +684,6 @@ impl Wal {
         self.file_base = base;
         self.size = 0;
         self.preallocated = preallocated;
-        self.prepare_spare();
         Ok(())
     }
 
@@ -1549,12 +1560,31 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_is_written_only_once_the_current_file_is_half_full() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = open(dir.path(), 0).unwrap().wal;
+        let file_bytes = 64 * 1024;
+        wal.preallocate_when_needed(file_bytes);
+        write_batches(&mut wal, &[1]);
+        wal.rotate_if_due(file_bytes).unwrap();
+        assert!(wal.spare.is_none(), "a partition that writes little holds no spare");
+        while wal.size < file_bytes / 2 {
+            write_batches(&mut wal, &[20]);
+        }
+        assert!(wal.size < file_bytes);
+        wal.rotate_if_due(file_bytes).unwrap();
+        assert!(wal.spare.is_some(), "half full: the next file is being prepared");
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![0], "and no rotation yet");
+    }
+
+    #[test]
     fn rotation_takes_the_spare_and_recovery_reads_across_preallocated_files() {
         let dir = cairn_testkit::TempDir::new("wal");
         let mut wal = preallocated(dir.path(), 16 * 1024);
         for _ in 0..6 {
             write_batches(&mut wal, &[50]);
             // Wait for the next spare so every file is a preallocated one.
+            wal.prepare_spare();
             for _ in 0..500 {
                 if wal.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
                     break;
