@@ -85,7 +85,11 @@ impl Produce {
             (false, true) => {
                 check_limits(&req.records, limits)?;
                 let count = req.records.len() as u32;
-                (records_frame(&req.records, requested), count, requested)
+                (
+                    records_frame(&req.records, requested, Compression::None),
+                    count,
+                    requested,
+                )
             }
             (true, false) => {
                 let checked = SCRATCH
@@ -137,8 +141,9 @@ pub fn frame_limits(limits: &Limits) -> FrameLimits {
 }
 
 /// Records of the `records` form in one frame (a timestamp of 0 stays 0:
-/// it reads back as the append time, as in a producer's frame).
-fn records_frame(records: &[pb::Record], producer: ProducerInfo) -> Vec<u8> {
+/// it reads back as the append time, as in a producer's frame), its records
+/// compressed as `compression` says (the agent itself never compresses).
+pub fn records_frame(records: &[pb::Record], producer: ProducerInfo, compression: Compression) -> Vec<u8> {
     let mut builder = FrameBuilder::with_capacity(records.iter().map(record_len).sum());
     for r in records {
         builder.push(
@@ -154,7 +159,7 @@ fn records_frame(records: &[pb::Record], producer: ProducerInfo) -> Vec<u8> {
         producer,
         append_time_ms: 0,
     };
-    builder.finish(&header, Compression::None)
+    builder.finish(&header, compression)
 }
 
 fn record_len(r: &pb::Record) -> usize {

@@ -1041,7 +1041,7 @@ fn write_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
         let n = zeros.len().min((bytes - written) as usize);
         file.write_all_at(&zeros[..n], written)?;
         written += n as u64;
-        if written % SPARE_FLUSH_BYTES == 0 {
+        if written.is_multiple_of(SPARE_FLUSH_BYTES) {
             file.sync_data()?;
         }
     }
@@ -1381,15 +1381,19 @@ mod tests {
         // took over uncleanly and committed [2, 3) over B's record at 2. B comes
         // back at epoch 4 with 3 committed: its first file is dead, but what
         // follows it continues a history the log no longer has.
-        let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::recover(dir.path(), &tenure(2, 1, false, &[(0, 1, 1)]))
-            .unwrap()
-            .wal;
-        write_batches(&mut wal, &[1, 1]);
-        wal.rotate().unwrap();
-        write_batches(&mut wal, &[19]);
-        drop(wal);
-        assert_eq!(wal_files(dir.path()).unwrap().0, vec![1, 3]);
+        let written = || {
+            let dir = cairn_testkit::TempDir::new("wal");
+            let mut wal = Wal::recover(dir.path(), &tenure(2, 1, false, &[(0, 1, 1)]))
+                .unwrap()
+                .wal;
+            write_batches(&mut wal, &[1, 1]);
+            wal.rotate().unwrap();
+            write_batches(&mut wal, &[19]);
+            drop(wal);
+            assert_eq!(wal_files(dir.path()).unwrap().0, vec![1, 3]);
+            dir
+        };
+        let dir = written();
         let recovered = Wal::recover(dir.path(), &tenure(4, 3, false, &[(0, 1, 1), (1, 2, 2), (2, 3, 3)])).unwrap();
         assert_eq!(recovered.wal.next_offset(), 3, "none of B's records above 3 are served");
         assert_eq!(
@@ -1401,14 +1405,7 @@ mod tests {
             })
         );
         // Had A's segment at 2 been B's own, the records above 3 would stay.
-        let dir = cairn_testkit::TempDir::new("wal");
-        let mut wal = Wal::recover(dir.path(), &tenure(2, 1, false, &[(0, 1, 1)]))
-            .unwrap()
-            .wal;
-        write_batches(&mut wal, &[1, 1]);
-        wal.rotate().unwrap();
-        write_batches(&mut wal, &[19]);
-        drop(wal);
+        let dir = written();
         let recovered = Wal::recover(dir.path(), &tenure(4, 3, false, &[(0, 1, 1), (1, 3, 2)])).unwrap();
         assert_eq!(recovered.wal.next_offset(), 22);
         assert_eq!(recovered.discarded, None);

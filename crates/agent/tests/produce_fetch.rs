@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cairn_log::batch::{BatchHeader, Compression, FrameBuilder, ProducerInfo};
+use cairn_log::batch::{BatchHeader, Compression, ProducerInfo};
 use cairn_proto::cairn::agent::v1 as pb;
 use cairn_service::status;
 use common::*;
@@ -296,22 +296,7 @@ async fn read_all_frames(addr: &str, topic: &str, partition: u32) -> Vec<Seen> {
 }
 
 fn frame_of(records: &[pb::Record], producer: ProducerInfo, compression: Compression) -> Vec<u8> {
-    let mut builder = FrameBuilder::with_capacity(0);
-    for r in records {
-        builder.push(
-            r.key.as_deref(),
-            &r.value,
-            r.timestamp_ms,
-            r.headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())),
-        );
-    }
-    let header = BatchHeader {
-        base_offset: 0,
-        count: builder.count(),
-        producer,
-        append_time_ms: 0,
-    };
-    builder.finish(&header, compression)
+    cairn_agent::convert::records_frame(records, producer, compression)
 }
 
 /// Three records of every shape: keyed or not, headers, own timestamp or none.
