@@ -38,6 +38,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         // generated `connect` constructor (which would also clash with the
         // worker stream's `Connect` RPC).
         .build_transport(false)
+        // A producer's batch frame is a slice of the decode buffer, not a
+        // copy of it: the agent checks it and copies it once, into the WAL.
+        .bytes(".cairn.agent.v1.ProduceRequest.frame")
         .file_descriptor_set_path(out.join("cairn_descriptor.bin"))
         .compile_with_config(config, &files, &[root])?;
     Ok(())

@@ -118,7 +118,12 @@ async fn run_case(dir: &Path, record_size: usize, batch: usize, producers: usize
             let mut n = 0u64;
             while Instant::now() < deadline {
                 partition
-                    .append(frame.clone(), batch as u32, ProducerInfo::default(), Some(Ack::Durable))
+                    .append(
+                        frame.clone().into(),
+                        batch as u32,
+                        ProducerInfo::default(),
+                        Some(Ack::Durable),
+                    )
                     .await
                     .unwrap();
                 n += batch as u64;
@@ -157,7 +162,7 @@ async fn allocations(dir: &Path, form: &str, compression: Compression, record_si
         .map(|_| match form {
             "frame" => pb::ProduceRequest {
                 topic: "bench".into(),
-                frame: template.clone(),
+                frame: template.clone().into(),
                 ..Default::default()
             },
             _ => pb::ProduceRequest {

@@ -55,7 +55,9 @@ impl AckLevel {
 pub struct Produce {
     pub topic: String,
     pub partition: u32,
-    pub frame: Vec<u8>,
+    /// The frame as it came (a slice of the request's buffer), or the one
+    /// built from `records`.
+    pub frame: bytes::Bytes,
     pub count: u32,
     pub producer: ProducerInfo,
     pub ack: AckLevel,
@@ -86,7 +88,7 @@ impl Produce {
                 check_limits(&req.records, limits)?;
                 let count = req.records.len() as u32;
                 (
-                    records_frame(&req.records, requested, Compression::None),
+                    records_frame(&req.records, requested, Compression::None).into(),
                     count,
                     requested,
                 )

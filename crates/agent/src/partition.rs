@@ -58,8 +58,9 @@ pub struct Appended {
 struct Request {
     /// When it entered the queue (the queue-wait stage).
     queued_at: std::time::Instant,
-    /// A checked version 2 frame of `count` records, stamped by the writer.
-    frame: Vec<u8>,
+    /// A checked version 2 frame of `count` records (stamped by the writer
+    /// in its round buffer).
+    frame: bytes::Bytes,
     count: u32,
     producer: ProducerInfo,
     ack: Ack,
@@ -338,7 +339,7 @@ impl Partition {
     /// (fire and forget).
     pub async fn append(
         &self,
-        frame: Vec<u8>,
+        frame: bytes::Bytes,
         count: u32,
         producer: ProducerInfo,
         ack: Option<Ack>,
@@ -655,7 +656,7 @@ impl Writer {
         let mut headers = Vec::new();
         let mut pending = Vec::new();
         let mut next = self.wal.next_offset();
-        for mut request in round {
+        for request in round {
             let count = request.count;
             match tentative.check(request.producer, count) {
                 Err(error) => {
@@ -678,8 +679,9 @@ impl Writer {
                         producer: request.producer,
                         append_time_ms: now,
                     };
-                    batch::stamp(&mut request.frame, next, now);
+                    let at = frames.len();
                     frames.extend_from_slice(&request.frame);
+                    batch::stamp(&mut frames[at..], next, now);
                     headers.push((header, request.frame.len() as u32));
                     tentative.record(request.producer, count, next, now);
                     pending.push(Pending {

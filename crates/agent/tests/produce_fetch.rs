@@ -381,7 +381,7 @@ async fn records_and_frame_clients_share_a_partition_exactly_once_in_order() {
         };
         let request = pb::ProduceRequest {
             topic: "mixed".into(),
-            frame: frame_of(&records, producer, codecs[round as usize % 3]),
+            frame: frame_of(&records, producer, codecs[round as usize % 3]).into(),
             ..Default::default()
         };
         let ack = client.produce(request.clone()).await.unwrap().into_inner();
@@ -400,7 +400,7 @@ async fn records_and_frame_clients_share_a_partition_exactly_once_in_order() {
         client
             .produce(pb::ProduceRequest {
                 topic: "mixed".into(),
-                frame: frame_of(&records, ProducerInfo::default(), codecs[(round as usize + 1) % 3]),
+                frame: frame_of(&records, ProducerInfo::default(), codecs[(round as usize + 1) % 3]).into(),
                 ..Default::default()
             })
             .await
@@ -450,14 +450,14 @@ async fn bad_frames_are_refused_precisely_and_append_nothing() {
     client
         .produce(pb::ProduceRequest {
             topic: "t".into(),
-            frame: good.clone(),
+            frame: good.clone().into(),
             ..Default::default()
         })
         .await
         .unwrap();
     let with = |frame: Vec<u8>| pb::ProduceRequest {
         topic: "t".into(),
-        frame,
+        frame: frame.into(),
         ..Default::default()
     };
     let mut flipped = good.clone();
