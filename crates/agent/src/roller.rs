@@ -285,14 +285,13 @@ impl Node {
         // lower priority, so the threads answering requests get a core first.
         let epoch = held.epoch;
         let built = cairn_service::offload::run_low_priority("cairn-roll", move || -> Result<_> {
-            let frames = reader.read_batches(from, to)?;
             let mut builder = SegmentBuilder::new(epoch);
-            let mut headers = Vec::with_capacity(frames.len());
-            for bytes in &frames {
-                let frame = crate::batch::frame(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-                builder.push_frame(&frame).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let mut headers = Vec::new();
+            reader.for_each_batch(from, to, |_, frame| {
+                builder.push_frame(frame).map_err(|e| Error::Corrupt(e.to_string()))?;
                 headers.push(frame.header);
-            }
+                Ok(())
+            })?;
             let (Some(range), Some(bytes)) = (builder.offsets(), builder.finish()) else {
                 return Ok(None);
             };

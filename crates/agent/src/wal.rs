@@ -799,10 +799,10 @@ impl WalReader {
         index[from..].iter().take_while(keep).copied().collect()
     }
 
-    /// The frames of `entries` (in order), each checked, read with one
-    /// `pread` per run of entries that sit next to each other in one file.
-    fn frames(&self, entries: &[Entry]) -> Result<Vec<Vec<u8>>> {
-        let mut out = Vec::with_capacity(entries.len());
+    /// Hands each frame of `entries` (in order) to `f`, its bytes and the
+    /// frame checked once, read with one `pread` per run of entries that sit
+    /// next to each other in one file.
+    fn visit(&self, entries: &[Entry], mut f: impl FnMut(&[u8], &batch::Frame<'_>) -> Result<()>) -> Result<()> {
         let mut i = 0;
         while i < entries.len() {
             let first = entries[i];
@@ -828,12 +828,12 @@ impl WalReader {
                 if frame.len() != bytes.len() || frame.header.base_offset != entry.base_offset {
                     return Err(Error::Corrupt(format!("at {}: not the indexed batch", entry.position)));
                 }
-                out.push(bytes.to_vec());
+                f(bytes, &frame)?;
                 at += entry.len as usize;
             }
             i = j;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn entries_from(&self, offset: u64, end: u64, max_bytes: usize) -> Vec<Entry> {
@@ -852,8 +852,7 @@ impl WalReader {
     /// of them, but at least one batch's worth when any is available.
     pub fn read(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<Stored>> {
         let mut out = Vec::new();
-        for bytes in self.frames(&self.entries_from(offset, end, max_bytes))? {
-            let frame = batch::frame(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.visit(&self.entries_from(offset, end, max_bytes), |_, frame| {
             let records = frame.records().map_err(|e| Error::Corrupt(e.to_string()))?;
             out.extend(
                 frame
@@ -861,7 +860,8 @@ impl WalReader {
                     .stored(records)
                     .filter(|s| s.offset >= offset && s.offset < end),
             );
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -870,13 +870,24 @@ impl WalReader {
     /// one. The first may start below `offset`, the last end above `end`'s
     /// batch boundary never (`end` is a batch boundary: the high watermark).
     pub fn read_frames(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<Vec<u8>>> {
-        self.frames(&self.entries_from(offset, end, max_bytes))
+        let mut out = Vec::new();
+        self.visit(&self.entries_from(offset, end, max_bytes), |bytes, _| {
+            out.push(bytes.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
     }
 
-    /// Whole frames with `from <= base` and `next <= to`, in order (for segments).
-    pub fn read_batches(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>> {
+    /// Hands `f` every frame with `from <= base` and `next <= to`, in order,
+    /// checked once (for segments: no copy per frame).
+    pub fn for_each_batch(
+        &self,
+        from: u64,
+        to: u64,
+        f: impl FnMut(&[u8], &batch::Frame<'_>) -> Result<()>,
+    ) -> Result<()> {
         let entries = self.entries(|e| e.base_offset < from, |e| e.next_offset <= to);
-        self.frames(&entries)
+        self.visit(&entries, f)
     }
 
     /// Bytes and the oldest append time (unix ms) of the batches in `[from, to)`.
