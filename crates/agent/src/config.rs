@@ -93,8 +93,9 @@ pub struct AgentConfig {
     /// offset are deleted.
     #[serde(with = "cairn_service::units::bytes")]
     pub wal_file_bytes: u64,
-    /// Write WAL files into zero-filled space prepared ahead by a helper
-    /// thread (`wal_file_bytes` each), so an fdatasync changes no file size.
+    /// Write WAL files into space prepared ahead (`wal_file_bytes` each), so
+    /// an fdatasync changes no file size: a committed file recycled as it
+    /// is, or one a helper thread zero-fills when none is waiting.
     pub wal_preallocate: bool,
     /// How often each partition's retention and orphan-object sweep runs.
     #[serde(with = "cairn_service::units::duration")]

@@ -245,7 +245,7 @@ pub struct WriterConfig {
     pub wal_file_bytes: u64,
     /// Where the durable-ack path's time goes (none: not recorded).
     pub timings: Option<WalTimings>,
-    /// Write WAL files into preallocated, zero-filled space.
+    /// Write WAL files into preallocated space (recycled or zero-filled files).
     pub preallocate: bool,
 }
 

@@ -12,15 +12,19 @@
 //! Once segments cover a file's records, the writer deletes it ([`Wal::drop_below`]);
 //! reads below the WAL's start go to the segments.
 //!
-//! Files are preallocated ([`Wal::preallocate_when_needed`]): once the
-//! current file is half full, a helper thread (niced) writes a spare file
-//! full of zeros, and rotation renames it into place,
-//! so frames overwrite zeros in place and an fdatasync has no file size or
-//! extent change to write (on ext4 a 4 KiB fdatasync is then ≈ 2× faster than
-//! an appending one). Recovery finds the true end of such a file: zeros after
-//! the last valid frame are a clean end (nothing was written there); a
-//! partial or garbled frame before the zeros is a torn tail, cut off as
-//! before.
+//! Files are preallocated ([`Wal::preallocate_when_needed`]): rotation
+//! renames a spare file into place, so frames overwrite written space in
+//! place and an fdatasync has no file size or extent change to write (on ext4
+//! a 4 KiB fdatasync is then ≈ 2× faster than an appending one). A spare is
+//! a committed file recycled as it is ([`Wal::drop_below`]: no zero-filling,
+//! no unlink, no discard) or, when no older file is waiting to be deleted,
+//! one a niced helper thread fills with zeros once the current file is half
+//! full. Recovery finds the true end of such a file: after the last valid
+//! frame, zeros or stale frames of the file's earlier life (valid frames
+//! whose offsets lie below the file's name; the header CRC covers the base
+//! offset) are a clean end, nothing this file's life wrote; a partial or
+//! garbled frame with nothing of this life after it is a torn tail, cut off
+//! as before; a frame of this life after damage is corruption.
 
 use std::{
     fs::{File, OpenOptions},
@@ -42,8 +46,35 @@ fn file_name(base: u64) -> String {
     format!("{base:020}.wal")
 }
 
-/// The zero-filled file the next rotation renames into place.
+/// The file the next rotation renames into place (zero-filled or recycled).
 const SPARE: &str = "spare.prealloc";
+
+/// The next file, being prepared or ready under [`SPARE`].
+enum Spare {
+    /// A helper thread is filling a new file with zeros.
+    Zeroing(std::thread::JoinHandle<std::io::Result<()>>),
+    /// A committed file renamed to [`SPARE`], its old frames left in place.
+    Recycled,
+}
+
+impl Spare {
+    fn is_ready(&self) -> bool {
+        match self {
+            Spare::Zeroing(handle) => handle.is_finished(),
+            Spare::Recycled => true,
+        }
+    }
+
+    /// Waits for a helper thread still writing.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Spare::Zeroing(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the thread preparing a WAL file panicked"))),
+            Spare::Recycled => Ok(()),
+        }
+    }
+}
 
 /// Where one batch lives.
 #[derive(Debug, Clone, Copy)]
@@ -71,12 +102,12 @@ pub struct Wal {
     file_base: u64,
     /// Bytes of frames in the current file (where the next write goes).
     size: u64,
-    /// The current file was preallocated (zeros beyond `size`).
+    /// The current file was preallocated (written space beyond `size`).
     preallocated: bool,
     /// Size of preallocated files (0: files grow as they are written).
     prealloc_bytes: u64,
-    /// The helper thread writing the next spare.
-    spare: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The next file.
+    spare: Option<Spare>,
     /// The helper thread deleting files segments cover (see [`Wal::drop_below`]).
     deleter: Option<std::thread::JoinHandle<()>>,
     next_offset: u64,
@@ -225,8 +256,8 @@ struct Found {
     entries: Vec<Entry>,
     headers: Vec<BatchHeader>,
     size: u64,
-    /// Preallocated zeros follow the last frame.
-    zero_tail: bool,
+    /// Preallocated space (zeros or stale frames) follows the last frame.
+    spare_tail: bool,
     valid_len: u64,
     /// A bad frame with valid frames after it: not a torn tail.
     damage: Option<String>,
@@ -323,13 +354,17 @@ impl Wal {
         for &base in &bases {
             let path = dir.join(file_name(base));
             let mut file = File::open(&path)?;
-            let scanned = scan(&mut file, &path)?;
+            let scanned = scan(&mut file, &path, base)?;
             let file_len = file.metadata()?.len();
             found.push(Found {
                 base,
-                // Zeros after the last frame are preallocated space, not data.
-                size: if scanned.zero_tail { scanned.valid_len } else { file_len },
-                zero_tail: scanned.zero_tail && scanned.valid_len < file_len,
+                // Zeros or stale frames after the last frame are preallocated space, not data.
+                size: if scanned.spare_tail {
+                    scanned.valid_len
+                } else {
+                    file_len
+                },
+                spare_tail: scanned.spare_tail && scanned.valid_len < file_len,
                 path,
                 entries: scanned.entries,
                 headers: scanned.headers,
@@ -492,7 +527,7 @@ impl Wal {
                 entries.extend(f.entries.into_iter().map(|e| Entry { file: f.base, ..e }));
                 batches.extend(f.headers);
                 files.push((f.base, Arc::new(File::open(&f.path)?)));
-                tail = (f.valid_len, f.zero_tail);
+                tail = (f.valid_len, f.spare_tail);
             }
             let start = local_start.unwrap_or(committed);
             if start > committed {
@@ -621,34 +656,43 @@ impl Wal {
             write_spare(&dir, bytes)
         });
         match spawned {
-            Ok(handle) => self.spare = Some(handle),
+            Ok(handle) => self.spare = Some(Spare::Zeroing(handle)),
             Err(error) => tracing::warn!(%error, "could not start preallocating a WAL file"),
         }
     }
 
-    /// Takes the spare if it is ready: `Some(path)` of a zero-filled file.
+    fn spare_ready(&self) -> bool {
+        self.spare.as_ref().is_some_and(Spare::is_ready)
+    }
+
+    /// Takes the spare if it is ready: `Some(path)` of a preallocated file.
     fn take_spare(&mut self) -> Option<PathBuf> {
-        if !self.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+        if !self.spare_ready() {
             return None;
         }
-        match self.spare.take()?.join() {
-            Ok(Ok(())) => Some(self.dir.join(SPARE)),
-            Ok(Err(error)) => {
+        match self.spare.take()?.finish() {
+            Ok(()) => Some(self.dir.join(SPARE)),
+            Err(error) => {
                 tracing::warn!(dir = %self.dir.display(), %error, "preallocating a WAL file failed; files grow as written");
                 None
             }
-            Err(_) => None,
         }
     }
 
     /// Rotates when the current file is full, or swaps in a preallocated
-    /// file as soon as one is ready when the current one is not.
+    /// file as soon as one is ready when the current one is not. From half
+    /// full on, a spare is zero-filled, unless an older file waits for its
+    /// segments: that one is recycled instead once they commit
+    /// ([`Wal::drop_below`]), and the disk writes no zeros.
     pub fn rotate_if_due(&mut self, file_bytes: u64) -> Result<()> {
-        let swap = !self.preallocated && self.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished);
+        let swap = !self.preallocated && self.spare_ready();
         if self.size >= file_bytes || swap {
             self.rotate()?;
         } else if self.size >= file_bytes / 2 {
-            self.prepare_spare();
+            let older_files = self.reader.files.read().unwrap_or_else(|p| p.into_inner()).len() > 1;
+            if !older_files {
+                self.prepare_spare();
+            }
         }
         Ok(())
     }
@@ -696,7 +740,7 @@ impl Wal {
     /// (a clean hand-off). The WAL must not be used afterwards.
     pub fn retire(&mut self) -> Result<()> {
         if let Some(spare) = self.spare.take() {
-            let _ = spare.join();
+            let _ = spare.finish();
         }
         self.join_deleter();
         match std::fs::remove_file(self.dir.join(SPARE)) {
@@ -717,7 +761,10 @@ impl Wal {
 
     /// Deletes every file whose records are all below `offset` (covered by
     /// committed segments): at once from what readers see, from the disk on a
-    /// helper thread. Never deletes the file being appended to.
+    /// helper thread. Never deletes the file being appended to. When files
+    /// are preallocated and no spare is under way, the newest of them becomes
+    /// the spare instead, as it is, if no read still holds it (the next
+    /// rotation overwrites it in place).
     pub fn drop_below(&mut self, offset: u64) -> Result<()> {
         let doomed: Vec<u64> = {
             let files = self.reader.files.read().unwrap_or_else(|p| p.into_inner());
@@ -727,16 +774,42 @@ impl Wal {
             return Ok(());
         }
         let last_doomed = *doomed.last().unwrap_or(&0);
-        {
+        let removed = {
             let mut index = self.reader.index.write().unwrap_or_else(|p| p.into_inner());
             index.retain(|e| e.file > last_doomed);
             let start = index.first().map_or(self.next_offset, |e| e.base_offset);
             self.reader.start.store(start, Ordering::SeqCst);
-            self.reader
-                .files
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|(b, _)| *b > last_doomed);
+            let mut files = self.reader.files.write().unwrap_or_else(|p| p.into_inner());
+            let keep = files.partition_point(|(b, _)| *b <= last_doomed);
+            files.drain(..keep).collect::<Vec<_>>()
+        };
+        let mut doomed = doomed;
+        if self.prealloc_bytes > 0
+            && self.spare.is_none()
+            && let Some((base, handle)) = removed.last()
+            // A read that took the file before it left the list may still be
+            // reading it: then it is deleted (the read keeps the inode), not
+            // overwritten under the read.
+            && Arc::strong_count(handle) == 1
+            && handle.metadata().is_ok_and(|m| m.len() >= self.prealloc_bytes)
+        {
+            let path = self.dir.join(file_name(*base));
+            match std::fs::rename(&path, self.dir.join(SPARE)) {
+                Ok(()) => {
+                    // Durable with the directory fsync of the rotation that
+                    // uses it; a crash before leaves a dead file or a
+                    // leftover spare, both deleted by recovery.
+                    self.spare = Some(Spare::Recycled);
+                    doomed.retain(|b| b != base);
+                }
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "recycling a committed WAL file failed; deleting it")
+                }
+            }
+        }
+        drop(removed);
+        if doomed.is_empty() {
+            return Ok(());
         }
         // Unlinking a 64 MiB file takes the filesystem a while, and nothing
         // acknowledged depends on it: off the writer thread, whose durable
@@ -781,7 +854,7 @@ impl Drop for Wal {
     /// directory after its WAL is gone (a later tenure's recovery starts clean).
     fn drop(&mut self) {
         if let Some(spare) = self.spare.take() {
-            let _ = spare.join();
+            let _ = spare.finish();
         }
         self.join_deleter();
     }
@@ -902,8 +975,9 @@ impl WalReader {
 struct Scanned {
     entries: Vec<Entry>,
     headers: Vec<BatchHeader>,
-    /// Only zeros follow the valid prefix (preallocated space), or nothing.
-    zero_tail: bool,
+    /// Only preallocated space follows the valid prefix (zeros, or what is
+    /// left of a recycled file's earlier frames), or nothing.
+    spare_tail: bool,
     /// Length of the valid prefix.
     valid_len: u64,
     /// Damage that is not a torn tail (valid frames follow it, or offsets jump).
@@ -912,14 +986,14 @@ struct Scanned {
     end_after_damage: Option<u64>,
 }
 
-/// Reads every frame of a file.
-fn scan(file: &mut File, path: &Path) -> Result<Scanned> {
+/// Reads every frame of a file named by offset `base`.
+fn scan(file: &mut File, path: &Path, base: u64) -> Result<Scanned> {
     file.seek(SeekFrom::Start(0))?;
     let mut reader = BufReader::with_capacity(1 << 20, &mut *file);
     let mut out = Scanned {
         entries: Vec::new(),
         headers: Vec::new(),
-        zero_tail: true,
+        spare_tail: true,
         valid_len: 0,
         damage: None,
         end_after_damage: None,
@@ -957,30 +1031,56 @@ fn scan(file: &mut File, path: &Path) -> Result<Scanned> {
             Ok(h) => h,
             Err(problem) => {
                 drop(reader);
-                out.zero_tail = rest_is_zero(file, position)?;
-                if out.zero_tail {
+                if rest_is_zero(file, position)? {
                     return Ok(out);
                 }
-                if let Some(end) = later_frames_end(file, position)? {
-                    out.end_after_damage = Some(end);
-                    out.damage = Some(format!(
-                        "{}: damaged batch at byte {position} ({problem}) with valid batches after it; refusing to recover",
-                        path.display()
-                    ));
+                let later = later_frames(file, position + 1, base)?;
+                match later.end {
+                    Some(end) => {
+                        out.spare_tail = false;
+                        out.end_after_damage = Some(end);
+                        out.damage = Some(format!(
+                            "{}: damaged batch at byte {position} ({problem}) with valid batches after it; refusing to recover",
+                            path.display()
+                        ));
+                    }
+                    // Where the frames of a recycled file's new life end,
+                    // what is left of its old ones: a clean end.
+                    None => out.spare_tail = later.stale,
                 }
                 return Ok(out);
             }
         };
+        if header.next_offset() <= base {
+            // A frame of this file's earlier life (it was recycled): this
+            // life's frames end here, unless one of them follows.
+            drop(reader);
+            let later = later_frames(file, position, base)?;
+            if let Some(end) = later.end {
+                out.spare_tail = false;
+                out.end_after_damage = Some(end);
+                out.damage = Some(format!(
+                    "{}: batch at byte {position} holds offsets {}..{}, below the file's first offset {base}, \
+                     with batches of the file after it; refusing to recover",
+                    path.display(),
+                    header.base_offset,
+                    header.next_offset()
+                ));
+            }
+            return Ok(out);
+        }
         let expected = out.headers.last().map_or(header.base_offset, BatchHeader::next_offset);
         if header.base_offset != expected {
-            out.zero_tail = false;
+            out.spare_tail = false;
             out.damage = Some(format!(
                 "{}: batch at byte {position} starts at offset {} but {expected} was expected",
                 path.display(),
                 header.base_offset
             ));
             drop(reader);
-            out.end_after_damage = later_frames_end(file, position)?.map(|e| e.max(header.next_offset()));
+            out.end_after_damage = later_frames(file, position + 1, base)?
+                .end
+                .map(|e| e.max(header.next_offset()));
             return Ok(out);
         }
         out.entries.push(Entry {
@@ -998,27 +1098,41 @@ fn scan(file: &mut File, path: &Path) -> Result<Scanned> {
     Ok(out)
 }
 
-/// The offset after the last valid frame found anywhere after the bad one at
-/// `position`, or `None` if there is none (then the bad frame is a torn tail,
-/// not damage).
-fn later_frames_end(file: &mut File, position: u64) -> Result<Option<u64>> {
+/// Valid frames found anywhere in a file from byte `position` on.
+struct Later {
+    /// The offset after the last one of the file's own life (offsets from
+    /// `base` on), or `None` if there is none (then what comes before is a
+    /// torn or clean end, not damage).
+    end: Option<u64>,
+    /// Some frame of an earlier life (the file was recycled) is there.
+    stale: bool,
+}
+
+fn later_frames(file: &mut File, position: u64, base: u64) -> Result<Later> {
     let mut rest = Vec::new();
     file.seek(SeekFrom::Start(position))?;
     file.read_to_end(&mut rest)?;
-    let mut end = None;
-    let mut i = 1;
+    let mut later = Later {
+        end: None,
+        stale: false,
+    };
+    let mut i = 0;
     while i < rest.len() {
         if (rest[i..].starts_with(batch::MAGIC) || rest[i..].starts_with(batch::MAGIC_V2))
             && let Ok(frame) = batch::frame(&rest[i..])
         {
             let next = frame.header.next_offset();
-            end = Some(end.map_or(next, |e: u64| e.max(next)));
+            if next <= base {
+                later.stale = true;
+            } else {
+                later.end = Some(later.end.map_or(next, |e: u64| e.max(next)));
+            }
             i += frame.len();
         } else {
             i += 1;
         }
     }
-    Ok(end)
+    Ok(later)
 }
 
 /// Whether every byte of `file` from `position` on is zero (or there are none).
@@ -1594,7 +1708,7 @@ mod tests {
             // Wait for the next spare so every file is a preallocated one.
             wal.prepare_spare();
             for _ in 0..500 {
-                if wal.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+                if wal.spare_ready() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -1649,5 +1763,172 @@ mod tests {
         assert_eq!(frames.len(), 2, "from the frame holding offset 3");
         assert_eq!(&frames[0][..4], batch::MAGIC);
         assert_eq!(&frames[1][..4], batch::MAGIC_V2);
+    }
+
+    /// A WAL of preallocated files of `bytes` whose files `0..` are full
+    /// of frames of `n` records: returns it with `files` files rotated out
+    /// and none deleted yet.
+    fn recycling(dir: &Path, bytes: u64, files: usize, n: u32) -> Wal {
+        let mut wal = preallocated(dir, bytes);
+        for _ in 0..files {
+            while wal.size < bytes {
+                write_batches(&mut wal, &[n]);
+            }
+            wal.rotate().unwrap();
+        }
+        wal
+    }
+
+    #[test]
+    fn a_committed_file_becomes_the_spare_as_it_is_and_recovery_ignores_its_old_frames() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let bytes = 16 * 1024;
+        let mut wal = recycling(dir.path(), bytes, 2, 7);
+        let files = wal_files(dir.path()).unwrap().0;
+        assert_eq!(files.len(), 3);
+        let (first, second, current) = (files[0], files[1], files[2]);
+        assert!(wal.spare.is_none());
+        wal.drop_below(current).unwrap();
+        wal.join_deleter();
+        assert!(
+            matches!(wal.spare, Some(Spare::Recycled)),
+            "the newest committed file is the spare"
+        );
+        assert_eq!(
+            wal_files(dir.path()).unwrap().0,
+            vec![current],
+            "the older one is deleted"
+        );
+        let spare = std::fs::read(dir.path().join(SPARE)).unwrap();
+        assert!(spare.len() as u64 >= bytes, "kept whole");
+        assert_eq!(
+            batch::frame(&spare).unwrap().header.base_offset,
+            second,
+            "not zero-filled: its old frames are still there"
+        );
+        assert!(first < second);
+
+        // Into place at the next rotation; a few frames overwrite the start.
+        write_batches(&mut wal, &[3]);
+        wal.rotate().unwrap();
+        assert!(wal.is_preallocated());
+        let base = wal.next_offset();
+        write_batches(&mut wal, &[2, 5]);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(file_name(base))).unwrap().len(),
+            spare.len() as u64,
+            "written in place"
+        );
+        drop(wal);
+
+        let recovered = open(dir.path(), current).unwrap();
+        assert_eq!(recovered.wal.next_offset(), base + 7);
+        assert_eq!(
+            recovered.truncated, 0,
+            "the old frames are spare space, not a torn tail"
+        );
+        assert!(recovered.wal.is_preallocated());
+        let records = recovered.wal.reader().read(current, base + 7, usize::MAX).unwrap();
+        assert_eq!(
+            records.iter().map(|s| s.offset).collect::<Vec<_>>(),
+            (current..base + 7).collect::<Vec<_>>()
+        );
+        // Appends continue in place over the rest of the old frames.
+        let mut wal = recovered.wal;
+        write_batches(&mut wal, &[4]);
+        drop(wal);
+        assert_eq!(open(dir.path(), current).unwrap().wal.next_offset(), base + 11);
+    }
+
+    #[test]
+    fn a_recycled_file_recovers_at_every_end_torn_stale_or_untouched() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let bytes = 16 * 1024;
+        let mut wal = recycling(dir.path(), bytes, 1, 7);
+        let current = wal.next_offset();
+        wal.drop_below(current).unwrap();
+        assert!(matches!(wal.spare, Some(Spare::Recycled)));
+        wal.rotate().unwrap(); // the empty current file is replaced by the spare, same name
+        assert!(wal.is_preallocated());
+        let path = dir.path().join(file_name(current));
+        drop(wal);
+        // Rotated in, nothing written yet: all of it is old frames.
+        let recovered = open(dir.path(), current).unwrap();
+        assert_eq!(recovered.wal.next_offset(), current);
+        assert_eq!(recovered.truncated, 0);
+        let mut wal = recovered.wal;
+        write_batches(&mut wal, &[2, 2]);
+        let end = wal.current_file_size();
+        drop(wal);
+        let old = std::fs::read(&path).unwrap();
+        // A torn new frame over the old ones, at every cut: nothing of this
+        // life follows it, so the log ends before it.
+        let (extra, _) = batch_at(current + 4, 40);
+        for cut in [1, PREAMBLE, PREAMBLE + 1, extra.len() / 2, extra.len() - 1] {
+            std::fs::write(&path, &old).unwrap();
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(&extra[..cut], end).unwrap();
+            drop(file);
+            let recovered = open(dir.path(), current).unwrap();
+            assert_eq!(recovered.wal.next_offset(), current + 4, "cut {cut}");
+            let records = recovered.wal.reader().read(current, current + 4, usize::MAX).unwrap();
+            assert_eq!(records.len(), 4, "cut {cut}");
+        }
+        // A frame of this life after the damage is corruption, even among old frames.
+        std::fs::write(&path, &old).unwrap();
+        let (later, _) = batch_at(current + 9, 1);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&extra[..PREAMBLE + 1], end).unwrap();
+        file.write_all_at(&later, bytes - later.len() as u64).unwrap();
+        drop(file);
+        let damaged = std::fs::read(&path).unwrap();
+        assert!(matches!(open(dir.path(), current), Err(Error::Corrupt(_))));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            damaged,
+            "a refused recovery changes nothing"
+        );
+        // So is one right after the old frames begin.
+        std::fs::write(&path, &old).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&later, bytes - later.len() as u64).unwrap();
+        drop(file);
+        assert!(matches!(open(dir.path(), current), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_file_a_read_still_holds_is_deleted_not_recycled() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = recycling(dir.path(), 16 * 1024, 1, 7);
+        let current = wal.next_offset();
+        let held = wal.reader.files.read().unwrap()[0].1.clone();
+        wal.drop_below(current).unwrap();
+        wal.join_deleter();
+        assert!(wal.spare.is_none(), "never overwritten under a read");
+        assert!(!dir.path().join(SPARE).exists());
+        assert_eq!(wal_files(dir.path()).unwrap().0, vec![current]);
+        let mut first = vec![0u8; PREAMBLE];
+        held.read_exact_at(&mut first, 0).unwrap();
+        assert_eq!(&first[..4], batch::MAGIC_V2, "the read still sees its frames");
+    }
+
+    #[test]
+    fn no_zeros_are_written_while_an_older_file_can_be_recycled() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let bytes = 16 * 1024;
+        let mut wal = recycling(dir.path(), bytes, 1, 7);
+        while wal.size < bytes * 3 / 4 {
+            write_batches(&mut wal, &[7]);
+        }
+        wal.rotate_if_due(bytes).unwrap();
+        assert!(wal.spare.is_none(), "the older file will be the spare: no zero-filling");
+        wal.drop_below(wal.next_offset()).unwrap();
+        assert!(matches!(wal.spare, Some(Spare::Recycled)));
+        while wal.size < bytes {
+            write_batches(&mut wal, &[7]);
+        }
+        wal.rotate_if_due(bytes).unwrap();
+        assert!(wal.is_preallocated(), "rotated into the recycled file");
+        assert_eq!(wal_files(dir.path()).unwrap().0.len(), 2);
     }
 }
