@@ -46,35 +46,21 @@ fn file_name(base: u64) -> String {
     format!("{base:020}.wal")
 }
 
-/// The file the next rotation renames into place (zero-filled or recycled).
-const SPARE: &str = "spare.prealloc";
-
-/// The next file, being prepared or ready under [`SPARE`].
-enum Spare {
-    /// A helper thread is filling a new file with zeros.
-    Zeroing(std::thread::JoinHandle<std::io::Result<()>>),
-    /// A committed file renamed to [`SPARE`], its old frames left in place.
-    Recycled,
+/// Spare files (which the next rotations rename into place, zero-filled or
+/// recycled) are named `spare-N.prealloc`; any such file (or one from before,
+/// `spare.prealloc`) found at recovery is a leftover and deleted.
+fn spare_name(n: u64) -> String {
+    format!("spare-{n}.prealloc")
 }
 
-impl Spare {
-    fn is_ready(&self) -> bool {
-        match self {
-            Spare::Zeroing(handle) => handle.is_finished(),
-            Spare::Recycled => true,
-        }
-    }
-
-    /// Waits for a helper thread still writing.
-    fn finish(self) -> std::io::Result<()> {
-        match self {
-            Spare::Zeroing(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("the thread preparing a WAL file panicked"))),
-            Spare::Recycled => Ok(()),
-        }
-    }
+fn is_spare(name: &str) -> bool {
+    name.starts_with("spare") && name.contains(".prealloc")
 }
+
+/// Spares kept ready at most. Two, so that a rotation rarely finds none
+/// (when segments have not covered the file before it yet, the one before
+/// that is already recycled).
+const MAX_SPARES: usize = 2;
 
 /// Where one batch lives.
 #[derive(Debug, Clone, Copy)]
@@ -106,8 +92,12 @@ pub struct Wal {
     preallocated: bool,
     /// Size of preallocated files (0: files grow as they are written).
     prealloc_bytes: u64,
-    /// The next file.
-    spare: Option<Spare>,
+    /// Spares ready, oldest first.
+    spares: std::collections::VecDeque<PathBuf>,
+    /// A helper thread zero-filling a spare (its path when done).
+    zeroing: Option<std::thread::JoinHandle<std::io::Result<PathBuf>>>,
+    /// The number in the next spare's name.
+    spare_seq: u64,
     /// The helper thread deleting files segments cover (see [`Wal::drop_below`]).
     deleter: Option<std::thread::JoinHandle<()>>,
     next_offset: u64,
@@ -336,12 +326,7 @@ impl Wal {
     /// file is always named by the first offset it holds.
     pub fn recover(dir: &Path, tenure: &Tenure) -> Result<Recovered> {
         std::fs::create_dir_all(dir)?;
-        for leftover in [SPARE.to_owned(), format!("{SPARE}.tmp")] {
-            match std::fs::remove_file(dir.join(leftover)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-        }
+        remove_spares(dir)?;
         let committed = tenure.committed;
         let mut set_aside_paths = Vec::new();
         let (bases, strays) = wal_files(dir)?;
@@ -573,7 +558,9 @@ impl Wal {
                 size,
                 preallocated,
                 prealloc_bytes: 0,
-                spare: None,
+                spares: Default::default(),
+                zeroing: None,
+                spare_seq: 0,
                 deleter: None,
                 next_offset,
                 reader,
@@ -645,38 +632,58 @@ impl Wal {
         self.prealloc_bytes = bytes;
     }
 
+    fn next_spare_path(&mut self) -> PathBuf {
+        self.spare_seq += 1;
+        self.dir.join(spare_name(self.spare_seq))
+    }
+
+    /// Spares ready or being zero-filled.
+    fn spare_count(&self) -> usize {
+        self.spares.len() + usize::from(self.zeroing.is_some())
+    }
+
+    /// Starts zero-filling a spare unless one is ready or coming.
     fn prepare_spare(&mut self) {
-        if self.prealloc_bytes == 0 || self.spare.is_some() {
+        if self.prealloc_bytes == 0 || self.spare_count() > 0 {
             return;
         }
-        let (dir, bytes) = (self.dir.clone(), self.prealloc_bytes);
+        let (path, bytes) = (self.next_spare_path(), self.prealloc_bytes);
         let spawned = std::thread::Builder::new().name("wal-prealloc".into()).spawn(move || {
             // Zero-filling competes with the writer for the disk and a core.
             cairn_service::offload::lower_this_thread();
-            write_spare(&dir, bytes)
+            write_spare(&path, bytes).map(|()| path)
         });
         match spawned {
-            Ok(handle) => self.spare = Some(Spare::Zeroing(handle)),
+            Ok(handle) => self.zeroing = Some(handle),
             Err(error) => tracing::warn!(%error, "could not start preallocating a WAL file"),
         }
     }
 
-    fn spare_ready(&self) -> bool {
-        self.spare.as_ref().is_some_and(Spare::is_ready)
+    /// Takes in the zero-filled spare when its thread is done (or, with
+    /// `wait`, waits for it).
+    fn collect_zeroed(&mut self, wait: bool) {
+        if !self.zeroing.as_ref().is_some_and(|h| wait || h.is_finished()) {
+            return;
+        }
+        let Some(handle) = self.zeroing.take() else { return };
+        match handle.join() {
+            Ok(Ok(path)) => self.spares.push_back(path),
+            Ok(Err(error)) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "preallocating a WAL file failed; files grow as written");
+            }
+            Err(_) => tracing::warn!(dir = %self.dir.display(), "the thread preallocating a WAL file panicked"),
+        }
     }
 
-    /// Takes the spare if it is ready: `Some(path)` of a preallocated file.
+    fn spare_ready(&mut self) -> bool {
+        self.collect_zeroed(false);
+        !self.spares.is_empty()
+    }
+
+    /// Takes a spare if one is ready: `Some(path)` of a preallocated file.
     fn take_spare(&mut self) -> Option<PathBuf> {
-        if !self.spare_ready() {
-            return None;
-        }
-        match self.spare.take()?.finish() {
-            Ok(()) => Some(self.dir.join(SPARE)),
-            Err(error) => {
-                tracing::warn!(dir = %self.dir.display(), %error, "preallocating a WAL file failed; files grow as written");
-                None
-            }
-        }
+        self.collect_zeroed(false);
+        self.spares.pop_front()
     }
 
     /// Rotates when the current file is full, or swaps in a preallocated
@@ -701,7 +708,7 @@ impl Wal {
     /// spare when it is ready, else an empty file. An empty current file that
     /// is not preallocated is replaced by the spare under the same name.
     pub fn rotate(&mut self) -> Result<()> {
-        if self.size == 0 && (self.preallocated || self.spare.is_none()) {
+        if self.size == 0 && (self.preallocated || self.spare_count() == 0) {
             return Ok(());
         }
         let base = self.next_offset;
@@ -739,14 +746,10 @@ impl Wal {
     /// Deletes every file and the epochs record: segments hold everything
     /// (a clean hand-off). The WAL must not be used afterwards.
     pub fn retire(&mut self) -> Result<()> {
-        if let Some(spare) = self.spare.take() {
-            let _ = spare.finish();
-        }
+        self.collect_zeroed(true);
+        self.spares.clear();
         self.join_deleter();
-        match std::fs::remove_file(self.dir.join(SPARE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
+        remove_spares(&self.dir)?;
         let (bases, _) = wal_files(&self.dir)?;
         for base in bases {
             std::fs::remove_file(self.dir.join(file_name(base)))?;
@@ -762,9 +765,9 @@ impl Wal {
     /// Deletes every file whose records are all below `offset` (covered by
     /// committed segments): at once from what readers see, from the disk on a
     /// helper thread. Never deletes the file being appended to. When files
-    /// are preallocated and no spare is under way, the newest of them becomes
-    /// the spare instead, as it is, if no read still holds it (the next
-    /// rotation overwrites it in place).
+    /// are preallocated, the newest of them become spares instead (up to
+    /// [`MAX_SPARES`]), as they are, if no read still holds them (a later
+    /// rotation overwrites them in place).
     pub fn drop_below(&mut self, offset: u64) -> Result<()> {
         let doomed: Vec<u64> = {
             let files = self.reader.files.read().unwrap_or_else(|p| p.into_inner());
@@ -784,22 +787,24 @@ impl Wal {
             files.drain(..keep).collect::<Vec<_>>()
         };
         let mut doomed = doomed;
-        if self.prealloc_bytes > 0
-            && self.spare.is_none()
-            && let Some((base, handle)) = removed.last()
+        for (base, handle) in removed.iter().rev() {
+            if self.prealloc_bytes == 0 || self.spare_count() >= MAX_SPARES {
+                break;
+            }
             // A read that took the file before it left the list may still be
             // reading it: then it is deleted (the read keeps the inode), not
             // overwritten under the read.
-            && Arc::strong_count(handle) == 1
-            && handle.metadata().is_ok_and(|m| m.len() >= self.prealloc_bytes)
-        {
+            if Arc::strong_count(handle) > 1 || !handle.metadata().is_ok_and(|m| m.len() >= self.prealloc_bytes) {
+                continue;
+            }
             let path = self.dir.join(file_name(*base));
-            match std::fs::rename(&path, self.dir.join(SPARE)) {
+            let spare = self.next_spare_path();
+            match std::fs::rename(&path, &spare) {
                 Ok(()) => {
                     // Durable with the directory fsync of the rotation that
                     // uses it; a crash before leaves a dead file or a
                     // leftover spare, both deleted by recovery.
-                    self.spare = Some(Spare::Recycled);
+                    self.spares.push_back(spare);
                     doomed.retain(|b| b != base);
                 }
                 Err(error) => {
@@ -853,9 +858,7 @@ impl Drop for Wal {
     /// A spare still being written is waited for: nothing writes into this
     /// directory after its WAL is gone (a later tenure's recovery starts clean).
     fn drop(&mut self) {
-        if let Some(spare) = self.spare.take() {
-            let _ = spare.finish();
-        }
+        self.collect_zeroed(true);
         self.join_deleter();
     }
 }
@@ -1151,14 +1154,28 @@ fn rest_is_zero(file: &mut File, position: u64) -> Result<bool> {
     }
 }
 
-/// Writes the spare: `bytes` of zeros, durable, under [`SPARE`].
+/// Deletes every spare file in `dir` (leftovers: nothing uses them yet).
+fn remove_spares(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if is_spare(&entry.file_name().to_string_lossy()) {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a spare: `bytes` of zeros, durable, at `path`.
 /// Bytes of zeros a spare is flushed in: one flush of a whole 64 MiB file
 /// holds the disk for tens of milliseconds, and every durable ack waiting on
 /// the WAL's fdatasync meanwhile waits behind it; small flushes interleave.
 const SPARE_FLUSH_BYTES: u64 = 2 << 20;
 
-fn write_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{SPARE}.tmp"));
+fn write_spare(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("prealloc.tmp");
     let file = File::create(&tmp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut written = 0u64;
@@ -1171,8 +1188,8 @@ fn write_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
         }
     }
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SPARE))?;
-    File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -1208,6 +1225,12 @@ mod tests {
         let mut buf = Vec::new();
         batch::encode(&header, &records, &mut buf);
         (buf, header)
+    }
+
+    fn has_spares(dir: &Path) -> bool {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .any(|e| is_spare(&e.unwrap().file_name().to_string_lossy()))
     }
 
     fn open(dir: &Path, committed: u64) -> Result<Recovered> {
@@ -1689,13 +1712,13 @@ mod tests {
         wal.preallocate_when_needed(file_bytes);
         write_batches(&mut wal, &[1]);
         wal.rotate_if_due(file_bytes).unwrap();
-        assert!(wal.spare.is_none(), "a partition that writes little holds no spare");
+        assert_eq!(wal.spare_count(), 0, "a partition that writes little holds no spare");
         while wal.size < file_bytes / 2 {
             write_batches(&mut wal, &[20]);
         }
         assert!(wal.size < file_bytes);
         wal.rotate_if_due(file_bytes).unwrap();
-        assert!(wal.spare.is_some(), "half full: the next file is being prepared");
+        assert!(wal.spare_count() > 0, "half full: the next file is being prepared");
         assert_eq!(wal_files(dir.path()).unwrap().0, vec![0], "and no rotation yet");
     }
 
@@ -1723,10 +1746,7 @@ mod tests {
         assert_eq!(recovered.wal.next_offset(), 300);
         assert_eq!(recovered.truncated, 0);
         assert_eq!(recovered.wal.reader().read(0, 300, usize::MAX).unwrap().len(), 300);
-        assert!(
-            !dir.path().join(SPARE).exists(),
-            "a leftover spare is removed on recovery"
-        );
+        assert!(!has_spares(dir.path()), "a leftover spare is removed on recovery");
     }
 
     #[test]
@@ -1787,24 +1807,21 @@ mod tests {
         let files = wal_files(dir.path()).unwrap().0;
         assert_eq!(files.len(), 3);
         let (first, second, current) = (files[0], files[1], files[2]);
-        assert!(wal.spare.is_none());
+        assert_eq!(wal.spare_count(), 0);
         wal.drop_below(current).unwrap();
         wal.join_deleter();
-        assert!(
-            matches!(wal.spare, Some(Spare::Recycled)),
-            "the newest committed file is the spare"
-        );
+        assert_eq!(wal.spares.len(), 2, "both committed files are spares");
         assert_eq!(
             wal_files(dir.path()).unwrap().0,
             vec![current],
-            "the older one is deleted"
+            "and no WAL file any more"
         );
-        let spare = std::fs::read(dir.path().join(SPARE)).unwrap();
+        let spare = std::fs::read(&wal.spares[0]).unwrap();
         assert!(spare.len() as u64 >= bytes, "kept whole");
         assert_eq!(
             batch::frame(&spare).unwrap().header.base_offset,
             second,
-            "not zero-filled: its old frames are still there"
+            "the newest first, not zero-filled: its old frames are still there"
         );
         assert!(first < second);
 
@@ -1847,7 +1864,7 @@ mod tests {
         let mut wal = recycling(dir.path(), bytes, 1, 7);
         let current = wal.next_offset();
         wal.drop_below(current).unwrap();
-        assert!(matches!(wal.spare, Some(Spare::Recycled)));
+        assert_eq!(wal.spares.len(), 1);
         wal.rotate().unwrap(); // the empty current file is replaced by the spare, same name
         assert!(wal.is_preallocated());
         let path = dir.path().join(file_name(current));
@@ -1904,8 +1921,8 @@ mod tests {
         let held = wal.reader.files.read().unwrap()[0].1.clone();
         wal.drop_below(current).unwrap();
         wal.join_deleter();
-        assert!(wal.spare.is_none(), "never overwritten under a read");
-        assert!(!dir.path().join(SPARE).exists());
+        assert_eq!(wal.spare_count(), 0, "never overwritten under a read");
+        assert!(!has_spares(dir.path()));
         assert_eq!(wal_files(dir.path()).unwrap().0, vec![current]);
         let mut first = vec![0u8; PREAMBLE];
         held.read_exact_at(&mut first, 0).unwrap();
@@ -1921,9 +1938,13 @@ mod tests {
             write_batches(&mut wal, &[7]);
         }
         wal.rotate_if_due(bytes).unwrap();
-        assert!(wal.spare.is_none(), "the older file will be the spare: no zero-filling");
+        assert_eq!(
+            wal.spare_count(),
+            0,
+            "the older file will be the spare: no zero-filling"
+        );
         wal.drop_below(wal.next_offset()).unwrap();
-        assert!(matches!(wal.spare, Some(Spare::Recycled)));
+        assert_eq!(wal.spares.len(), 1);
         while wal.size < bytes {
             write_batches(&mut wal, &[7]);
         }
