@@ -48,6 +48,7 @@ impl Default for AgentMetrics {
                 queue_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
                 write_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
                 fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
+                tidy_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
             },
             leases_acquired: Counter::default(),
             leases_lost: Counter::default(),
@@ -77,6 +78,11 @@ impl AgentMetrics {
                 "cairn_agent_wal_fsync_seconds",
                 "Time of each WAL fdatasync (one per group-commit round)",
                 &self.wal.fsync_seconds,
+            ),
+            (
+                "cairn_agent_wal_tidy_seconds",
+                "Time after each group-commit round spent rotating, recycling and deleting WAL files",
+                &self.wal.tidy_seconds,
             ),
         ] {
             metrics.register(name, help, histogram.clone());

@@ -222,7 +222,7 @@ pub struct Partition {
 
 /// Where a durable ack's time goes, stage by stage: waiting in the
 /// partition's queue for a group-commit round, writing the round, its
-/// fdatasync.
+/// fdatasync, and the upkeep after it that the next round waits behind.
 #[derive(Debug, Clone)]
 pub struct WalTimings {
     /// From a request's arrival in the queue to its round starting.
@@ -231,6 +231,8 @@ pub struct WalTimings {
     pub write_seconds: cairn_service::metrics::prometheus_client::metrics::histogram::Histogram,
     /// One round's fdatasync.
     pub fsync_seconds: cairn_service::metrics::prometheus_client::metrics::histogram::Histogram,
+    /// After a round: rotating, recycling and deleting WAL files.
+    pub tidy_seconds: cairn_service::metrics::prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Writer settings.
@@ -740,7 +742,11 @@ impl Writer {
         for p in durable {
             let _ = p.reply.send(Ok(p.appended));
         }
+        let started = std::time::Instant::now();
         self.tidy();
+        if let Some(t) = &self.config.timings {
+            t.tidy_seconds.observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 }

@@ -254,12 +254,16 @@ async fn committed_acks_survive_kill_9_retakes_between_two_agents_under_unclean_
     // nothing acknowledged may be lost or duplicated through any of it.
     let cluster = Cluster::new();
     let (pa, pb) = (free_port(), free_port());
+    // Small WAL files: committed acks roll segments often, so files rotate,
+    // are recycled as spares and overwritten in place while agents die.
     let args = |name: &str| {
         vec![
             "--set".to_owned(),
             "agent.unclean_takeover=true".to_owned(),
             "--set".to_owned(),
             format!("agent.id=agent-{name}"),
+            "--set".to_owned(),
+            "agent.wal_file_bytes=64KiB".to_owned(),
         ]
     };
     let start = |port: u16, name: &'static str| {
