@@ -562,6 +562,11 @@ async fn the_agent_exposes_its_figures_on_the_metrics_listener() {
     assert_eq!(value("cairn_agent_wal_queue_seconds_count"), 3.0);
     assert!(value("cairn_agent_wal_write_seconds_count") >= 3.0);
     assert!(value("cairn_agent_wal_write_seconds_sum") > 0.0);
+    // The upkeep after each round that wrote is timed too.
+    assert_eq!(
+        value("cairn_agent_wal_tidy_seconds_count"),
+        value("cairn_agent_wal_fsync_seconds_count")
+    );
     assert_eq!(
         value(r#"cairn_rpc_server_requests_total{service="cairn.agent.v1.AgentService",method="Produce",code="OK"}"#),
         3.0
