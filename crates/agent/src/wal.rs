@@ -766,7 +766,7 @@ impl Wal {
     /// committed segments): at once from what readers see, from the disk on a
     /// helper thread. Never deletes the file being appended to. When files
     /// are preallocated, the newest of them become spares instead (up to
-    /// [`MAX_SPARES`]), as they are, if no read still holds them (a later
+    /// two), as they are, if no read still holds them (a later
     /// rotation overwrites them in place).
     pub fn drop_below(&mut self, offset: u64) -> Result<()> {
         let doomed: Vec<u64> = {
