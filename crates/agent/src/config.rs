@@ -95,7 +95,8 @@ pub struct AgentConfig {
     pub wal_file_bytes: u64,
     /// Write WAL files into space prepared ahead (`wal_file_bytes` each), so
     /// an fdatasync changes no file size: a committed file recycled as it
-    /// is, or one a helper thread zero-fills when none is waiting.
+    /// is, or one a helper thread zero-fills when none is waiting. A
+    /// partition that has rotated keeps up to two such spares, idle or not.
     pub wal_preallocate: bool,
     /// How often each partition's retention and orphan-object sweep runs.
     #[serde(with = "cairn_service::units::duration")]
