@@ -769,14 +769,14 @@ impl Wal {
     /// two), as they are, if no read still holds them (a later
     /// rotation overwrites them in place).
     pub fn drop_below(&mut self, offset: u64) -> Result<()> {
-        let doomed: Vec<u64> = {
+        // The newest file whose successor starts at or below `offset` (files are in order).
+        let last_doomed = {
             let files = self.reader.files.read().unwrap_or_else(|p| p.into_inner());
-            files.windows(2).filter(|w| w[1].0 <= offset).map(|w| w[0].0).collect()
+            files.windows(2).rev().find(|w| w[1].0 <= offset).map(|w| w[0].0)
         };
-        if doomed.is_empty() {
+        let Some(last_doomed) = last_doomed else {
             return Ok(());
-        }
-        let last_doomed = *doomed.last().unwrap_or(&0);
+        };
         let removed = {
             let mut index = self.reader.index.write().unwrap_or_else(|p| p.into_inner());
             index.retain(|e| e.file > last_doomed);
@@ -786,34 +786,15 @@ impl Wal {
             let keep = files.partition_point(|(b, _)| *b <= last_doomed);
             files.drain(..keep).collect::<Vec<_>>()
         };
-        let mut doomed = doomed;
-        for (base, handle) in removed.iter().rev() {
-            if self.prealloc_bytes == 0 || self.spare_count() >= MAX_SPARES {
-                break;
-            }
-            // A read that took the file before it left the list may still be
-            // reading it: then it is deleted (the read keeps the inode), not
-            // overwritten under the read.
-            if Arc::strong_count(handle) > 1 || !handle.metadata().is_ok_and(|m| m.len() >= self.prealloc_bytes) {
-                continue;
-            }
-            let path = self.dir.join(file_name(*base));
-            let spare = self.next_spare_path();
-            match std::fs::rename(&path, &spare) {
-                Ok(()) => {
-                    // Durable with the directory fsync of the rotation that
-                    // uses it; a crash before leaves a dead file or a
-                    // leftover spare, both deleted by recovery.
-                    self.spares.push_back(spare);
-                    doomed.retain(|b| b != base);
-                }
-                Err(error) => {
-                    tracing::warn!(file = %path.display(), %error, "recycling a committed WAL file failed; deleting it")
-                }
+        // Newest first: the files most likely still in the page cache.
+        let mut paths = Vec::new();
+        for (base, handle) in removed.into_iter().rev() {
+            let path = self.dir.join(file_name(base));
+            if !self.recycle(&path, handle) {
+                paths.push(path);
             }
         }
-        drop(removed);
-        if doomed.is_empty() {
+        if paths.is_empty() {
             return Ok(());
         }
         // Unlinking a 64 MiB file takes the filesystem a while, and nothing
@@ -822,7 +803,6 @@ impl Wal {
         // crash undoes leaves a file wholly below the committed offset, which
         // recovery deletes again.
         self.join_deleter();
-        let paths: Vec<PathBuf> = doomed.into_iter().map(|base| self.dir.join(file_name(base))).collect();
         let spawned = std::thread::Builder::new().name("wal-delete".into()).spawn({
             let paths = paths.clone();
             move || {
@@ -843,6 +823,35 @@ impl Wal {
             }
         }
         Ok(())
+    }
+
+    /// Makes the committed file at `path` a spare, as it is, if spares are
+    /// wanted and no read still holds `handle` (a read that took the file
+    /// before it left the list may still be reading it: that file is
+    /// deleted, as the read keeps the inode, not overwritten under the read).
+    fn recycle(&mut self, path: &Path, handle: Arc<File>) -> bool {
+        if self.prealloc_bytes == 0
+            || self.spare_count() >= MAX_SPARES
+            || Arc::strong_count(&handle) > 1
+            || !handle.metadata().is_ok_and(|m| m.len() >= self.prealloc_bytes)
+        {
+            return false;
+        }
+        drop(handle);
+        let spare = self.next_spare_path();
+        match std::fs::rename(path, &spare) {
+            Ok(()) => {
+                // Durable with the directory fsync of the rotation that uses
+                // it; a crash before leaves a dead file or a leftover spare,
+                // both deleted by recovery.
+                self.spares.push_back(spare);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "recycling a committed WAL file failed; deleting it");
+                false
+            }
+        }
     }
 
     /// Waits for deletions under way: nothing deletes in this directory
