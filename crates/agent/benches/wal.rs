@@ -52,6 +52,7 @@ fn open(dir: &Path) -> Arc<Partition> {
         queue_depth: 4096,
         wal_file_bytes: 1 << 30,
         timings: None,
+        sequence_hold: std::time::Duration::from_millis(500),
     };
     let (partition, _) = Partition::open("bench", 0, dir, &Tenure::local(0), Default::default(), config).unwrap();
     partition

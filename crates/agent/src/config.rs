@@ -98,6 +98,12 @@ pub struct AgentConfig {
     /// is, or one a helper thread zero-fills when none is waiting. A
     /// partition that has rotated keeps up to two such spares, idle or not.
     pub wal_preallocate: bool,
+    /// A batch that arrives ahead of its producer's sequence (its
+    /// predecessors, sent just before it, are still on the way: requests race
+    /// inside the agent) waits this long for them before it is refused as out
+    /// of order. Zero refuses at once, and the producer resends it in turn.
+    #[serde(with = "cairn_service::units::duration")]
+    pub sequence_hold: Duration,
     /// How often each partition's retention and orphan-object sweep runs.
     #[serde(with = "cairn_service::units::duration")]
     pub retention_interval: Duration,
@@ -136,6 +142,7 @@ impl Default for AgentConfig {
             max_round_bytes: 8 * 1024 * 1024,
             wal_file_bytes: 64 * 1024 * 1024,
             wal_preallocate: true,
+            sequence_hold: Duration::from_millis(500),
             retention_interval: Duration::from_secs(60),
             commit_linger: Duration::from_millis(50),
             commit_linger_bytes: 4 * 1024 * 1024,

@@ -153,7 +153,7 @@ impl Collector for PartitionCollector {
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         type Figure = (&'static str, &'static str, fn(&crate::node::Held) -> u64, bool);
-        let figures: [Figure; 6] = [
+        let figures: [Figure; 7] = [
             (
                 "cairn_agent_high_watermark",
                 "Offset after the last durable record",
@@ -182,6 +182,12 @@ impl Collector for PartitionCollector {
                 "cairn_agent_wal_fsyncs",
                 "WAL fdatasyncs under this tenure (records per fsync = records / fsyncs)",
                 |h| h.partition.stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+                true,
+            ),
+            (
+                "cairn_agent_sequence_held",
+                "Batches that arrived ahead of their producer's sequence and waited for their predecessors under this tenure",
+                |h| h.partition.stats.held.load(std::sync::atomic::Ordering::Relaxed),
                 true,
             ),
             (

@@ -526,6 +526,7 @@ impl Node {
             wal_file_bytes: self.config.agent.wal_file_bytes,
             timings: Some(self.metrics.wal.clone()),
             preallocate: self.config.agent.wal_preallocate,
+            sequence_hold: self.config.agent.sequence_hold,
         };
         let (topic, dir, tenure, snapshot) = (topic.to_owned(), dir.to_owned(), tenure.clone(), snapshot.clone());
         tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer)).await?

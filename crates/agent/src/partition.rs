@@ -65,6 +65,8 @@ struct Request {
     producer: ProducerInfo,
     ack: Ack,
     reply: oneshot::Sender<Result<Appended>>,
+    /// Held for its predecessors at least once (counted once).
+    held: bool,
 }
 
 /// What the writer thread is asked to do, in queue order.
@@ -83,6 +85,9 @@ pub struct WriterStats {
     pub fsyncs: AtomicU64,
     pub batches: AtomicU64,
     pub records: AtomicU64,
+    /// Batches that arrived ahead of their producer's sequence and were held
+    /// for their predecessors instead of being refused.
+    pub held: AtomicU64,
 }
 
 /// Lease validity the writer checks before every write: the moment, by the
@@ -249,6 +254,9 @@ pub struct WriterConfig {
     pub timings: Option<WalTimings>,
     /// Write WAL files into preallocated space (recycled or zero-filled files).
     pub preallocate: bool,
+    /// How long a batch that arrived ahead of its producer's sequence waits
+    /// for the batches before it (zero: refused at once as out of order).
+    pub sequence_hold: Duration,
 }
 
 impl Partition {
@@ -304,6 +312,9 @@ impl Partition {
             name: format!("{topic}/{partition}"),
             committed: committed_rx,
             clock: clock.clone(),
+            held: Vec::new(),
+            // The hold's timer: without a runtime (never in the agent) nothing is held.
+            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         std::thread::Builder::new()
             .name(format!("wal-{topic}-{partition}"))
@@ -367,6 +378,7 @@ impl Partition {
             producer,
             ack: ack.unwrap_or(Ack::Durable),
             reply,
+            held: false,
         };
         // A full queue is overload: refuse now, retryably, instead of queueing without bound.
         self.queue.try_send(Op::Append(request)).map_err(|e| match e {
@@ -526,7 +538,15 @@ struct Writer {
     name: String,
     committed: watch::Receiver<u64>,
     clock: Arc<AppendClock>,
+    /// Batches ahead of their producer's sequence, oldest first, waiting up
+    /// to `sequence_hold` for their predecessors (see [`Writer::may_hold`]).
+    held: Vec<Request>,
+    runtime: Option<tokio::runtime::Handle>,
 }
+
+/// At most this many batches are held per partition; more ahead of their
+/// sequence are refused at once.
+const MAX_HELD: usize = 16;
 
 struct Pending {
     reply: oneshot::Sender<Result<Appended>>,
@@ -547,14 +567,68 @@ impl Writer {
         }
     }
 
+    /// Whether a batch ahead of its producer's sequence may wait for the
+    /// batches before it (`holding` are already waiting): requests of one
+    /// producer race inside the agent, so a later one often arrives first.
+    /// It waits only a while, and only this many at a time.
+    fn may_hold(&self, request: &Request, holding: usize, now: std::time::Instant) -> bool {
+        self.runtime.is_some() && holding < MAX_HELD && request.queued_at + self.config.sequence_hold > now
+    }
+
+    /// The next queued op, answering held batches whose hold ran out while
+    /// waiting for it.
+    fn next_op(&mut self) -> Option<Op> {
+        loop {
+            let until = self.held.iter().map(|r| r.queued_at + self.config.sequence_hold).min();
+            let (Some(until), Some(runtime)) = (until, self.runtime.clone()) else {
+                self.release_held(None);
+                return self.rx.blocking_recv();
+            };
+            let until = tokio::time::Instant::from_std(until);
+            let rx = &mut self.rx;
+            // The timer is made inside the runtime: it needs the runtime's clock.
+            match runtime.block_on(async { tokio::time::timeout_at(until, rx.recv()).await }) {
+                Ok(op) => return op,
+                Err(_) => self.release_held(std::time::Instant::now()),
+            }
+        }
+    }
+
+    /// Refuses the held batches whose hold has run out (or all of them,
+    /// `now` = None): their predecessors did not come, so they are out of
+    /// order, as they were when they arrived.
+    fn release_held(&mut self, now: impl Into<Option<std::time::Instant>>) {
+        let now = now.into();
+        let hold = self.config.sequence_hold;
+        let (expired, kept): (Vec<Request>, Vec<Request>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|r| now.is_none_or(|now| r.queued_at + hold <= now));
+        self.held = kept;
+        for request in expired {
+            let answer = match self.producers.check(request.producer, request.count) {
+                Err(error) => error,
+                // Cannot happen (every round re-checks held batches), but if
+                // the state moved on, the producer resends and learns which.
+                Ok(_) => Error::OutOfOrderSequence {
+                    producer_id: request.producer.producer_id,
+                    expected: request.producer.base_sequence,
+                    got: request.producer.base_sequence,
+                },
+            };
+            let _ = request.reply.send(Err(answer));
+        }
+    }
+
     fn run(mut self) {
-        let mut next = self.rx.blocking_recv();
+        let mut next = self.next_op();
         while let Some(op) = next.take() {
             let first = match op {
                 Op::Append(request) => request,
                 Op::Drain(reply) => {
+                    // Held batches were queued before the drain: they end now.
+                    self.release_held(None);
                     let _ = reply.send(());
-                    next = self.rx.blocking_recv();
+                    next = self.next_op();
                     continue;
                 }
                 Op::Retire(reply) => {
@@ -595,10 +669,15 @@ impl Writer {
                 break;
             }
             if next.is_none() {
-                next = self.rx.blocking_recv();
+                next = self.next_op();
             }
         }
         // Whatever is still queued fails rather than waiting forever.
+        for request in std::mem::take(&mut self.held) {
+            let _ = request.reply.send(Err(Error::WriterStopped {
+                partition: self.name.clone(),
+            }));
+        }
         self.rx.close();
         while let Ok(op) = self.rx.try_recv() {
             match op {
@@ -641,7 +720,7 @@ impl Writer {
 
     fn commit_at(&mut self, round: Vec<Request>, now: i64) -> Result<()> {
         if !self.fence.is_valid() {
-            for request in round {
+            for request in std::mem::take(&mut self.held).into_iter().chain(round) {
                 let _ = request.reply.send(Err(Error::NotLeader {
                     topic: self.topic.clone(),
                     partition: self.partition,
@@ -658,48 +737,72 @@ impl Writer {
         let mut headers = Vec::new();
         let mut pending = Vec::new();
         let mut next = self.wal.next_offset();
-        for request in round {
-            let count = request.count;
-            match tentative.check(request.producer, count) {
-                Err(error) => {
-                    let _ = request.reply.send(Err(error));
-                }
-                Ok(Verdict::Duplicate(original)) => pending.push(Pending {
-                    reply: request.reply,
-                    appended: Appended {
-                        base_offset: original.base_offset,
-                        count,
-                        append_time_ms: original.append_time_ms,
-                        duplicate: true,
-                    },
-                    ack: Ack::Durable,
-                }),
-                Ok(Verdict::Append) => {
-                    let header = BatchHeader {
-                        base_offset: next,
-                        count,
-                        producer: request.producer,
-                        append_time_ms: now,
-                    };
-                    let at = frames.len();
-                    frames.extend_from_slice(&request.frame);
-                    batch::stamp(&mut frames[at..], next, now);
-                    headers.push((header, request.frame.len() as u32));
-                    tentative.record(request.producer, count, next, now);
-                    pending.push(Pending {
+        // Held batches first (they came earlier), then the round's. A batch
+        // appended may be what a held one waits for, so go over the waiting
+        // ones again until a pass appends nothing.
+        let mut waiting: Vec<Request> = std::mem::take(&mut self.held);
+        waiting.extend(round);
+        let arrived = std::time::Instant::now();
+        loop {
+            let mut progress = false;
+            let mut ahead = Vec::new();
+            for mut request in waiting {
+                let count = request.count;
+                match tentative.check(request.producer, count) {
+                    Err(Error::OutOfOrderSequence { expected, got, .. })
+                        if got > expected && self.may_hold(&request, ahead.len(), arrived) =>
+                    {
+                        if !std::mem::replace(&mut request.held, true) {
+                            self.stats.held.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ahead.push(request);
+                    }
+                    Err(error) => {
+                        let _ = request.reply.send(Err(error));
+                    }
+                    Ok(Verdict::Duplicate(original)) => pending.push(Pending {
                         reply: request.reply,
                         appended: Appended {
+                            base_offset: original.base_offset,
+                            count,
+                            append_time_ms: original.append_time_ms,
+                            duplicate: true,
+                        },
+                        ack: Ack::Durable,
+                    }),
+                    Ok(Verdict::Append) => {
+                        let header = BatchHeader {
                             base_offset: next,
                             count,
+                            producer: request.producer,
                             append_time_ms: now,
-                            duplicate: false,
-                        },
-                        ack: request.ack,
-                    });
-                    next += u64::from(count);
+                        };
+                        let at = frames.len();
+                        frames.extend_from_slice(&request.frame);
+                        batch::stamp(&mut frames[at..], next, now);
+                        headers.push((header, request.frame.len() as u32));
+                        tentative.record(request.producer, count, next, now);
+                        pending.push(Pending {
+                            reply: request.reply,
+                            appended: Appended {
+                                base_offset: next,
+                                count,
+                                append_time_ms: now,
+                                duplicate: false,
+                            },
+                            ack: request.ack,
+                        });
+                        next += u64::from(count);
+                        progress = true;
+                    }
                 }
             }
+            waiting = ahead;
+            if !progress || waiting.is_empty() {
+                break;
+            }
         }
+        self.held = waiting;
         if !headers.is_empty() {
             let started = std::time::Instant::now();
             let written = self.wal.append(&frames, &headers);

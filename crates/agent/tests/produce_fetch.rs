@@ -108,6 +108,83 @@ async fn a_retried_idempotent_batch_gets_its_original_offsets() {
     );
 }
 
+/// A producer's pipelined requests race inside the agent, so a later batch
+/// often arrives before the one it follows. It waits for its predecessors
+/// (`agent.sequence_hold`) instead of being refused, and the log keeps the
+/// producer's order. One whose predecessor never comes is refused once the
+/// hold runs out, as out of order, and appends nothing.
+#[tokio::test]
+async fn batches_ahead_of_their_sequence_wait_for_their_predecessors() {
+    let cluster = Cluster::new();
+    let a = cluster.start("a", &["--set", "agent.sequence_hold=5s"]).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let init = client
+        .init_producer(pb::InitProducerRequest { name: "racer".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let batch = move |seq: u64| pb::ProduceRequest {
+        producer_id: init.producer_id,
+        producer_epoch: init.producer_epoch,
+        base_sequence: seq,
+        ..produce("t", 0, &[format!("s{seq}"), format!("s{seq}'")])
+    };
+    // Sequences 6, 4 and 2 arrive first, each on its own connection; 0 last.
+    let mut ahead = Vec::new();
+    for seq in [6, 4, 2] {
+        let mut c = agent(&a.addr).await;
+        let request = batch(seq);
+        ahead.push(tokio::spawn(async move { c.produce(request).await }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        ahead.iter().all(|h| !h.is_finished()),
+        "batches ahead of their sequence are waiting, not refused"
+    );
+    let first = client.produce(batch(0)).await.unwrap().into_inner();
+    assert_eq!(first.base_offset, 0);
+    for (handle, seq) in ahead.into_iter().zip([6u64, 4, 2]) {
+        let ack = handle.await.unwrap().unwrap().into_inner();
+        assert_eq!(ack.base_offset, seq, "appended in the producer's order");
+        assert!(!ack.duplicate);
+    }
+    let values: Vec<String> = read_all(&a.addr, "t", 0)
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone()).unwrap())
+        .collect();
+    let expected: Vec<String> = [0, 2, 4, 6]
+        .iter()
+        .flat_map(|s| [format!("s{s}"), format!("s{s}'")])
+        .collect();
+    assert_eq!(values, expected);
+    let metrics = a.scrape().await;
+    assert!(
+        metrics.contains(r#"cairn_agent_sequence_held_total{topic="t",partition="0"} 3"#),
+        "three batches were held:\n{metrics}"
+    );
+
+    // A batch whose predecessor never comes: refused when the hold ends.
+    let started = Instant::now();
+    let gap = client.produce(batch(12)).await.unwrap_err();
+    assert_eq!(gap.code(), Code::FailedPrecondition);
+    assert!(gap.message().contains("expected sequence 8"), "{}", gap.message());
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited for the hold first"
+    );
+    assert_eq!(
+        read_all(&a.addr, "t", 0).await.len(),
+        8,
+        "the refused batch appended nothing"
+    );
+    // The producer resends in turn and the log goes on.
+    assert_eq!(client.produce(batch(8)).await.unwrap().into_inner().base_offset, 8);
+}
+
 #[tokio::test]
 async fn fetch_at_the_end_waits_for_new_records() {
     let cluster = Cluster::new();
