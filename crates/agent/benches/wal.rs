@@ -53,6 +53,7 @@ fn open(dir: &Path) -> Arc<Partition> {
         wal_file_bytes: 1 << 30,
         timings: None,
         sequence_hold: std::time::Duration::from_millis(500),
+        spare_idle: std::time::Duration::ZERO,
     };
     let (partition, _) = Partition::open("bench", 0, dir, &Tenure::local(0), Default::default(), config).unwrap();
     partition

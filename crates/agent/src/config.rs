@@ -96,8 +96,14 @@ pub struct AgentConfig {
     /// Write WAL files into space prepared ahead (`wal_file_bytes` each), so
     /// an fdatasync changes no file size: a committed file recycled as it
     /// is, or one a helper thread zero-fills when none is waiting. A
-    /// partition that has rotated keeps up to two such spares, idle or not.
+    /// partition that has rotated keeps up to two such spares while it writes
+    /// (`wal_spare_idle`).
     pub wal_preallocate: bool,
+    /// A partition that has not appended for this long deletes its WAL
+    /// spares (their disk back; writing again, it prepares new ones). Zero
+    /// keeps them.
+    #[serde(with = "cairn_service::units::duration")]
+    pub wal_spare_idle: Duration,
     /// A batch that arrives ahead of its producer's sequence (its
     /// predecessors, sent just before it, are still on the way: requests race
     /// inside the agent) waits this long for them before it is refused as out
@@ -142,6 +148,7 @@ impl Default for AgentConfig {
             max_round_bytes: 8 * 1024 * 1024,
             wal_file_bytes: 64 * 1024 * 1024,
             wal_preallocate: true,
+            wal_spare_idle: Duration::from_secs(60),
             sequence_hold: Duration::from_millis(500),
             retention_interval: Duration::from_secs(60),
             commit_linger: Duration::from_millis(50),

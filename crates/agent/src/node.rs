@@ -527,6 +527,7 @@ impl Node {
             timings: Some(self.metrics.wal.clone()),
             preallocate: self.config.agent.wal_preallocate,
             sequence_hold: self.config.agent.sequence_hold,
+            spare_idle: self.config.agent.wal_spare_idle,
         };
         let (topic, dir, tenure, snapshot) = (topic.to_owned(), dir.to_owned(), tenure.clone(), snapshot.clone());
         tokio::task::spawn_blocking(move || Partition::open(&topic, partition, &dir, &tenure, snapshot, writer)).await?

@@ -257,6 +257,9 @@ pub struct WriterConfig {
     /// How long a batch that arrived ahead of its producer's sequence waits
     /// for the batches before it (zero: refused at once as out of order).
     pub sequence_hold: Duration,
+    /// After this long without an append, the WAL's spare files are deleted
+    /// (zero: kept).
+    pub spare_idle: Duration,
 }
 
 impl Partition {
@@ -575,21 +578,33 @@ impl Writer {
         self.runtime.is_some() && holding < MAX_HELD && request.queued_at + self.config.sequence_hold > now
     }
 
-    /// The next queued op, answering held batches whose hold ran out while
-    /// waiting for it.
+    /// The next queued op. While waiting for it, answers held batches whose
+    /// hold ran out, and deletes the WAL's spares once the partition has
+    /// been idle for `spare_idle`.
     fn next_op(&mut self) -> Option<Op> {
         loop {
-            let until = self.held.iter().map(|r| r.queued_at + self.config.sequence_hold).min();
+            let now = std::time::Instant::now();
+            let hold_ends = self.held.iter().map(|r| r.queued_at + self.config.sequence_hold).min();
+            let idle_ends =
+                (self.wal.spares() > 0 && !self.config.spare_idle.is_zero()).then(|| now + self.config.spare_idle);
+            let until = hold_ends.into_iter().chain(idle_ends).min();
             let (Some(until), Some(runtime)) = (until, self.runtime.clone()) else {
                 self.release_held(None);
                 return self.rx.blocking_recv();
             };
-            let until = tokio::time::Instant::from_std(until);
+            let deadline = tokio::time::Instant::from_std(until);
             let rx = &mut self.rx;
             // The timer is made inside the runtime: it needs the runtime's clock.
-            match runtime.block_on(async { tokio::time::timeout_at(until, rx.recv()).await }) {
-                Ok(op) => return op,
-                Err(_) => self.release_held(std::time::Instant::now()),
+            if let Ok(op) = runtime.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
+                return op;
+            }
+            let now = std::time::Instant::now();
+            self.release_held(now);
+            if idle_ends.is_some_and(|t| t <= now) {
+                match self.wal.release_spares() {
+                    Ok(n) => tracing::debug!(partition = %self.name, spares = n, "idle: WAL spares deleted"),
+                    Err(error) => tracing::warn!(partition = %self.name, %error, "deleting idle WAL spares failed"),
+                }
             }
         }
     }

@@ -738,6 +738,29 @@ impl Wal {
         Ok(())
     }
 
+    /// Spare files ready or being zero-filled.
+    pub fn spares(&self) -> usize {
+        self.spare_count()
+    }
+
+    /// Deletes the spares (after waiting for one being zero-filled): a
+    /// partition that stopped writing gives their disk back. Writing again,
+    /// it recycles or zero-fills new ones as before. Returns how many.
+    pub fn release_spares(&mut self) -> Result<usize> {
+        self.collect_zeroed(true);
+        let mut released = 0;
+        while let Some(spare) = self.spares.pop_front() {
+            match std::fs::remove_file(&spare) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    self.spares.push_front(spare);
+                    return Err(e.into());
+                }
+                _ => released += 1,
+            }
+        }
+        Ok(released)
+    }
+
     /// Whether the current file was preallocated.
     pub fn is_preallocated(&self) -> bool {
         self.preallocated

@@ -340,6 +340,61 @@ async fn the_wal_is_truncated_once_segments_cover_it() {
     check(read_all(&a.addr, "t", 0).await);
 }
 
+/// Spares are disk a partition holds only while it writes: once it has not
+/// appended for `agent.wal_spare_idle`, they are deleted, and writing again
+/// works as before.
+#[tokio::test]
+async fn an_idle_partition_gives_back_its_wal_spares() {
+    let cluster = Cluster::new();
+    let (_, url) = cluster.objects();
+    let args = [
+        "--set",
+        &url,
+        "--set",
+        "agent.wal_file_bytes=4096",
+        "--set",
+        "agent.wal_spare_idle=1s",
+    ];
+    let a = cluster.start("a", &args).await;
+    create_topic(&a.addr, "t", 1).await;
+    wait_leader(&a.addr, "t", 0).await;
+    let mut client = agent(&a.addr).await;
+    let wal_dir = cluster.data_dir("a").join("wal/t/0");
+    let spares = || {
+        std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".prealloc"))
+            .count()
+    };
+    // Write until the partition holds a spare, then stop.
+    let mut all = Vec::new();
+    let mut i = 0;
+    while i < 10 || spares() == 0 {
+        assert!(i < 500, "a writing partition keeps spares");
+        let values: Vec<String> = (0..10).map(|j| format!("{i:03}-{j}-{}", "x".repeat(40))).collect();
+        client.produce(produce(&values, pb::AckMode::Committed)).await.unwrap();
+        all.extend(values);
+        i += 1;
+    }
+    cairn_testkit::eventually(Duration::from_secs(10), "idle spares deleted", || {
+        let left = spares();
+        async move { (left == 0).then_some(()) }
+    })
+    .await;
+    // Writing again: files rotate, spares come back, nothing is lost.
+    for i in i..i + 20 {
+        let values: Vec<String> = (0..10).map(|j| format!("{i:03}-{j}-{}", "x".repeat(40))).collect();
+        client.produce(produce(&values, pb::AckMode::Committed)).await.unwrap();
+        all.extend(values);
+    }
+    let values: Vec<String> = read_all(&a.addr, "t", 0)
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone()).unwrap())
+        .collect();
+    assert_eq!(values, all);
+}
+
 #[tokio::test]
 async fn sigterm_hands_partitions_off_clean_and_the_next_agent_continues() {
     let cluster = Cluster::new();
