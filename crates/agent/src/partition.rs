@@ -588,8 +588,8 @@ impl Writer {
             let idle_ends =
                 (self.wal.spares() > 0 && !self.config.spare_idle.is_zero()).then(|| now + self.config.spare_idle);
             let until = hold_ends.into_iter().chain(idle_ends).min();
+            // Nothing is held without a runtime (see `may_hold`).
             let (Some(until), Some(runtime)) = (until, self.runtime.clone()) else {
-                self.release_held(None);
                 return self.rx.blocking_recv();
             };
             let deadline = tokio::time::Instant::from_std(until);
@@ -755,8 +755,12 @@ impl Writer {
         // Held batches first (they came earlier), then the round's. A batch
         // appended may be what a held one waits for, so go over the waiting
         // ones again until a pass appends nothing.
-        let mut waiting: Vec<Request> = std::mem::take(&mut self.held);
-        waiting.extend(round);
+        let mut waiting = std::mem::take(&mut self.held);
+        if waiting.is_empty() {
+            waiting = round;
+        } else {
+            waiting.extend(round);
+        }
         let arrived = std::time::Instant::now();
         loop {
             let mut progress = false;
