@@ -107,7 +107,9 @@ pub struct AgentConfig {
     /// A batch that arrives ahead of its producer's sequence (its
     /// predecessors, sent just before it, are still on the way: requests race
     /// inside the agent) waits this long for them before it is refused as out
-    /// of order. Zero refuses at once, and the producer resends it in turn.
+    /// of order. Never longer than half the caller's remaining deadline, so
+    /// the refusal reaches it before it gives up. Zero refuses at once, and
+    /// the producer resends it in turn.
     #[serde(with = "cairn_service::units::duration")]
     pub sequence_hold: Duration,
     /// How often each partition's retention and orphan-object sweep runs.

@@ -58,6 +58,10 @@ pub struct Appended {
 struct Request {
     /// When it entered the queue (the queue-wait stage).
     queued_at: std::time::Instant,
+    /// Half the caller's remaining deadline after `queued_at`: a batch held
+    /// for its predecessors is refused by then, so the refusal reaches the
+    /// caller before it gives up (None: the caller set no deadline).
+    answer_within: Option<Duration>,
     /// A checked version 2 frame of `count` records (stamped by the writer
     /// in its round buffer).
     frame: bytes::Bytes,
@@ -376,6 +380,7 @@ impl Partition {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             queued_at: std::time::Instant::now(),
+            answer_within: cairn_service::context::remaining().map(|left| left / 2),
             frame,
             count,
             producer,
@@ -575,7 +580,16 @@ impl Writer {
     /// producer race inside the agent, so a later one often arrives first.
     /// It waits only a while, and only this many at a time.
     fn may_hold(&self, request: &Request, holding: usize, now: std::time::Instant) -> bool {
-        self.runtime.is_some() && holding < MAX_HELD && request.queued_at + self.config.sequence_hold > now
+        self.runtime.is_some() && holding < MAX_HELD && self.hold_ends(request) > now
+    }
+
+    /// When `request`'s hold runs out: after `sequence_hold`, or earlier if
+    /// its caller's deadline is near.
+    fn hold_ends(&self, request: &Request) -> std::time::Instant {
+        let hold = request.answer_within.map_or(self.config.sequence_hold, |within| {
+            within.min(self.config.sequence_hold)
+        });
+        request.queued_at + hold
     }
 
     /// The next queued op. While waiting for it, answers held batches whose
@@ -584,7 +598,7 @@ impl Writer {
     fn next_op(&mut self) -> Option<Op> {
         loop {
             let now = std::time::Instant::now();
-            let hold_ends = self.held.iter().map(|r| r.queued_at + self.config.sequence_hold).min();
+            let hold_ends = self.held.iter().map(|r| self.hold_ends(r)).min();
             let idle_ends =
                 (self.wal.spares() > 0 && !self.config.spare_idle.is_zero()).then(|| now + self.config.spare_idle);
             let until = hold_ends.into_iter().chain(idle_ends).min();
@@ -614,10 +628,9 @@ impl Writer {
     /// order, as they were when they arrived.
     fn release_held(&mut self, now: impl Into<Option<std::time::Instant>>) {
         let now = now.into();
-        let hold = self.config.sequence_hold;
         let (expired, kept): (Vec<Request>, Vec<Request>) = std::mem::take(&mut self.held)
             .into_iter()
-            .partition(|r| now.is_none_or(|now| r.queued_at + hold <= now));
+            .partition(|r| now.is_none_or(|now| self.hold_ends(r) <= now));
         self.held = kept;
         for request in expired {
             let answer = match self.producers.check(request.producer, request.count) {

@@ -181,6 +181,19 @@ async fn batches_ahead_of_their_sequence_wait_for_their_predecessors() {
         8,
         "the refused batch appended nothing"
     );
+    // A caller whose deadline is shorter than the hold hears the refusal
+    // before it gives up, not a deadline error.
+    let started = Instant::now();
+    let mut hurried = tonic::Request::new(batch(12));
+    hurried.set_timeout(Duration::from_secs(1));
+    let gap = client.produce(hurried).await.unwrap_err();
+    assert_eq!(gap.code(), Code::FailedPrecondition, "{gap:?}");
+    assert!(gap.message().contains("expected sequence 8"), "{}", gap.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "held for half the caller's deadline at most: {:?}",
+        started.elapsed()
+    );
     // The producer resends in turn and the log goes on.
     assert_eq!(client.produce(batch(8)).await.unwrap().into_inner().base_offset, 8);
 }
