@@ -64,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let due = if let Some(nanos) = (i * 1_000_000_000).checked_div(args.rate) {
             let due = start + Duration::from_nanos(nanos);
             if due > Instant::now() + Duration::from_micros(200) {
-                tokio::time::sleep_until(due.into()).await;
+                pace_until(due).await;
             }
             due
         } else {
@@ -90,4 +90,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     );
     Ok(())
+}
+
+/// Waits until `due`, to within tens of microseconds, as `cairn-producer perf`
+/// does: the timer for all but the last millisecond (it ticks in whole
+/// milliseconds), a thread sleep off the runtime for the rest.
+async fn pace_until(due: Instant) {
+    let fine = Duration::from_millis(1);
+    if let Some(coarse) = due.checked_sub(fine)
+        && coarse > Instant::now()
+    {
+        tokio::time::sleep_until(coarse.into()).await;
+    }
+    let rest = due.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        tokio::task::block_in_place(|| std::thread::sleep(rest));
+    }
 }

@@ -80,6 +80,23 @@ pub fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Waits until `due`, to within tens of microseconds. Tokio's timer ticks in
+/// whole milliseconds and rounds up, which would make every paced record up
+/// to a millisecond late before it is even sent: the coarse part of the wait
+/// goes to the timer, the last millisecond to a thread sleep off the runtime.
+async fn pace_until(due: Instant) {
+    let fine = Duration::from_millis(1);
+    if let Some(coarse) = due.checked_sub(fine)
+        && coarse > Instant::now()
+    {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(coarse)).await;
+    }
+    let rest = due.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        tokio::task::block_in_place(|| std::thread::sleep(rest));
+    }
+}
+
 struct Tally {
     histogram: Histogram<u64>,
     acked: u64,
@@ -153,7 +170,7 @@ pub async fn run(args: PerfArgs) -> anyhow::Result<ExitCode> {
             let due = start + Duration::from_nanos(nanos);
             let now = Instant::now();
             if due > now + Duration::from_micros(200) {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                pace_until(due).await;
             }
             due
         } else {
