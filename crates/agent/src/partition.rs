@@ -149,8 +149,9 @@ pub struct AppendClock {
 struct ClockState {
     /// The latest stamp handed out (or found in the log).
     last: i64,
-    /// The stamp of the round being written, until its records are readable.
-    in_flight: Option<i64>,
+    /// The stamps of the rounds written but not yet readable, oldest first
+    /// (a round's sync overlaps the next round's write).
+    in_flight: std::collections::VecDeque<i64>,
 }
 
 impl AppendClock {
@@ -159,7 +160,7 @@ impl AppendClock {
         AppendClock {
             state: std::sync::Mutex::new(ClockState {
                 last: floor,
-                in_flight: None,
+                in_flight: std::collections::VecDeque::new(),
             }),
         }
     }
@@ -169,25 +170,35 @@ impl AppendClock {
     }
 
     /// The append time of the next round: now, or the last stamp if the
-    /// clock stepped back. In flight until [`AppendClock::published`].
+    /// clock stepped back. In flight until [`AppendClock::published`] (or
+    /// [`AppendClock::withdraw`]).
     fn stamp(&self) -> i64 {
         let mut state = self.lock();
         let stamp = now_ms().max(state.last);
         state.last = stamp;
-        state.in_flight = Some(stamp);
+        state.in_flight.push_back(stamp);
         stamp
     }
 
-    /// The round's records are readable (or were never written).
+    /// The oldest round in flight is readable (or failed).
     fn published(&self) {
-        self.lock().in_flight = None;
+        self.lock().in_flight.pop_front();
+    }
+
+    /// The newest round stamped wrote nothing.
+    fn withdraw(&self) {
+        self.lock().in_flight.pop_back();
     }
 
     /// No record made readable after this call has an append time below it.
     /// Read it before the high watermark it goes with.
     pub fn floor(&self) -> i64 {
         let state = self.lock();
-        state.in_flight.unwrap_or_else(|| now_ms().max(state.last))
+        state
+            .in_flight
+            .front()
+            .copied()
+            .unwrap_or_else(|| now_ms().max(state.last))
     }
 }
 
@@ -304,11 +315,24 @@ impl Partition {
         let fence = Arc::new(Fence::default());
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WriterStats::default());
+        let (sync, to_sync) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+        let syncer = Syncer {
+            hw: hw_tx,
+            failed: failed.clone(),
+            stats: stats.clone(),
+            timings: config.timings.clone(),
+            clock: clock.clone(),
+            name: format!("{topic}/{partition}"),
+        };
+        let syncer = std::thread::Builder::new()
+            .name(format!("wal-sync-{topic}-{partition}"))
+            .spawn(move || syncer.run(to_sync))?;
         let writer = Writer {
             wal,
             producers,
             rx,
-            hw: hw_tx,
+            sync: Some(sync),
+            syncer: Some(syncer),
             fence: fence.clone(),
             failed: failed.clone(),
             stats: stats.clone(),
@@ -533,7 +557,9 @@ struct Writer {
     wal: Wal,
     producers: Producers,
     rx: mpsc::Receiver<Op>,
-    hw: watch::Sender<u64>,
+    /// Written rounds go to the sync thread (None once the writer stops).
+    sync: Option<std::sync::mpsc::SyncSender<ToSync>>,
+    syncer: Option<std::thread::JoinHandle<()>>,
     fence: Arc<Fence>,
     failed: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
@@ -556,6 +582,111 @@ struct Writer {
 /// sequence are refused at once.
 const MAX_HELD: usize = 16;
 
+/// Written rounds waiting for the sync thread; past this the writer waits.
+const SYNC_QUEUE: usize = 4;
+
+/// A round written to the WAL, on its way to the disk: the sync thread makes
+/// it durable, publishes it (the high watermark) and answers its durable acks.
+struct Written {
+    /// The file written to (None: the round wrote nothing; it only answers
+    /// duplicates, whose originals may still be syncing).
+    file: Option<Arc<std::fs::File>>,
+    durable: Vec<Pending>,
+    next_offset: u64,
+    batches: u64,
+    records: u64,
+}
+
+enum ToSync {
+    Round(Written),
+    /// Answered once every round sent before it is durable and answered.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// A partition's sync thread. The writer hands it each written round and
+/// goes on writing the next, so one round's write overlaps the previous
+/// round's fdatasync; rounds that arrive during a sync share the next one.
+/// Rounds are made durable, published and answered in order.
+struct Syncer {
+    hw: watch::Sender<u64>,
+    failed: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
+    timings: Option<WalTimings>,
+    clock: Arc<AppendClock>,
+    name: String,
+}
+
+impl Syncer {
+    fn run(self, rx: std::sync::mpsc::Receiver<ToSync>) {
+        // Once a sync fails nothing after it is durable: every later round fails.
+        let mut broken: Option<Arc<Error>> = None;
+        while let Ok(first) = rx.recv() {
+            let mut rounds = Vec::new();
+            let mut barriers = Vec::new();
+            for op in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                match op {
+                    ToSync::Round(round) => rounds.push(round),
+                    ToSync::Barrier(reply) => barriers.push(reply),
+                }
+            }
+            // One fdatasync per file, in write order (the writer waits for a
+            // barrier before it rotates, so this is one file).
+            let mut files: Vec<&Arc<std::fs::File>> = Vec::new();
+            for file in rounds.iter().filter_map(|r| r.file.as_ref()) {
+                if !files.last().is_some_and(|last| Arc::ptr_eq(last, file)) {
+                    files.push(file);
+                }
+            }
+            if broken.is_none() && !files.is_empty() {
+                let started = std::time::Instant::now();
+                let synced = files.iter().try_for_each(|file| file.sync_data());
+                if let Some(t) = &self.timings {
+                    t.fsync_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                match synced {
+                    Ok(()) => {
+                        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        tracing::error!(partition = %self.name, %error, "WAL sync failed; partition stops accepting writes");
+                        self.failed.store(true, Ordering::SeqCst);
+                        broken = Some(Arc::new(Error::Io(error)));
+                    }
+                }
+            }
+            for round in rounds {
+                match &broken {
+                    None => {
+                        if round.file.is_some() {
+                            self.stats.batches.fetch_add(round.batches, Ordering::Relaxed);
+                            self.stats.records.fetch_add(round.records, Ordering::Relaxed);
+                            self.hw.send_replace(round.next_offset);
+                        }
+                        for p in round.durable {
+                            let _ = p.reply.send(Ok(p.appended));
+                        }
+                    }
+                    Some(error) => {
+                        for p in round.durable {
+                            let _ = p.reply.send(Err(Error::StorageFailed {
+                                partition: self.name.clone(),
+                                source: error.clone(),
+                            }));
+                        }
+                    }
+                }
+                // After the high watermark: readers take the floor first.
+                if round.file.is_some() {
+                    self.clock.published();
+                }
+            }
+            for reply in barriers {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
 struct Pending {
     reply: oneshot::Sender<Result<Appended>>,
     appended: Appended,
@@ -563,9 +694,22 @@ struct Pending {
 }
 
 impl Writer {
+    /// Waits until every round written so far is durable and answered.
+    fn synced(&self) {
+        let Some(sync) = &self.sync else { return };
+        let (reply, done) = std::sync::mpsc::channel();
+        if sync.send(ToSync::Barrier(reply)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
     /// Rotates a full WAL file and deletes files segments now cover. Neither
     /// failing stops appends: it is retried after the next round.
     fn tidy(&mut self) {
+        // The file being left must be durable before writes go to the next.
+        if self.wal.rotation_due(self.config.wal_file_bytes) {
+            self.synced();
+        }
         if let Err(error) = self.wal.rotate_if_due(self.config.wal_file_bytes) {
             tracing::warn!(partition = %self.name, %error, "rotating the WAL file failed");
         }
@@ -655,11 +799,13 @@ impl Writer {
                 Op::Drain(reply) => {
                     // Held batches were queued before the drain: they end now.
                     self.release_held(None);
+                    self.synced();
                     let _ = reply.send(());
                     next = self.next_op();
                     continue;
                 }
                 Op::Retire(reply) => {
+                    self.synced();
                     let result = self.wal.retire();
                     if let Err(error) = &result {
                         tracing::warn!(partition = %self.name, %error, "deleting the handed-off WAL failed; the next take deletes it");
@@ -699,6 +845,13 @@ impl Writer {
             if next.is_none() {
                 next = self.next_op();
             }
+        }
+        // What was written becomes durable and is answered.
+        drop(self.sync.take());
+        if let Some(syncer) = self.syncer.take()
+            && syncer.join().is_err()
+        {
+            tracing::error!(partition = %self.name, "the WAL sync thread panicked");
         }
         // Whatever is still queued fails rather than waiting forever.
         for request in std::mem::take(&mut self.held) {
@@ -742,11 +895,28 @@ impl Writer {
     fn commit(&mut self, round: Vec<Request>) -> Result<()> {
         let now = self.clock.stamp();
         let result = self.commit_at(round, now);
-        self.clock.published();
-        result
+        // A written round is published by the sync thread.
+        if !matches!(result, Ok(true)) {
+            self.clock.withdraw();
+        }
+        result.map(|_| ())
     }
 
-    fn commit_at(&mut self, round: Vec<Request>, now: i64) -> Result<()> {
+    /// Writes a round and hands it to the sync thread; true when it wrote
+    /// anything.
+    fn commit_at(&mut self, round: Vec<Request>, now: i64) -> Result<bool> {
+        if self.failed.load(Ordering::SeqCst) {
+            // A sync failed: nothing written from here on would be durable.
+            let source = Arc::new(Error::Corrupt("an earlier WAL sync failed; see the agent's log".into()));
+            let failed = || Error::StorageFailed {
+                partition: self.name.clone(),
+                source: source.clone(),
+            };
+            for request in std::mem::take(&mut self.held).into_iter().chain(round) {
+                let _ = request.reply.send(Err(failed()));
+            }
+            return Err(failed());
+        }
         if !self.fence.is_valid() {
             for request in std::mem::take(&mut self.held).into_iter().chain(round) {
                 let _ = request.reply.send(Err(Error::NotLeader {
@@ -755,7 +925,7 @@ impl Writer {
                     leader: None,
                 }));
             }
-            return Ok(());
+            return Ok(false);
         }
         // Sequences are checked against a working copy that includes this
         // round's earlier batches; the real state changes only after the write.
@@ -857,32 +1027,29 @@ impl Writer {
                 durable.push(p);
             }
         }
-        if !headers.is_empty() {
-            let started = std::time::Instant::now();
-            let synced = self.wal.sync();
-            if let Some(t) = &self.config.timings {
-                t.fsync_seconds.observe(started.elapsed().as_secs_f64());
-            }
-            if let Err(error) = synced {
-                return Err(self.fail_all(durable, error));
-            }
-            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.stats.batches.fetch_add(headers.len() as u64, Ordering::Relaxed);
-            self.stats
-                .records
-                .fetch_add(headers.iter().map(|(h, _)| u64::from(h.count)).sum(), Ordering::Relaxed);
-        }
         self.producers = tentative;
-        self.hw.send_replace(self.wal.next_offset());
-        for p in durable {
-            let _ = p.reply.send(Ok(p.appended));
+        let wrote = !headers.is_empty();
+        if wrote || !durable.is_empty() {
+            let written = Written {
+                file: wrote.then(|| self.wal.current_file()),
+                durable,
+                next_offset: self.wal.next_offset(),
+                batches: headers.len() as u64,
+                records: headers.iter().map(|(h, _)| u64::from(h.count)).sum(),
+            };
+            let sent = self.sync.as_ref().map(|sync| sync.send(ToSync::Round(written)));
+            if let Some(Err(std::sync::mpsc::SendError(ToSync::Round(lost)))) = sent {
+                // The sync thread is gone (it panicked): nothing is durable.
+                let error = Error::Corrupt("the WAL sync thread stopped".into());
+                return Err(self.fail_all(lost.durable, error));
+            }
         }
         let started = std::time::Instant::now();
         self.tidy();
         if let Some(t) = &self.config.timings {
             t.tidy_seconds.observe(started.elapsed().as_secs_f64());
         }
-        Ok(())
+        Ok(wrote)
     }
 }
 
@@ -900,9 +1067,15 @@ mod tests {
         let first = clock.stamp();
         assert_eq!(first, ahead);
         assert_eq!(clock.floor(), first, "a round in flight holds the floor at its stamp");
-        clock.published();
         let second = clock.stamp();
         assert!(second >= first);
+        assert_eq!(clock.floor(), first, "the oldest round in flight holds it");
+        clock.published();
+        assert_eq!(clock.floor(), second);
+        let nothing = clock.stamp();
+        clock.withdraw();
+        assert_eq!(clock.floor(), second, "a round that wrote nothing does not hold it");
+        assert!(nothing >= second);
         clock.published();
         // A clock behind the machine's starts at now.
         let fresh = AppendClock::new(0);

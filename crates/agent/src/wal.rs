@@ -84,7 +84,7 @@ pub struct WalReader {
 /// The writer's handle: appends, syncs, rotates and drops files.
 pub struct Wal {
     dir: PathBuf,
-    file: File,
+    file: Arc<File>,
     file_base: u64,
     /// Bytes of frames in the current file (where the next write goes).
     size: u64,
@@ -553,7 +553,7 @@ impl Wal {
         Ok(Recovered {
             wal: Wal {
                 dir: dir.to_owned(),
-                file,
+                file: Arc::new(file),
                 file_base: last_base,
                 size,
                 preallocated,
@@ -613,6 +613,13 @@ impl Wal {
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data()?;
         Ok(())
+    }
+
+    /// The file being appended to, for syncing it on another thread: until
+    /// the next [`Wal::rotate`], syncing it makes everything appended so far
+    /// durable.
+    pub fn current_file(&self) -> Arc<File> {
+        self.file.clone()
     }
 
     /// Preallocates files of `bytes` from now on (0: never): starts writing
@@ -692,8 +699,7 @@ impl Wal {
     /// segments: that one is recycled instead once they commit
     /// ([`Wal::drop_below`]), and the disk writes no zeros.
     pub fn rotate_if_due(&mut self, file_bytes: u64) -> Result<()> {
-        let swap = !self.preallocated && self.spare_ready();
-        if self.size >= file_bytes || swap {
+        if self.rotation_due(file_bytes) {
             self.rotate()?;
         } else if self.size >= file_bytes / 2 {
             let older_files = self.reader.files.read().unwrap_or_else(|p| p.into_inner()).len() > 1;
@@ -702,6 +708,12 @@ impl Wal {
             }
         }
         Ok(())
+    }
+
+    /// Whether [`Wal::rotate_if_due`] would start a new file now: the
+    /// current one is full, or it is not preallocated and a spare is ready.
+    pub fn rotation_due(&mut self, file_bytes: u64) -> bool {
+        self.size >= file_bytes || (!self.preallocated && self.spare_ready())
     }
 
     /// Starts a new file at the next offset (after a [`Wal::sync`]): the
@@ -731,7 +743,7 @@ impl Wal {
             }
             files.push((base, Arc::new(File::open(&path)?)));
         }
-        self.file = file;
+        self.file = Arc::new(file);
         self.file_base = base;
         self.size = 0;
         self.preallocated = preallocated;
@@ -895,6 +907,10 @@ impl Drop for Wal {
     }
 }
 
+/// Most bytes [`WalReader`] reads with one `pread` (more only for one batch
+/// that is larger).
+const READ_CHUNK: u64 = 4 << 20;
+
 impl WalReader {
     /// The first offset still in the WAL.
     pub fn start(&self) -> u64 {
@@ -909,16 +925,22 @@ impl WalReader {
 
     /// Hands each frame of `entries` (in order) to `f`, its bytes and the
     /// frame checked once, read with one `pread` per run of entries that sit
-    /// next to each other in one file.
+    /// next to each other in one file, up to [`READ_CHUNK`] bytes at a time
+    /// into one buffer: a segment's worth of WAL is not read into fresh
+    /// memory that the kernel has to fault in page by page.
     fn visit(&self, entries: &[Entry], mut f: impl FnMut(&[u8], &batch::Frame<'_>) -> Result<()>) -> Result<()> {
+        let mut buf = Vec::new();
         let mut i = 0;
         while i < entries.len() {
             let first = entries[i];
+            let mut end = first.position + u64::from(first.len);
             let mut j = i + 1;
             while j < entries.len()
                 && entries[j].file == first.file
-                && entries[j].position == entries[j - 1].position + u64::from(entries[j - 1].len)
+                && entries[j].position == end
+                && end + u64::from(entries[j].len) - first.position <= READ_CHUNK
             {
+                end += u64::from(entries[j].len);
                 j += 1;
             }
             let file = {
@@ -926,12 +948,15 @@ impl WalReader {
                 files.iter().find(|(b, _)| *b == first.file).map(|(_, f)| f.clone())
             };
             let file = file.ok_or(Error::ReadRace)?;
-            let last = entries[j - 1];
-            let mut buf = vec![0u8; (last.position + u64::from(last.len) - first.position) as usize];
-            file.read_exact_at(&mut buf, first.position)?;
+            let len = (end - first.position) as usize;
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            let run = &mut buf[..len];
+            file.read_exact_at(run, first.position)?;
             let mut at = 0usize;
             for entry in &entries[i..j] {
-                let bytes = &buf[at..at + entry.len as usize];
+                let bytes = &run[at..at + entry.len as usize];
                 let frame = batch::frame(bytes).map_err(|e| Error::Corrupt(format!("at {}: {e}", entry.position)))?;
                 if frame.len() != bytes.len() || frame.header.base_offset != entry.base_offset {
                     return Err(Error::Corrupt(format!("at {}: not the indexed batch", entry.position)));
@@ -1360,6 +1385,49 @@ mod tests {
         assert_eq!(reader.read(0, 4, 1).unwrap().len(), 1);
         assert_eq!(reader.read(0, 2, usize::MAX).unwrap().len(), 2, "never past end");
         assert!(reader.read(4, 4, usize::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reads_larger_than_a_chunk_return_every_batch_whole_and_in_order() {
+        let dir = cairn_testkit::TempDir::new("wal");
+        let mut wal = open(dir.path(), 0).unwrap().wal;
+        // 1 MiB batches, then one larger than a whole read chunk, then more.
+        let mut written = Vec::new();
+        for values in [vec![10usize; 9], vec![52], vec![10; 3]].concat() {
+            let base = wal.next_offset();
+            let header = BatchHeader {
+                base_offset: base,
+                count: values as u32,
+                producer: ProducerInfo::default(),
+                append_time_ms: 1,
+            };
+            let records: Vec<Record> = (0..values)
+                .map(|i| Record {
+                    value: vec![(base as usize + i) as u8; 100 * 1024],
+                    ..Default::default()
+                })
+                .collect();
+            let mut frame = Vec::new();
+            batch::encode(&header, &records, &mut frame);
+            wal.append(&frame, &[(header, frame.len() as u32)]).unwrap();
+            written.push(frame);
+        }
+        wal.sync().unwrap();
+        let total: usize = written.iter().map(Vec::len).sum();
+        assert!(total as u64 > 3 * READ_CHUNK && written.iter().any(|f| f.len() as u64 > READ_CHUNK));
+        let reader = wal.reader();
+        let mut seen = Vec::new();
+        reader
+            .for_each_batch(0, wal.next_offset(), |bytes, _| {
+                seen.push(bytes.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert!(seen == written, "every frame whole, in order");
+        assert_eq!(reader.read_frames(0, wal.next_offset(), usize::MAX).unwrap(), written);
+        let records = reader.read(0, wal.next_offset(), usize::MAX).unwrap();
+        assert_eq!(records.len() as u64, wal.next_offset());
+        assert!(records.iter().all(|s| s.record.value[0] == s.offset as u8));
     }
 
     #[test]
